@@ -1,1 +1,67 @@
-fn main(){}
+//! `relgraph`: the one binary. Each subcommand group lives in its own file.
+
+mod demo;
+mod generate;
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "relgraph", version, about = "Predictions from relational data, asked in PQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate both demo worlds, load them back and show what inference found.
+    Demo(demo::DemoArgs),
+    /// Write a synthetic database with planted structure (CSV, one file per table).
+    Generate {
+        #[command(subcommand)]
+        kind: generate::Kind,
+    },
+    /// Show the tables, keys, time columns, column types and links of a database directory.
+    Inspect {
+        /// Directory with one CSV / CSV.gz / Parquet file (or folder of parts) per table.
+        dir: PathBuf,
+        /// A schema.toml overriding inferred types, keys and links (default: DIR/schema.toml).
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, conflicts_with = "emit_schema")]
+        json: bool,
+        /// Print the schema as an editable schema.toml instead.
+        #[arg(long)]
+        emit_schema: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RELGRAPH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Generate { kind } => generate::run(&kind),
+        Command::Inspect { dir, schema, json, emit_schema } => {
+            inspect::run(&dir, schema.as_deref(), json, emit_schema)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
