@@ -128,7 +128,7 @@ impl TypedTable {
         let mut t = TypedTable { raw, dtypes, primary_key: None, time_column: None };
         t.primary_key = match optional_name(&ov.primary_key) {
             Some(name) => name.map(|n| t.declared_key(n, file)).transpose()?,
-            None => t.inferred_key(),
+            None => t.inferred_key()?,
         };
         t.time_column = match optional_name(&ov.time_column) {
             Some(name) => name.map(|n| t.declared_time(n, file)).transpose()?,
@@ -151,43 +151,61 @@ impl TypedTable {
 
     fn declared_key(&self, name: &str, file: &SchemaFile) -> Result<usize> {
         let i = column_of(&self.raw, self.name(), name, file)?;
-        let Some(values) = KeyValues::of(self.array(i).as_ref()) else {
+        if !self.dtypes[i].is_key_type() {
             return Err(file.error(format!(
                 "table `{}`: primary key `{name}` has type {}; keys are int64 or string",
                 self.name(),
                 self.dtypes[i]
             )));
-        };
-        if let Some(row) = (0..self.raw.num_rows).find(|&r| self.array(i).is_null(r)) {
-            return Err(LoadError::NullKey {
-                location: self.raw.source.locate(row),
-                table: self.name().to_string(),
-                column: name.to_string(),
-            });
         }
-        if let Some((first, second, value)) = values.first_duplicate() {
-            return Err(LoadError::DuplicateKey {
-                table: self.name().to_string(),
-                column: name.to_string(),
-                value,
-                first: self.raw.source.locate(first),
-                second: self.raw.source.locate(second),
-            });
-        }
+        self.check_key(i)?;
         Ok(i)
     }
 
+    /// A key column has a value in every row and no value twice.
+    fn check_key(&self, i: usize) -> Result<()> {
+        let (table, column) = (self.name().to_string(), self.column_name(i).to_string());
+        if let Some(row) = (0..self.raw.num_rows).find(|&r| self.array(i).is_null(r)) {
+            let location = self.raw.source.locate(row);
+            return Err(LoadError::NullKey { location, table, column });
+        }
+        match self.key_values(i).and_then(|v| v.first_duplicate()) {
+            Some((first, second, value)) => Err(LoadError::DuplicateKey {
+                table,
+                column,
+                value,
+                first: self.raw.source.locate(first),
+                second: self.raw.source.locate(second),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The best-named unique, non-null key-typed column; the first column counts as a name.
-    fn inferred_key(&self) -> Option<usize> {
+    /// A column named as this table's key (`id`, `order_id` in `orders`) that has nulls or
+    /// repeats is bad data, not a hint that there is no key: that is an error.
+    fn inferred_key(&self) -> Result<Option<usize>> {
         let mut candidates: Vec<(u32, usize)> = (0..self.raw.columns.len())
-            .filter(|&i| self.dtypes[i].is_key_type() && self.array(i).null_count() == 0)
-            .map(|i| (infer::key_name_score(self.name(), self.column_name(i)) + u32::from(i == 0), i))
-            .filter(|&(score, _)| score > 0)
+            .filter(|&i| self.dtypes[i].is_key_type())
+            .map(|i| (infer::key_name_score(self.name(), self.column_name(i)), i))
+            .filter(|&(score, i)| score > 0 || i == 0)
             .collect();
-        candidates.sort_by_key(|&(score, i)| (std::cmp::Reverse(score), i));
-        candidates.into_iter().map(|(_, i)| i).find(|&i| {
-            KeyValues::of(self.array(i).as_ref()).is_some_and(|v| v.first_duplicate().is_none())
-        })
+        candidates.sort_by_key(|&(score, i)| (std::cmp::Reverse(score + u32::from(i == 0)), i));
+        for (score, i) in candidates {
+            let strong = score >= infer::OWN_KEY_NAME;
+            let nulls = self.array(i).null_count() > 0;
+            if !strong && nulls {
+                continue;
+            }
+            let unique = self.key_values(i).is_some_and(|v| v.first_duplicate().is_none());
+            if strong && (nulls || !unique) {
+                self.check_key(i)?;
+            }
+            if unique {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
     }
 
     fn declared_time(&self, name: &str, file: &SchemaFile) -> Result<usize> {

@@ -21,8 +21,8 @@ impl fmt::Display for Location {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     #[error("{} is not a database directory: no .csv, .csv.gz or .parquet table files in it", dir.display())]
     NoTables { dir: PathBuf },
@@ -51,10 +51,10 @@ pub enum LoadError {
     #[error("{location}: column `{column}`: cannot read `{value}` as {expected}")]
     BadValue { location: Location, column: String, value: String, expected: String },
 
-    #[error("{location}: column `{column}` of table `{table}` is null, but it is the primary key")]
+    #[error("{location}: column `{column}` of table `{table}` is null, but it is the primary key (fix the row, or name another key with primary_key in schema.toml)")]
     NullKey { location: Location, table: String, column: String },
 
-    #[error("{second}: duplicate primary key `{value}` in column `{column}` of table `{table}` (first at {first})")]
+    #[error("{second}: duplicate primary key `{value}` in column `{column}` of table `{table}` (first at {first}); fix the rows, or name another key with primary_key in schema.toml")]
     DuplicateKey { table: String, column: String, value: String, first: Location, second: Location },
 
     #[error("{}: column `{column}` has Parquet type {found}, which relgraph cannot load", file.display())]
@@ -69,7 +69,7 @@ pub enum LoadError {
 
 impl LoadError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LoadError::Io { path: path.into(), source }
+        LoadError::Io { path: path.into(), cause: source }
     }
 }
 

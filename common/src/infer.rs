@@ -266,12 +266,15 @@ pub fn singular(name: &str) -> String {
     }
 }
 
+/// The score of a name that says "the key of this very table" (`id`, `order_id` in `orders`).
+pub const OWN_KEY_NAME: u32 = 3;
+
 /// How strongly a column's name says it is its own table's key (0: not at all).
 pub fn key_name_score(table: &str, column: &str) -> u32 {
     let c = column.to_ascii_lowercase();
     let t = singular(table);
     if c == "id" || c == format!("{t}_id") || c == format!("{}_id", table.to_ascii_lowercase()) {
-        3
+        OWN_KEY_NAME
     } else if c.ends_with("_id") || c.ends_with("id") || c.ends_with("_key") || c.ends_with("_code") {
         2
     } else {
