@@ -19,8 +19,18 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let retail = Retail::new(RetailSize { customers: 5_000, products: 500, days: 730 }, args.seed);
-    let promotions = Promotions::new(PromotionsSize { users: 5_000, days: 180 });
+    let retail = Retail::new(
+        RetailSize {
+            customers: 5_000,
+            products: 500,
+            days: 730,
+        },
+        args.seed,
+    );
+    let promotions = Promotions::new(PromotionsSize {
+        users: 5_000,
+        days: 180,
+    });
     let worlds: [(&str, &dyn World); 2] = [("retail", &retail), ("promotions", &promotions)];
     for (name, world) in worlds {
         let dir = args.dir.join(name);
@@ -30,10 +40,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         println!("{}", inspect::to_text(&db));
         let diff = world.schema().diff(&db.schema());
         if !diff.is_empty() {
-            bail!("inference disagrees with the generated {name} schema:\n  {}", diff.join("\n  "));
+            bail!(
+                "inference disagrees with the generated {name} schema:\n  {}",
+                diff.join("\n  ")
+            );
         }
         println!("inference recovered the generated {name} schema exactly.\n");
     }
-    println!("next: relgraph inspect {} --emit-schema", args.dir.join("retail").display());
+    println!(
+        "next: relgraph inspect {} --emit-schema",
+        args.dir.join("retail").display()
+    );
     Ok(())
 }

@@ -17,7 +17,9 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use rayon::prelude::*;
-use relgraph_common::schema::{ColumnSchema, DType, DatabaseSchema, ForeignKey, SType, TableSchema};
+use relgraph_common::schema::{
+    ColumnSchema, DType, DatabaseSchema, ForeignKey, SType, TableSchema,
+};
 use relgraph_common::time::{write_date, write_timestamp};
 use serde::Serialize;
 
@@ -68,11 +70,27 @@ pub enum Kind {
 
 pub fn run(kind: &Kind) -> Result<()> {
     let (summary, json) = match *kind {
-        Kind::Retail { ref output, customers, products, days } => {
-            let world = Retail::new(RetailSize { customers, products, days }, output.seed);
+        Kind::Retail {
+            ref output,
+            customers,
+            products,
+            days,
+        } => {
+            let world = Retail::new(
+                RetailSize {
+                    customers,
+                    products,
+                    days,
+                },
+                output.seed,
+            );
             (write(&world, &output.out, output.seed)?, output.json)
         }
-        Kind::Promotions { ref output, users, days } => {
+        Kind::Promotions {
+            ref output,
+            users,
+            days,
+        } => {
             let world = Promotions::new(PromotionsSize { users, days });
             (write(&world, &output.out, output.seed)?, output.json)
         }
@@ -90,7 +108,11 @@ impl Summary {
         use std::fmt::Write as _;
         let mut out = format!("wrote {}\n", self.dir.display());
         for (name, rows) in &self.tables {
-            let _ = writeln!(out, "  {name:18} {:>12} rows", crate::inspect::thousands(*rows));
+            let _ = writeln!(
+                out,
+                "  {name:18} {:>12} rows",
+                crate::inspect::thousands(*rows)
+            );
         }
         let _ = writeln!(
             out,
@@ -140,7 +162,8 @@ impl Rows {
     pub fn text(&mut self, s: &str) -> &mut Self {
         if s.contains([',', '"', '\n', '\r']) {
             self.buf.push(b'"');
-            self.buf.extend_from_slice(s.replace('"', "\"\"").as_bytes());
+            self.buf
+                .extend_from_slice(s.replace('"', "\"\"").as_bytes());
             self.buf.push(b'"');
         } else {
             self.buf.extend_from_slice(s.as_bytes());
@@ -152,7 +175,8 @@ impl Rows {
     pub fn id(&mut self, prefix: &str, n: u64) -> &mut Self {
         self.buf.extend_from_slice(prefix.as_bytes());
         self.buf.push(b'-');
-        self.buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         self.sep()
     }
 
@@ -168,7 +192,8 @@ impl Rows {
     }
 
     pub fn int(&mut self, v: i64) -> &mut Self {
-        self.buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         self.sep()
     }
 
@@ -179,7 +204,8 @@ impl Rows {
         if cents < 0 {
             self.buf.push(b'-');
         }
-        self.buf.extend_from_slice(b.format(cents.abs() / 100).as_bytes());
+        self.buf
+            .extend_from_slice(b.format(cents.abs() / 100).as_bytes());
         self.buf.push(b'.');
         let c = (cents.abs() % 100) as u8;
         self.buf.extend_from_slice(&[b'0' + c / 10, b'0' + c % 10]);
@@ -188,7 +214,8 @@ impl Rows {
 
     /// A floating-point number in its shortest exact form.
     pub fn float(&mut self, v: f64) -> &mut Self {
-        self.buf.extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
+        self.buf
+            .extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
         self.sep()
     }
 
@@ -223,13 +250,20 @@ pub fn table(
         name: name.to_string(),
         columns: columns
             .iter()
-            .map(|&(n, dtype, stype)| ColumnSchema { name: n.to_string(), dtype, stype })
+            .map(|&(n, dtype, stype)| ColumnSchema {
+                name: n.to_string(),
+                dtype,
+                stype,
+            })
             .collect(),
         primary_key: primary_key.map(str::to_string),
         time_column: time_column.map(str::to_string),
         foreign_keys: foreign_keys
             .iter()
-            .map(|&(c, t)| ForeignKey { column: c.to_string(), references: t.to_string() })
+            .map(|&(c, t)| ForeignKey {
+                column: c.to_string(),
+                references: t.to_string(),
+            })
             .collect(),
     }
 }
@@ -280,7 +314,9 @@ impl Draw for Pcg64Mcg {
 pub fn pick_cumulative(rng: &mut Pcg64Mcg, cumulative: &[f64]) -> usize {
     let total = cumulative.last().copied().unwrap_or(0.0);
     let x = rng.unit() * total;
-    cumulative.partition_point(|&c| c <= x).min(cumulative.len().saturating_sub(1))
+    cumulative
+        .partition_point(|&c| c <= x)
+        .min(cumulative.len().saturating_sub(1))
 }
 
 /// The RNG of stream `stream` for a seed: independent streams, stable across versions.
@@ -313,7 +349,12 @@ pub fn write(world: &dyn World, dir: &Path, seed: u64) -> Result<Summary> {
     let mut outputs: Vec<(PathBuf, Vec<&str>)> = schema
         .tables
         .iter()
-        .map(|t| (dir.join(format!("{}.csv", t.name)), t.columns.iter().map(|c| c.name.as_str()).collect()))
+        .map(|t| {
+            (
+                dir.join(format!("{}.csv", t.name)),
+                t.columns.iter().map(|c| c.name.as_str()).collect(),
+            )
+        })
         .collect();
     for (name, header) in world.truth_files() {
         outputs.push((dir.join("_truth").join(name), header.to_vec()));
@@ -325,13 +366,20 @@ pub fn write(world: &dyn World, dir: &Path, seed: u64) -> Result<Summary> {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let mut f = create(path)?;
-        writeln!(f, "{}", header.join(",")).with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(f, "{}", header.join(","))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         files.push(f);
     }
     let mut counts = vec![0u64; files.len()];
     let mut emit = |bufs: Vec<Rows>| -> Result<()> {
-        for (((rows, f), count), (path, _)) in bufs.into_iter().zip(&mut files).zip(&mut counts).zip(&outputs) {
-            f.write_all(&rows.buf).with_context(|| format!("cannot write {}", path.display()))?;
+        for (((rows, f), count), (path, _)) in bufs
+            .into_iter()
+            .zip(&mut files)
+            .zip(&mut counts)
+            .zip(&outputs)
+        {
+            f.write_all(&rows.buf)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             *count += rows.rows;
         }
         Ok(())
@@ -356,10 +404,15 @@ pub fn write(world: &dyn World, dir: &Path, seed: u64) -> Result<Summary> {
         }
     }
     for (f, (path, _)) in files.iter_mut().zip(&outputs) {
-        f.flush().with_context(|| format!("cannot write {}", path.display()))?;
+        f.flush()
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let tables: Vec<(String, u64)> =
-        schema.tables.iter().map(|t| t.name.clone()).zip(counts.iter().copied()).collect();
+    let tables: Vec<(String, u64)> = schema
+        .tables
+        .iter()
+        .map(|t| t.name.clone())
+        .zip(counts.iter().copied())
+        .collect();
     let rows = tables.iter().map(|(_, n)| n).sum();
     let seconds = started.elapsed().as_secs_f64();
     Ok(Summary {
@@ -378,13 +431,22 @@ mod tests {
     use super::*;
 
     fn small_retail(seed: u64) -> Retail {
-        Retail::new(RetailSize { customers: 600, products: 80, days: 400 }, seed)
+        Retail::new(
+            RetailSize {
+                customers: 600,
+                products: 80,
+                days: 400,
+            },
+            seed,
+        )
     }
 
     fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = Vec::new();
         for sub in [dir.to_path_buf(), dir.join("_truth")] {
-            let Ok(entries) = std::fs::read_dir(&sub) else { continue };
+            let Ok(entries) = std::fs::read_dir(&sub) else {
+                continue;
+            };
             for e in entries.flatten().filter(|e| e.path().is_file()) {
                 out.push((e.path(), std::fs::read(e.path()).expect("read")));
             }
@@ -396,15 +458,27 @@ mod tests {
     #[test]
     fn same_seed_same_bytes_whatever_the_thread_count() {
         let root = tempfile::tempdir().expect("tempdir");
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
-        let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
-        one.install(|| write(&small_retail(5), &a, 5)).expect("write a");
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool");
+        let (a, b, c) = (
+            root.path().join("a"),
+            root.path().join("b"),
+            root.path().join("c"),
+        );
+        one.install(|| write(&small_retail(5), &a, 5))
+            .expect("write a");
         write(&small_retail(5), &b, 5).expect("write b");
         write(&small_retail(6), &c, 6).expect("write c");
-        let strip = |v: Vec<(PathBuf, Vec<u8>)>| v.into_iter().map(|(_, bytes)| bytes).collect::<Vec<_>>();
+        let strip =
+            |v: Vec<(PathBuf, Vec<u8>)>| v.into_iter().map(|(_, bytes)| bytes).collect::<Vec<_>>();
         assert_eq!(strip(files(&a)), strip(files(&b)));
         assert_ne!(strip(files(&a)), strip(files(&c)));
-        let world = Promotions::new(PromotionsSize { users: 300, days: 30 });
+        let world = Promotions::new(PromotionsSize {
+            users: 300,
+            days: 30,
+        });
         let (p, q) = (root.path().join("p"), root.path().join("q"));
         one.install(|| write(&world, &p, 9)).expect("write p");
         write(&world, &q, 9).expect("write q");
@@ -415,32 +489,61 @@ mod tests {
     fn generated_worlds_are_inferred_exactly_as_generated() {
         let root = tempfile::tempdir().expect("tempdir");
         let retail = small_retail(1);
-        let promotions = Promotions::new(PromotionsSize { users: 400, days: 60 });
+        let promotions = Promotions::new(PromotionsSize {
+            users: 400,
+            days: 60,
+        });
         let worlds: [(&str, &dyn World); 2] = [("retail", &retail), ("promotions", &promotions)];
         for (name, world) in worlds {
             let dir = root.path().join(name);
             let summary = write(world, &dir, 1).expect("write");
             let db = Database::load(&dir, None).expect("load");
-            assert_eq!(world.schema().diff(&db.schema()), Vec::<String>::new(), "{name}");
+            assert_eq!(
+                world.schema().diff(&db.schema()),
+                Vec::<String>::new(),
+                "{name}"
+            );
             for (table, rows) in &summary.tables {
-                assert_eq!(db.table(table).map(|t| t.num_rows() as u64), Some(*rows), "{table}");
+                assert_eq!(
+                    db.table(table).map(|t| t.num_rows() as u64),
+                    Some(*rows),
+                    "{table}"
+                );
                 assert!(*rows > 0, "{name}.{table} is empty");
             }
             for t in &db.tables {
-                assert!(t.dangling.iter().all(|&d| d == 0), "{}: generated keys never dangle", t.name());
+                assert!(
+                    t.dangling.iter().all(|&d| d == 0),
+                    "{}: generated keys never dangle",
+                    t.name()
+                );
             }
         }
     }
 
     fn strings(db: &Database, table: &str, column: &str) -> Vec<String> {
-        let array = db.table(table).and_then(|t| t.column(column)).expect("column");
-        let text = array.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
-        text.iter().map(|v| v.unwrap_or_default().to_string()).collect()
+        let array = db
+            .table(table)
+            .and_then(|t| t.column(column))
+            .expect("column");
+        let text = array
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("strings");
+        text.iter()
+            .map(|v| v.unwrap_or_default().to_string())
+            .collect()
     }
 
     fn times(db: &Database, table: &str, column: &str) -> Vec<i64> {
-        let array = db.table(table).and_then(|t| t.column(column)).expect("column");
-        let ts = array.as_any().downcast_ref::<arrow::array::TimestampSecondArray>().expect("times");
+        let array = db
+            .table(table)
+            .and_then(|t| t.column(column))
+            .expect("column");
+        let ts = array
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampSecondArray>()
+            .expect("times");
         ts.values().to_vec()
     }
 
@@ -451,33 +554,52 @@ mod tests {
     #[test]
     fn retail_signal_is_in_the_tables() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let world = Retail::new(RetailSize { customers: 3000, products: 200, days: 730 }, 3);
+        let world = Retail::new(
+            RetailSize {
+                customers: 3000,
+                products: 200,
+                days: 730,
+            },
+            3,
+        );
         write(&world, dir.path(), 3).expect("write");
         let db = Database::load(dir.path(), None).expect("load");
-        let categories: std::collections::HashMap<String, String> = strings(&db, "products", "product_id")
-            .into_iter()
-            .zip(strings(&db, "products", "category"))
-            .collect();
+        let categories: std::collections::HashMap<String, String> =
+            strings(&db, "products", "product_id")
+                .into_iter()
+                .zip(strings(&db, "products", "category"))
+                .collect();
         let customers = strings(&db, "orders", "customer_id");
         let products = strings(&db, "orders", "product_id");
         let at = times(&db, "orders", "timestamp");
         let mut by_customer: std::collections::HashMap<&str, Vec<(i64, &str)>> = Default::default();
         for i in 0..at.len() {
-            by_customer.entry(&customers[i]).or_default().push((at[i], &categories[&products[i]]));
+            by_customer
+                .entry(&customers[i])
+                .or_default()
+                .push((at[i], &categories[&products[i]]));
         }
         let followed_by_photo_gear = |trigger: &str| {
             let (mut hits, mut all) = (0.0, 0.0);
             for orders in by_customer.values() {
                 for &(t, _) in orders.iter().filter(|(_, c)| *c == trigger) {
                     all += 1.0;
-                    let next = orders.iter().any(|&(u, d)| u > t && u <= t + 21 * DAY && (d == "lens" || d == "tripod"));
+                    let next = orders.iter().any(|&(u, d)| {
+                        u > t && u <= t + 21 * DAY && (d == "lens" || d == "tripod")
+                    });
                     hits += f64::from(u8::from(next));
                 }
             }
             hits / all
         };
-        let (after_camera, after_headphones) = (followed_by_photo_gear("camera"), followed_by_photo_gear("headphones"));
-        assert!(after_camera > 3.0 * after_headphones, "co-purchase: {after_camera} vs {after_headphones}");
+        let (after_camera, after_headphones) = (
+            followed_by_photo_gear("camera"),
+            followed_by_photo_gear("headphones"),
+        );
+        assert!(
+            after_camera > 3.0 * after_headphones,
+            "co-purchase: {after_camera} vs {after_headphones}"
+        );
 
         let carts: std::collections::HashSet<(String, String, i64)> = {
             let (c, p, a, t) = (
@@ -486,12 +608,23 @@ mod tests {
                 strings(&db, "browsing_sessions", "action"),
                 times(&db, "browsing_sessions", "timestamp"),
             );
-            (0..t.len()).filter(|&i| a[i] == "add_to_cart").map(|i| (c[i].clone(), p[i].clone(), t[i] / 3600)).collect()
+            (0..t.len())
+                .filter(|&i| a[i] == "add_to_cart")
+                .map(|i| (c[i].clone(), p[i].clone(), t[i] / 3600))
+                .collect()
         };
         let carted = (0..at.len())
-            .filter(|&i| (0..=1).any(|h| carts.contains(&(customers[i].clone(), products[i].clone(), at[i] / 3600 - h))))
+            .filter(|&i| {
+                (0..=1).any(|h| {
+                    carts.contains(&(customers[i].clone(), products[i].clone(), at[i] / 3600 - h))
+                })
+            })
             .count();
-        assert!(carted as f64 > 0.6 * at.len() as f64, "{carted} of {} orders follow a cart", at.len());
+        assert!(
+            carted as f64 > 0.6 * at.len() as f64,
+            "{carted} of {} orders follow a cart",
+            at.len()
+        );
 
         let in_window = |from: (u32, u32), to: (u32, u32)| {
             at.iter()
@@ -503,7 +636,10 @@ mod tests {
         };
         let holiday = in_window((11, 20), (12, 24)) / 35.0;
         let before = in_window((10, 16), (11, 19)) / 35.0;
-        assert!(holiday > 1.4 * before, "holiday {holiday}/day vs {before}/day before");
+        assert!(
+            holiday > 1.4 * before,
+            "holiday {holiday}/day vs {before}/day before"
+        );
     }
 
     /// A push raises purchases in the following three days by about the planted effect:
@@ -511,7 +647,10 @@ mod tests {
     #[test]
     fn promotions_uplift_is_in_the_tables() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let world = Promotions::new(PromotionsSize { users: 4000, days: 150 });
+        let world = Promotions::new(PromotionsSize {
+            users: 4000,
+            days: 150,
+        });
         write(&world, dir.path(), 4).expect("write");
         let db = Database::load(dir.path(), None).expect("load");
         let truth = std::fs::read_to_string(dir.path().join("_truth/uplift.csv")).expect("truth");
@@ -533,11 +672,19 @@ mod tests {
         );
         for i in 0..sent.len() {
             if kinds[i] == "PUSH" {
-                pushes.entry(users[i].clone()).or_default().push(sent[i] / DAY);
+                pushes
+                    .entry(users[i].clone())
+                    .or_default()
+                    .push(sent[i] / DAY);
             }
         }
-        let mut bought: std::collections::HashMap<String, std::collections::HashSet<i64>> = Default::default();
-        for (u, t) in strings(&db, "purchases", "user_id").into_iter().zip(times(&db, "purchases", "timestamp")) {
+        let mut bought: std::collections::HashMap<String, std::collections::HashSet<i64>> =
+            Default::default();
+        for (u, t) in strings(&db, "purchases", "user_id").into_iter().zip(times(
+            &db,
+            "purchases",
+            "timestamp",
+        )) {
             bought.entry(u).or_default().insert(t / DAY);
         }
         let lift = |group: &[(String, f64)]| {
@@ -549,20 +696,37 @@ mod tests {
                 for day in start + 10..start + 150 {
                     let is_boosted = days.iter().any(|&d| day > d && day <= d + 3);
                     let buy = f64::from(u8::from(buys.contains(&day)));
-                    if is_boosted { boosted += 1.0; boosted_buys += buy } else { plain += 1.0; plain_buys += buy }
+                    if is_boosted {
+                        boosted += 1.0;
+                        boosted_buys += buy
+                    } else {
+                        plain += 1.0;
+                        plain_buys += buy
+                    }
                 }
             }
             boosted_buys / boosted - plain_buys / plain
         };
         let (low, high) = (lift(&uplift[..1000]), lift(&uplift[3000..]));
-        assert!(high > 0.04 && high > 4.0 * low, "lift high {high}, low {low}");
+        assert!(
+            high > 0.04 && high > 4.0 * low,
+            "lift high {high}, low {low}"
+        );
     }
 
     #[test]
     fn rows_format_fields() {
         let mut r = Rows::default();
-        r.text("a,b").id("CU", 12).sub_id("O", 3, 4).int(-5).money(12.345).money(-0.5);
-        r.float(0.25).timestamp(86_400 + 3_661).date(0).text("say \"hi\"");
+        r.text("a,b")
+            .id("CU", 12)
+            .sub_id("O", 3, 4)
+            .int(-5)
+            .money(12.345)
+            .money(-0.5);
+        r.float(0.25)
+            .timestamp(86_400 + 3_661)
+            .date(0)
+            .text("say \"hi\"");
         r.end();
         assert_eq!(
             String::from_utf8(r.buf).expect("utf8"),
@@ -579,7 +743,10 @@ mod tests {
             counts[rng.weighted(&[1.0, 2.0, 7.0])] += 1;
         }
         let share = |i: usize| counts[i] as f64 / 30_000.0;
-        assert!((share(0) - 0.1).abs() < 0.01 && (share(2) - 0.7).abs() < 0.015, "{counts:?}");
+        assert!(
+            (share(0) - 0.1).abs() < 0.01 && (share(2) - 0.7).abs() < 0.015,
+            "{counts:?}"
+        );
         let cumulative = [1.0, 3.0, 10.0];
         let mut hits = [0usize; 3];
         for _ in 0..30_000 {

@@ -47,7 +47,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -81,7 +81,13 @@ pub fn to_text(db: &Database) -> String {
         );
         let width = s.columns.iter().map(|c| c.name.len()).max().unwrap_or(0);
         for c in &s.columns {
-            let _ = writeln!(out, "  {:width$}  {:9}  {}", c.name, c.dtype.name(), c.stype.name());
+            let _ = writeln!(
+                out,
+                "  {:width$}  {:9}  {}",
+                c.name,
+                c.dtype.name(),
+                c.stype.name()
+            );
         }
         for (f, d) in s.foreign_keys.iter().zip(&t.dangling) {
             let _ = writeln!(

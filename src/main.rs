@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "relgraph", version, about = "Predictions from relational data, asked in PQL")]
+#[command(
+    name = "relgraph",
+    version,
+    about = "Predictions from relational data, asked in PQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,9 +57,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Generate { kind } => generate::run(&kind),
-        Command::Inspect { dir, schema, json, emit_schema } => {
-            inspect::run(&dir, schema.as_deref(), json, emit_schema)
-        }
+        Command::Inspect {
+            dir,
+            schema,
+            json,
+            emit_schema,
+        } => inspect::run(&dir, schema.as_deref(), json, emit_schema),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -85,7 +85,11 @@ impl Database {
             })
             .collect::<Result<_>>()?;
         let tables = link(typed, &file)?;
-        Ok(Database { dir: dir.to_path_buf(), tables, skipped: listing.skipped })
+        Ok(Database {
+            dir: dir.to_path_buf(),
+            tables,
+            skipped: listing.skipped,
+        })
     }
 
     pub fn table(&self, name: &str) -> Option<&Table> {
@@ -93,7 +97,9 @@ impl Database {
     }
 
     pub fn schema(&self) -> DatabaseSchema {
-        DatabaseSchema { tables: self.tables.iter().map(|t| t.schema.clone()).collect() }
+        DatabaseSchema {
+            tables: self.tables.iter().map(|t| t.schema.clone()).collect(),
+        }
     }
 }
 
@@ -115,7 +121,11 @@ struct TypedTable {
 impl TypedTable {
     fn new(mut raw: RawTable, ov: &TableOverride, file: &SchemaFile) -> Result<Self> {
         let table = raw.source.table.clone();
-        for name in ov.columns.keys().chain(ov.foreign_keys.iter().flat_map(|f| f.keys())) {
+        for name in ov
+            .columns
+            .keys()
+            .chain(ov.foreign_keys.iter().flat_map(|f| f.keys()))
+        {
             column_of(&raw, &table, name, file)?;
         }
         let mut dtypes = Vec::with_capacity(raw.columns.len());
@@ -125,7 +135,12 @@ impl TypedTable {
             raw.columns[i].1 = array;
             dtypes.push(dtype);
         }
-        let mut t = TypedTable { raw, dtypes, primary_key: None, time_column: None };
+        let mut t = TypedTable {
+            raw,
+            dtypes,
+            primary_key: None,
+            time_column: None,
+        };
         t.primary_key = match optional_name(&ov.primary_key) {
             Some(name) => name.map(|n| t.declared_key(n, file)).transpose()?,
             None => t.inferred_key()?,
@@ -167,15 +182,19 @@ impl TypedTable {
         let (table, column) = (self.name().to_string(), self.column_name(i).to_string());
         if let Some(row) = (0..self.raw.num_rows).find(|&r| self.array(i).is_null(r)) {
             let location = self.raw.source.locate(row);
-            return Err(LoadError::NullKey { location, table, column });
+            return Err(LoadError::NullKey {
+                location,
+                table,
+                column,
+            });
         }
         match self.key_values(i).and_then(|v| v.first_duplicate()) {
             Some((first, second, value)) => Err(LoadError::DuplicateKey {
                 table,
                 column,
                 value,
-                first: self.raw.source.locate(first),
-                second: self.raw.source.locate(second),
+                first: Box::new(self.raw.source.locate(first)),
+                second: Box::new(self.raw.source.locate(second)),
             }),
             None => Ok(()),
         }
@@ -197,7 +216,9 @@ impl TypedTable {
             if !strong && nulls {
                 continue;
             }
-            let unique = self.key_values(i).is_some_and(|v| v.first_duplicate().is_none());
+            let unique = self
+                .key_values(i)
+                .is_some_and(|v| v.first_duplicate().is_none());
             if strong && (nulls || !unique) {
                 self.check_key(i)?;
             }
@@ -235,10 +256,13 @@ impl TypedTable {
 }
 
 fn column_of(raw: &RawTable, table: &str, name: &str, file: &SchemaFile) -> Result<usize> {
-    raw.columns.iter().position(|(n, _)| n == name).ok_or_else(|| {
-        let hint = suggest(name, raw.columns.iter().map(|(n, _)| n.as_str()));
-        file.error(format!("table `{table}` has no column `{name}`{hint}"))
-    })
+    raw.columns
+        .iter()
+        .position(|(n, _)| n == name)
+        .ok_or_else(|| {
+            let hint = suggest(name, raw.columns.iter().map(|(n, _)| n.as_str()));
+            file.error(format!("table `{table}` has no column `{name}`{hint}"))
+        })
 }
 
 /// Gives column `i` its type: the declared one, else the inferred one for text, else the
@@ -278,14 +302,20 @@ fn link(typed: Vec<TypedTable>, file: &SchemaFile) -> Result<Vec<Table>> {
     let links: Vec<Vec<(usize, usize, u64)>> = typed
         .par_iter()
         .enumerate()
-        .map(|(a, t)| match file.table(t.name()).and_then(|o| o.foreign_keys.as_ref()) {
-            Some(declared) => declared_links(&typed, &key_sets, a, declared, file),
-            None => Ok(inferred_links(&typed, &key_sets, a)),
-        })
+        .map(
+            |(a, t)| match file.table(t.name()).and_then(|o| o.foreign_keys.as_ref()) {
+                Some(declared) => declared_links(&typed, &key_sets, a, declared, file),
+                None => Ok(inferred_links(&typed, &key_sets, a)),
+            },
+        )
         .collect::<Result<_>>()?;
     drop(key_sets);
     let names: Vec<String> = typed.iter().map(|t| t.name().to_string()).collect();
-    typed.into_iter().zip(links).map(|(t, fks)| finish(t, &fks, &names, file)).collect()
+    typed
+        .into_iter()
+        .zip(links)
+        .map(|(t, fks)| finish(t, &fks, &names, file))
+        .collect()
 }
 
 fn declared_links(
@@ -299,13 +329,22 @@ fn declared_links(
     let mut out = Vec::new();
     for (column, target) in declared {
         let c = column_of(&t.raw, t.name(), column, file)?;
-        let bad = |why: String| file.error(format!("table `{}`: foreign key `{column}` {why}", t.name()));
+        let bad = |why: String| {
+            file.error(format!(
+                "table `{}`: foreign key `{column}` {why}",
+                t.name()
+            ))
+        };
         let Some(b) = typed.iter().position(|u| u.name() == target) else {
             let hint = suggest(target, typed.iter().map(TypedTable::name));
-            return Err(bad(format!("references `{target}`, which is not a table{hint}")));
+            return Err(bad(format!(
+                "references `{target}`, which is not a table{hint}"
+            )));
         };
         let (Some(pk), Some(keys)) = (typed[b].primary_key, &key_sets[b]) else {
-            return Err(bad(format!("references `{target}`, which has no primary key")));
+            return Err(bad(format!(
+                "references `{target}`, which has no primary key"
+            )));
         };
         if t.dtypes[c] != typed[b].dtypes[pk] {
             return Err(bad(format!(
@@ -315,7 +354,9 @@ fn declared_links(
                 typed[b].dtypes[pk]
             )));
         }
-        let dangling = t.key_values(c).map_or(0, |v| v.containment(keys).dangling());
+        let dangling = t
+            .key_values(c)
+            .map_or(0, |v| v.containment(keys).dangling());
         out.push((c, b, dangling));
     }
     out.sort_unstable();
@@ -333,17 +374,26 @@ fn inferred_links(
     let t = &typed[a];
     let mut out = Vec::new();
     for c in 0..t.dtypes.len() {
-        let Some(values) = t.key_values(c) else { continue };
+        let Some(values) = t.key_values(c) else {
+            continue;
+        };
         let mut best: Option<((u32, u64), usize, u64)> = None;
         for (b, keys) in key_sets.iter().enumerate() {
-            let (Some(keys), Some(pk)) = (keys, typed[b].primary_key) else { continue };
+            let (Some(keys), Some(pk)) = (keys, typed[b].primary_key) else {
+                continue;
+            };
             if b == a || t.dtypes[c] != typed[b].dtypes[pk] {
                 continue;
             }
-            let score =
-                infer::reference_name_score(t.column_name(c), typed[b].name(), typed[b].column_name(pk));
+            let score = infer::reference_name_score(
+                t.column_name(c),
+                typed[b].name(),
+                typed[b].column_name(pk),
+            );
             let is_own_key = t.primary_key == Some(c);
-            if (score == 0 && (t.dtypes[c] != DType::String || is_own_key)) || (is_own_key && score < 2) {
+            if (score == 0 && (t.dtypes[c] != DType::String || is_own_key))
+                || (is_own_key && score < 2)
+            {
                 continue;
             }
             let m = values.containment(keys);
@@ -378,9 +428,17 @@ fn finish(
             let name = t.column_name(i).to_string();
             let declared = ov.columns.get(&name).and_then(|c| c.stype);
             let stype = declared.unwrap_or_else(|| {
-                if is_key(i) { SType::Id } else { infer::infer_stype(t.array(i).as_ref()) }
+                if is_key(i) {
+                    SType::Id
+                } else {
+                    infer::infer_stype(t.array(i).as_ref())
+                }
             });
-            ColumnSchema { name, dtype: t.dtypes[i], stype }
+            ColumnSchema {
+                name,
+                dtype: t.dtypes[i],
+                stype,
+            }
         })
         .collect();
     let schema = TableSchema {

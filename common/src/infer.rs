@@ -32,11 +32,18 @@ fn parse_bool(text: &str) -> Option<bool> {
 }
 
 fn parse_int(text: &str) -> Option<i64> {
-    if looks_padded(text) { None } else { text.parse().ok() }
+    if looks_padded(text) {
+        None
+    } else {
+        text.parse().ok()
+    }
 }
 
 fn parse_float(text: &str) -> Option<f64> {
-    if looks_padded(text) || text.eq_ignore_ascii_case("inf") || text.eq_ignore_ascii_case("infinity") {
+    if looks_padded(text)
+        || text.eq_ignore_ascii_case("inf")
+        || text.eq_ignore_ascii_case("infinity")
+    {
         None
     } else {
         text.parse().ok()
@@ -240,7 +247,11 @@ impl Containment {
     }
 
     fn share(found: u64, all: u64) -> f64 {
-        if all == 0 { 0.0 } else { found as f64 / all as f64 }
+        if all == 0 {
+            0.0
+        } else {
+            found as f64 / all as f64
+        }
     }
 
     pub fn row_share(&self) -> f64 {
@@ -275,7 +286,8 @@ pub fn key_name_score(table: &str, column: &str) -> u32 {
     let t = singular(table);
     if c == "id" || c == format!("{t}_id") || c == format!("{}_id", table.to_ascii_lowercase()) {
         OWN_KEY_NAME
-    } else if c.ends_with("_id") || c.ends_with("id") || c.ends_with("_key") || c.ends_with("_code") {
+    } else if c.ends_with("_id") || c.ends_with("id") || c.ends_with("_key") || c.ends_with("_code")
+    {
         2
     } else {
         0
@@ -301,7 +313,14 @@ pub fn reference_name_score(column: &str, table: &str, key: &str) -> u32 {
 
 /// Names that say "this is when the row happened", best first.
 const TIME_NAMES: [&str; 9] = [
-    "timestamp", "time", "event_time", "datetime", "created_at", "date", "ts", "time_hour",
+    "timestamp",
+    "time",
+    "event_time",
+    "datetime",
+    "created_at",
+    "date",
+    "ts",
+    "time_hour",
     "created",
 ];
 
@@ -391,7 +410,11 @@ pub fn infer_stype(array: &dyn Array) -> SType {
     }
     if let Some(ints) = any.downcast_ref::<Int64Array>() {
         let flag = ints.iter().flatten().all(|v| v == 0 || v == 1);
-        return if flag { SType::Categorical } else { SType::Numerical };
+        return if flag {
+            SType::Categorical
+        } else {
+            SType::Numerical
+        };
     }
     match dtype_of(array) {
         Some(DType::Bool) => SType::Categorical,
@@ -414,7 +437,10 @@ mod tests {
             (&[Some("true"), None, Some("FALSE")], DType::Bool),
             (&[Some("1"), Some("-20"), None], DType::Int64),
             (&[Some("1"), Some("2.5"), Some("-3e2")], DType::Float64),
-            (&[Some("2024-01-01"), Some("2024-01-02 10:00:00")], DType::Timestamp),
+            (
+                &[Some("2024-01-01"), Some("2024-01-02 10:00:00")],
+                DType::Timestamp,
+            ),
             (&[Some("007"), Some("12")], DType::String),
             (&[Some("1"), Some("x")], DType::String),
             (&[None, None], DType::String),
@@ -431,7 +457,10 @@ mod tests {
         values.insert(7, Some("2024-13-45"));
         let column = text(&values);
         assert_eq!(infer_dtype(&column), DType::Timestamp);
-        assert_eq!(convert(&column, DType::Timestamp).err(), Some((7, "2024-13-45".to_string())));
+        assert_eq!(
+            convert(&column, DType::Timestamp).err(),
+            Some((7, "2024-13-45".to_string()))
+        );
     }
 
     #[test]
@@ -439,9 +468,15 @@ mod tests {
         let many = |f: &dyn Fn(usize) -> String, n: usize| -> StringArray {
             (0..n).map(|i| Some(f(i))).collect()
         };
-        let cat = many(&|i| ["budget", "regular", "premium"][i % 3].to_string(), 300);
+        let cat = many(
+            &|i| ["budget", "regular", "premium"][i % 3].to_string(),
+            300,
+        );
         assert_eq!(TextProfile::of(&cat).stype(), SType::Categorical);
-        let multi = many(&|i| ["photo|travel", "audio", "mobile;fitness"][i % 3].to_string(), 300);
+        let multi = many(
+            &|i| ["photo|travel", "audio", "mobile;fitness"][i % 3].to_string(),
+            300,
+        );
         assert_eq!(TextProfile::of(&multi).stype(), SType::Multicategorical);
         let prose = many(&|i| format!("Lumen Pro Camera X{i}"), 300);
         assert_eq!(TextProfile::of(&prose).stype(), SType::Text);
@@ -456,12 +491,21 @@ mod tests {
         assert_eq!(singular("boxes"), "box");
         assert_eq!(singular("loyalty"), "loyalty");
         assert_eq!(singular("address"), "address");
-        assert_eq!(reference_name_score("customer_id", "customers", "customer_id"), 3);
+        assert_eq!(
+            reference_name_score("customer_id", "customers", "customer_id"),
+            3
+        );
         assert_eq!(reference_name_score("user_id", "users", "id"), 3);
         assert_eq!(reference_name_score("origin", "airports", "faa"), 0);
         assert_eq!(key_name_score("orders", "order_id"), 3);
         assert_eq!(key_name_score("airports", "faa"), 0);
-        assert_eq!(pick_time_column(&["signup_date", "timestamp"]), Some("timestamp"));
-        assert_eq!(pick_time_column(&["born", "joined_date"]), Some("joined_date"));
+        assert_eq!(
+            pick_time_column(&["signup_date", "timestamp"]),
+            Some("timestamp")
+        );
+        assert_eq!(
+            pick_time_column(&["born", "joined_date"]),
+            Some("joined_date")
+        );
     }
 }

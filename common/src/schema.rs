@@ -31,8 +31,13 @@ pub enum SType {
 }
 
 impl DType {
-    pub const ALL: [DType; 5] =
-        [DType::Bool, DType::Int64, DType::Float64, DType::String, DType::Timestamp];
+    pub const ALL: [DType; 5] = [
+        DType::Bool,
+        DType::Int64,
+        DType::Float64,
+        DType::String,
+        DType::Timestamp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -155,10 +160,16 @@ impl DatabaseSchema {
 fn diff_table(t: &TableSchema, o: &TableSchema, out: &mut Vec<String>) {
     let name = &t.name;
     if t.primary_key != o.primary_key {
-        out.push(format!("{name}: primary key {:?} vs {:?}", t.primary_key, o.primary_key));
+        out.push(format!(
+            "{name}: primary key {:?} vs {:?}",
+            t.primary_key, o.primary_key
+        ));
     }
     if t.time_column != o.time_column {
-        out.push(format!("{name}: time column {:?} vs {:?}", t.time_column, o.time_column));
+        out.push(format!(
+            "{name}: time column {:?} vs {:?}",
+            t.time_column, o.time_column
+        ));
     }
     for c in &t.columns {
         match o.column(&c.name) {
@@ -175,8 +186,16 @@ fn diff_table(t: &TableSchema, o: &TableSchema, out: &mut Vec<String>) {
             out.push(format!("{name}.{}: only on the right", c.name));
         }
     }
-    let mut left: Vec<_> = t.foreign_keys.iter().map(|f| (&f.column, &f.references)).collect();
-    let mut right: Vec<_> = o.foreign_keys.iter().map(|f| (&f.column, &f.references)).collect();
+    let mut left: Vec<_> = t
+        .foreign_keys
+        .iter()
+        .map(|f| (&f.column, &f.references))
+        .collect();
+    let mut right: Vec<_> = o
+        .foreign_keys
+        .iter()
+        .map(|f| (&f.column, &f.references))
+        .collect();
     left.sort();
     right.sort();
     if left != right {

@@ -54,7 +54,9 @@ struct Document {
 
 /// `Some(None)` for `""` (explicitly none), `Some(Some(name))` for a name, `None` if unset.
 pub fn optional_name(value: &Option<String>) -> Option<Option<&str>> {
-    value.as_deref().map(|v| if v.is_empty() { None } else { Some(v) })
+    value
+        .as_deref()
+        .map(|v| if v.is_empty() { None } else { Some(v) })
 }
 
 impl SchemaFile {
@@ -64,7 +66,10 @@ impl SchemaFile {
             file: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
-        Ok(SchemaFile { path: path.to_path_buf(), tables: doc.tables })
+        Ok(SchemaFile {
+            path: path.to_path_buf(),
+            tables: doc.tables,
+        })
     }
 
     pub fn table(&self, name: &str) -> Option<&TableOverride> {
@@ -72,7 +77,10 @@ impl SchemaFile {
     }
 
     pub fn error(&self, message: String) -> LoadError {
-        LoadError::Schema { file: self.path.clone(), message }
+        LoadError::Schema {
+            file: self.path.clone(),
+            message,
+        }
     }
 }
 
@@ -97,7 +105,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, &cb) in b.iter().enumerate() {
             let up = row[j + 1];
-            row[j + 1] = (up + 1).min(row[j] + 1).min(diagonal + usize::from(ca != cb));
+            row[j + 1] = (up + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
             diagonal = up;
         }
     }
@@ -105,7 +115,10 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn key(name: &str) -> String {
-    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         name.to_string()
     } else {
@@ -126,8 +139,16 @@ pub fn to_toml(schema: &DatabaseSchema) -> String {
     for t in &schema.tables {
         let name = key(&t.name);
         let _ = writeln!(out, "\n[tables.{name}]");
-        let _ = writeln!(out, "primary_key = {}", quoted(t.primary_key.as_deref().unwrap_or("")));
-        let _ = writeln!(out, "time_column = {}", quoted(t.time_column.as_deref().unwrap_or("")));
+        let _ = writeln!(
+            out,
+            "primary_key = {}",
+            quoted(t.primary_key.as_deref().unwrap_or(""))
+        );
+        let _ = writeln!(
+            out,
+            "time_column = {}",
+            quoted(t.time_column.as_deref().unwrap_or(""))
+        );
         let links: Vec<String> = t
             .foreign_keys
             .iter()
@@ -156,7 +177,10 @@ mod tests {
     fn edit_distance_and_suggestions() {
         assert_eq!(edit_distance("amout", "amount"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(suggest("amout", ["price", "amount"]), "; did you mean `amount`?");
+        assert_eq!(
+            suggest("amout", ["price", "amount"]),
+            "; did you mean `amount`?"
+        );
         assert_eq!(suggest("zzzzzz", ["price", "amount"]), "");
     }
 
@@ -165,8 +189,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("schema.toml");
         std::fs::write(&path, "[tables.a]\nprimary_kee = \"id\"\n").expect("write");
-        let err = SchemaFile::read(&path).expect_err("unknown key").to_string();
-        assert!(err.contains("schema.toml") && err.contains("primary_kee"), "{err}");
+        let err = SchemaFile::read(&path)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            err.contains("schema.toml") && err.contains("primary_kee"),
+            "{err}"
+        );
         assert!(err.contains("line 2"), "{err}");
     }
 }

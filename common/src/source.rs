@@ -10,9 +10,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, Int64Array, StringArray, StringBuilder, TimestampSecondArray,
-};
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray, StringBuilder, TimestampSecondArray};
 use arrow::compute::concat;
 use arrow::datatypes::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -30,13 +28,15 @@ pub enum Format {
 impl Format {
     fn of(path: &Path) -> Option<(Format, String)> {
         let name = path.file_name()?.to_str()?;
-        for (suffix, format) in
-            [(".csv.gz", Format::CsvGz), (".csv", Format::Csv), (".parquet", Format::Parquet)]
-        {
-            if let Some(stem) = name.strip_suffix(suffix) {
-                if !stem.is_empty() {
-                    return Some((format, stem.to_string()));
-                }
+        for (suffix, format) in [
+            (".csv.gz", Format::CsvGz),
+            (".csv", Format::Csv),
+            (".parquet", Format::Parquet),
+        ] {
+            if let Some(stem) = name.strip_suffix(suffix)
+                && !stem.is_empty()
+            {
+                return Some((format, stem.to_string()));
             }
         }
         None
@@ -83,7 +83,11 @@ pub fn list(dir: &Path) -> Result<Listing> {
     let mut sources: Vec<TableSource> = Vec::new();
     let mut skipped = Vec::new();
     for path in sorted_entries(dir)? {
-        let found = if path.is_dir() { folder_source(&path)? } else { file_source(&path) };
+        let found = if path.is_dir() {
+            folder_source(&path)?
+        } else {
+            file_source(&path)
+        };
         let Some(source) = found else {
             if path.file_name().is_none_or(|n| n != "schema.toml") {
                 skipped.push(path);
@@ -100,14 +104,21 @@ pub fn list(dir: &Path) -> Result<Listing> {
         sources.push(source);
     }
     if sources.is_empty() {
-        return Err(LoadError::NoTables { dir: dir.to_path_buf() });
+        return Err(LoadError::NoTables {
+            dir: dir.to_path_buf(),
+        });
     }
     Ok(Listing { sources, skipped })
 }
 
 fn file_source(path: &Path) -> Option<TableSource> {
     let (format, table) = Format::of(path)?;
-    Some(TableSource { table, format, files: vec![path.to_path_buf()], rows_per_file: vec![] })
+    Some(TableSource {
+        table,
+        format,
+        files: vec![path.to_path_buf()],
+        rows_per_file: vec![],
+    })
 }
 
 fn folder_source(dir: &Path) -> Result<Option<TableSource>> {
@@ -117,7 +128,9 @@ fn folder_source(dir: &Path) -> Result<Option<TableSource>> {
     let mut files = Vec::new();
     let mut format = None;
     for path in sorted_entries(dir)? {
-        let Some((f, _)) = Format::of(&path) else { continue };
+        let Some((f, _)) = Format::of(&path) else {
+            continue;
+        };
         match format {
             None => format = Some(f),
             Some(g) if g != f => {
@@ -132,7 +145,12 @@ fn folder_source(dir: &Path) -> Result<Option<TableSource>> {
         }
         files.push(path);
     }
-    Ok(format.map(|format| TableSource { table, format, files, rows_per_file: vec![] }))
+    Ok(format.map(|format| TableSource {
+        table,
+        format,
+        files,
+        rows_per_file: vec![],
+    }))
 }
 
 /// A table as read: column names and arrays, strings where the file has no types.
@@ -195,15 +213,27 @@ impl TableSource {
             };
             columns.push((name.clone(), merged));
         }
-        if let Some((extra, file)) = parts.iter().zip(&self.files).find(|(p, _)| p.len() > first.len()) {
+        if let Some((extra, file)) = parts
+            .iter()
+            .zip(&self.files)
+            .find(|(p, _)| p.len() > first.len())
+        {
             return Err(LoadError::PartMismatch {
                 file: file.clone(),
                 first: self.files[0].clone(),
-                detail: format!("it has {} columns, the first file {}", extra.len(), first.len()),
+                detail: format!(
+                    "it has {} columns, the first file {}",
+                    extra.len(),
+                    first.len()
+                ),
             });
         }
         let num_rows = self.rows_per_file.iter().sum::<u64>() as usize;
-        Ok(RawTable { source: self, columns, num_rows })
+        Ok(RawTable {
+            source: self,
+            columns,
+            num_rows,
+        })
     }
 
     /// The place of the table's `row`-th row (0-based over all its files).
@@ -212,7 +242,10 @@ impl TableSource {
         for (file, &n) in self.files.iter().zip(&self.rows_per_file) {
             if row < n {
                 return match self.format {
-                    Format::Parquet => Location::Row { file: file.clone(), row: row + 1 },
+                    Format::Parquet => Location::Row {
+                        file: file.clone(),
+                        row: row + 1,
+                    },
                     Format::Csv | Format::CsvGz => Location::Line {
                         file: file.clone(),
                         line: csv_line_of(file, self.format, row).unwrap_or(row + 2),
@@ -221,7 +254,10 @@ impl TableSource {
             }
             row -= n;
         }
-        Location::Row { file: self.files[0].clone(), row: row + 1 }
+        Location::Row {
+            file: self.files[0].clone(),
+            row: row + 1,
+        }
     }
 }
 
@@ -231,7 +267,10 @@ fn open_csv(file: &Path, format: Format) -> Result<csv::Reader<Box<dyn Read + Se
         Format::CsvGz => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
         _ => Box::new(f),
     };
-    Ok(csv::ReaderBuilder::new().has_headers(true).buffer_capacity(1 << 20).from_reader(reader))
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(reader))
 }
 
 /// The line where record `row` starts, found by reading the file again (errors only).
@@ -248,13 +287,23 @@ fn csv_line_of(file: &Path, format: Format, row: u64) -> Option<u64> {
 
 fn csv_error(file: &Path, err: csv::Error) -> LoadError {
     let line = err.position().map_or(0, csv::Position::line);
-    let location = Location::Line { file: file.to_path_buf(), line };
+    let location = Location::Line {
+        file: file.to_path_buf(),
+        line,
+    };
     match err.into_kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-            LoadError::Ragged { location, expected: expected_len, found: len }
-        }
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => LoadError::Ragged {
+            location,
+            expected: expected_len,
+            found: len,
+        },
         csv::ErrorKind::Io(e) => LoadError::io(file, e),
-        other => LoadError::Malformed { location, message: format!("{other:?}") },
+        other => LoadError::Malformed {
+            location,
+            message: format!("{other:?}"),
+        },
     }
 }
 
@@ -267,15 +316,23 @@ const MAX_TEXT_BYTES: usize = i32::MAX as usize;
 
 fn read_csv(file: &Path, format: Format) -> Result<Vec<(String, ArrayRef)>> {
     let mut reader = open_csv(file, format)?;
-    let header = reader.byte_headers().map_err(|e| csv_error(file, e))?.clone();
+    let header = reader
+        .byte_headers()
+        .map_err(|e| csv_error(file, e))?
+        .clone();
     if header.is_empty() {
-        return Err(LoadError::NoHeader { file: file.to_path_buf() });
+        return Err(LoadError::NoHeader {
+            file: file.to_path_buf(),
+        });
     }
     let names = header_names(file, &header)?;
     let mut builders: Vec<StringBuilder> = names.iter().map(|_| StringBuilder::new()).collect();
     let mut bytes = vec![0usize; names.len()];
     let mut record = csv::ByteRecord::new();
-    while reader.read_byte_record(&mut record).map_err(|e| csv_error(file, e))? {
+    while reader
+        .read_byte_record(&mut record)
+        .map_err(|e| csv_error(file, e))?
+    {
         for (i, field) in record.iter().enumerate() {
             if is_null_text(field) {
                 builders[i].append_null();
@@ -330,13 +387,19 @@ fn header_names(file: &Path, header: &csv::ByteRecord) -> Result<Vec<String>> {
 
 fn read_parquet(file: &Path) -> Result<Vec<(String, ArrayRef)>> {
     let parquet_err = |e: &dyn std::fmt::Display| LoadError::Malformed {
-        location: Location::Row { file: file.to_path_buf(), row: 0 },
+        location: Location::Row {
+            file: file.to_path_buf(),
+            row: 0,
+        },
         message: format!("not a readable Parquet file: {e}"),
     };
     let f = File::open(file).map_err(|e| LoadError::io(file, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| parquet_err(&e))?;
     let schema = builder.schema().clone();
-    let reader = builder.with_batch_size(64 * 1024).build().map_err(|e| parquet_err(&e))?;
+    let reader = builder
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| parquet_err(&e))?;
     let mut batches = Vec::new();
     for batch in reader {
         batches.push(batch.map_err(|e| parquet_err(&e))?);
@@ -362,7 +425,10 @@ fn read_parquet(file: &Path) -> Result<Vec<(String, ArrayRef)>> {
 /// Converts a typed Arrow array to relgraph's storage type for it; `None` if unsupported.
 fn canonical(array: &ArrayRef) -> Option<ArrayRef> {
     use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
-    let strict = CastOptions { safe: false, ..Default::default() };
+    let strict = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
     let to = |t: &DataType| cast_with_options(array, t, &strict).ok();
     let ticks = |to_seconds: &dyn Fn(i64) -> i64| -> Option<ArrayRef> {
         let raw = to(&DataType::Int64)?;

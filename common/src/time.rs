@@ -86,7 +86,10 @@ impl Cursor<'_> {
 
 /// Parses a timestamp into seconds since the epoch (UTC); `None` if `text` is not one.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
-    let mut c = Cursor { bytes: text.trim().as_bytes(), pos: 0 };
+    let mut c = Cursor {
+        bytes: text.trim().as_bytes(),
+        pos: 0,
+    };
     let year = c.digits(4)?;
     let sep = c.eat(b"-/")?;
     let month = c.digits(2)?;
@@ -103,7 +106,11 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     let hour = c.digits(2)?;
     c.eat(b":")?;
     let minute = c.digits(2)?;
-    let second = if c.eat(b":").is_some() { c.digits(2)? } else { 0 };
+    let second = if c.eat(b":").is_some() {
+        c.digits(2)?
+    } else {
+        0
+    };
     if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
@@ -191,15 +198,30 @@ mod tests {
         assert_eq!(parse_timestamp("2026/03/01T10:22:00.123Z"), Some(t));
         assert_eq!(parse_timestamp("2026-03-01T12:22:00+02:00"), Some(t));
         assert_eq!(parse_timestamp("2026-03-01T05:22:00-0500"), Some(t));
-        assert_eq!(parse_timestamp(" 2013-01-01T10:00:00Z "), Some(1_357_034_400));
+        assert_eq!(
+            parse_timestamp(" 2013-01-01T10:00:00Z "),
+            Some(1_357_034_400)
+        );
     }
 
     #[test]
     fn rejects_what_is_not_a_timestamp() {
         for bad in [
-            "", "2013", "20130101", "2026-02-29", "2024-13-01", "2024-00-10", "2024-01-32",
-            "2024-01-01 24:00", "2024-01-01 10:60", "2024-01-01x", "2024-01/01", "2024-01-01T",
-            "2024-01-01 10:00:00.", "2024-01-01 10:00 +25:00", "१२३४-01-01",
+            "",
+            "2013",
+            "20130101",
+            "2026-02-29",
+            "2024-13-01",
+            "2024-00-10",
+            "2024-01-32",
+            "2024-01-01 24:00",
+            "2024-01-01 10:60",
+            "2024-01-01x",
+            "2024-01/01",
+            "2024-01-01T",
+            "2024-01-01 10:00:00.",
+            "2024-01-01 10:00 +25:00",
+            "१२३४-01-01",
         ] {
             assert_eq!(parse_timestamp(bad), None, "{bad:?}");
         }

@@ -60,7 +60,10 @@ impl From<&DatabaseSchema> for pb::DatabaseSchema {
                 foreign_keys: t
                     .foreign_keys
                     .iter()
-                    .map(|f| pb::ForeignKey { column: f.column.clone(), references: f.references.clone() })
+                    .map(|f| pb::ForeignKey {
+                        column: f.column.clone(),
+                        references: f.references.clone(),
+                    })
                     .collect(),
             })
             .collect();
@@ -90,7 +93,11 @@ impl TryFrom<&pb::DatabaseSchema> for DatabaseSchema {
                     .into_iter()
                     .find(|s| pb::SemanticType::from(*s) as i32 == c.stype)
                     .ok_or_else(|| unknown("stype", c.stype))?;
-                columns.push(ColumnSchema { name: c.name.clone(), dtype, stype });
+                columns.push(ColumnSchema {
+                    name: c.name.clone(),
+                    dtype,
+                    stype,
+                });
             }
             tables.push(TableSchema {
                 name: t.name.clone(),
@@ -100,7 +107,10 @@ impl TryFrom<&pb::DatabaseSchema> for DatabaseSchema {
                 foreign_keys: t
                     .foreign_keys
                     .iter()
-                    .map(|f| ForeignKey { column: f.column.clone(), references: f.references.clone() })
+                    .map(|f| ForeignKey {
+                        column: f.column.clone(),
+                        references: f.references.clone(),
+                    })
                     .collect(),
             });
         }
@@ -122,16 +132,26 @@ mod tests {
                 columns: DType::ALL
                     .iter()
                     .zip(SType::ALL)
-                    .map(|(d, s)| ColumnSchema { name: format!("{d}_{s}"), dtype: *d, stype: s })
+                    .map(|(d, s)| ColumnSchema {
+                        name: format!("{d}_{s}"),
+                        dtype: *d,
+                        stype: s,
+                    })
                     .collect(),
                 primary_key: Some("int64_categorical".into()),
                 time_column: None,
-                foreign_keys: vec![ForeignKey { column: "string_text".into(), references: "x".into() }],
+                foreign_keys: vec![ForeignKey {
+                    column: "string_text".into(),
+                    references: "x".into(),
+                }],
             }],
         };
         let bytes = pb::DatabaseSchema::from(&schema).encode_to_vec();
         let decoded = pb::DatabaseSchema::decode(bytes.as_slice()).expect("decode");
-        assert_eq!(DatabaseSchema::try_from(&decoded).expect("known types"), schema);
+        assert_eq!(
+            DatabaseSchema::try_from(&decoded).expect("known types"),
+            schema
+        );
         let mut bad = decoded;
         bad.tables[0].columns[0].dtype = 99;
         assert!(DatabaseSchema::try_from(&bad).is_err());

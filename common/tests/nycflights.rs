@@ -8,7 +8,11 @@ use relgraph_common::{Database, DatabaseSchema, ForeignKey};
 
 fn data_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nycflights13");
-    assert!(dir.is_dir(), "nycflights13 not found at {} (shared/ beside the checkout)", dir.display());
+    assert!(
+        dir.is_dir(),
+        "nycflights13 not found at {} (shared/ beside the checkout)",
+        dir.display()
+    );
     dir
 }
 
@@ -18,18 +22,33 @@ fn read_column(file: &str, column: &str) -> Vec<String> {
     let mut bytes = Vec::new();
     let f = std::fs::File::open(&path).expect("open");
     if file.ends_with(".gz") {
-        flate2::read::MultiGzDecoder::new(f).read_to_end(&mut bytes).expect("gunzip");
+        flate2::read::MultiGzDecoder::new(f)
+            .read_to_end(&mut bytes)
+            .expect("gunzip");
     } else {
-        std::io::BufReader::new(f).read_to_end(&mut bytes).expect("read");
+        std::io::BufReader::new(f)
+            .read_to_end(&mut bytes)
+            .expect("read");
     }
     let mut reader = csv::Reader::from_reader(bytes.as_slice());
-    let at = reader.headers().expect("header").iter().position(|h| h == column).expect("column");
-    reader.records().map(|r| r.expect("record")[at].to_string()).collect()
+    let at = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .position(|h| h == column)
+        .expect("column");
+    reader
+        .records()
+        .map(|r| r.expect("record")[at].to_string())
+        .collect()
 }
 
 fn links(schema: &DatabaseSchema, table: &str) -> HashSet<(String, String)> {
     let t = schema.table(table).expect("table");
-    t.foreign_keys.iter().map(|ForeignKey { column, references }| (column.clone(), references.clone())).collect()
+    t.foreign_keys
+        .iter()
+        .map(|ForeignKey { column, references }| (column.clone(), references.clone()))
+        .collect()
 }
 
 #[test]
@@ -55,12 +74,21 @@ fn nycflights_is_inferred_as_its_readme_says() {
     ]
     .into();
     assert_eq!(links(&schema, "flights"), expected);
-    assert_eq!(links(&schema, "weather"), [pair("origin", "airports")].into());
+    assert_eq!(
+        links(&schema, "weather"),
+        [pair("origin", "airports")].into()
+    );
     for t in ["airports", "planes", "airlines"] {
         assert!(links(&schema, t).is_empty(), "{t} should link nowhere");
     }
     assert_eq!(db.table("flights").expect("flights").num_rows(), 336_776);
-    assert_eq!(db.skipped.iter().filter_map(|p| p.file_name()).collect::<Vec<_>>(), ["README.md"]);
+    assert_eq!(
+        db.skipped
+            .iter()
+            .filter_map(|p| p.file_name())
+            .collect::<Vec<_>>(),
+        ["README.md"]
+    );
 }
 
 #[test]
@@ -68,7 +96,10 @@ fn dangling_counts_match_a_naive_count() {
     let db = Database::load(&data_dir(), None).expect("load nycflights13");
     let flights = db.table("flights").expect("flights");
     let mut expected = HashMap::new();
-    for (fk, (file, key)) in [("tailnum", ("planes.csv", "tailnum")), ("dest", ("airports.csv", "faa"))] {
+    for (fk, (file, key)) in [
+        ("tailnum", ("planes.csv", "tailnum")),
+        ("dest", ("airports.csv", "faa")),
+    ] {
         let keys: HashSet<String> = read_column(file, key).into_iter().collect();
         let dangling = read_column("flights.csv.gz", fk)
             .iter()

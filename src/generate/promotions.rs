@@ -76,7 +76,12 @@ impl World for Promotions {
                 ),
                 table(
                     "purchases",
-                    &[("purchase_id", S, Id), ("user_id", S, Id), ("amount", F, Num), ts],
+                    &[
+                        ("purchase_id", S, Id),
+                        ("user_id", S, Id),
+                        ("amount", F, Num),
+                        ts,
+                    ],
                     Some("purchase_id"),
                     Some("timestamp"),
                     &[("user_id", "users")],
@@ -112,7 +117,15 @@ impl World for Promotions {
     }
 
     fn truth_files(&self) -> Vec<(&'static str, &'static [&'static str])> {
-        vec![("uplift.csv", &["user_id", "base_daily_prob", "push_daily_effect", "true_uplift"])]
+        vec![(
+            "uplift.csv",
+            &[
+                "user_id",
+                "base_daily_prob",
+                "push_daily_effect",
+                "true_uplift",
+            ],
+        )]
     }
 }
 
@@ -132,10 +145,17 @@ impl Promotions {
             0.3 * responsive * responsive * (1.0 - p / 0.25).powi(2) * PLATFORM_EFFECT[platform];
         let spend = (3.5 + 0.5 * rng.normal()).exp();
         let row = &mut out[USERS];
-        row.id("U", id).int(i64::from(eligible)).text(PLATFORMS[platform]);
+        row.id("U", id)
+            .int(i64::from(eligible))
+            .text(PLATFORMS[platform]);
         row.int(18 + rng.below(60) as i64).date(signup).end();
         let truth = &mut out[TRUTH];
-        truth.id("U", id).float(p).float(effect).float(true_uplift(p, effect)).end();
+        truth
+            .id("U", id)
+            .float(p)
+            .float(effect)
+            .float(true_uplift(p, effect))
+            .end();
 
         let (mut purchases, mut notes) = (0u64, 0u64);
         let mut boosted_until = i64::MIN;
@@ -147,11 +167,17 @@ impl Promotions {
                 let t = in_day(rng).max(signup);
                 purchases += 1;
                 let row = &mut out[PURCHASES];
-                row.sub_id("PU", id, purchases).id("U", id).money(spend * (0.4 * rng.normal()).exp());
+                row.sub_id("PU", id, purchases)
+                    .id("U", id)
+                    .money(spend * (0.4 * rng.normal()).exp());
                 row.timestamp(t).end();
             }
             let sends = [
-                ("PUSH", eligible && rng.chance(PUSH_RATE), 0.1 + 0.6 * responsive),
+                (
+                    "PUSH",
+                    eligible && rng.chance(PUSH_RATE),
+                    0.1 + 0.6 * responsive,
+                ),
                 ("EMAIL", rng.chance(EMAIL_RATE), 0.05 + 0.3 * responsive),
                 ("SMS", eligible && rng.chance(SMS_RATE), 0.3),
             ];

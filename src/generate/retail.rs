@@ -41,12 +41,24 @@ const BRANDS: [&str; 12] = [
 const LINES: [&str; 6] = ["Pro", "Air", "Max", "Lite", "Ultra", "One"];
 const SEGMENTS: [&str; 3] = ["budget", "regular", "premium"];
 const COUNTRIES: [&str; 8] = ["US", "UK", "DE", "FR", "ES", "IT", "NL", "PL"];
-const REASONS: [&str; 5] =
-    ["defective", "not as described", "changed mind", "too expensive", "arrived late"];
+const REASONS: [&str; 5] = [
+    "defective",
+    "not as described",
+    "changed mind",
+    "too expensive",
+    "arrived late",
+];
 const CHANNELS: [&str; 3] = ["email", "push", "sms"];
-const THEMES: [&str; 5] = ["Photo Week", "Work Smarter", "Mobile Days", "Sound Fest", "Move More"];
-const MONTHS: [&str; 12] =
-    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const THEMES: [&str; 5] = [
+    "Photo Week",
+    "Work Smarter",
+    "Mobile Days",
+    "Sound Fest",
+    "Move More",
+];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// Sizes of the retail world.
 #[derive(Clone, Copy, Debug)]
@@ -88,7 +100,11 @@ impl Retail {
         let mut rng = stream_rng(seed, 0);
         let products: Vec<Product> = (0..size.products.max(CATEGORIES.len()))
             .map(|i| {
-                let category = if i < CATEGORIES.len() { i } else { rng.below(CATEGORIES.len()) };
+                let category = if i < CATEGORIES.len() {
+                    i
+                } else {
+                    rng.below(CATEGORIES.len())
+                };
                 let brand = rng.below(BRANDS.len());
                 let price = CATEGORIES[category].1 * (0.35 * rng.normal()).exp();
                 let name = format!(
@@ -100,7 +116,14 @@ impl Retail {
                     10 + i
                 );
                 let cost = price * rng.between(0.45, 0.8);
-                Product { name, category, brand, price, cost, quality: rng.unit() }
+                Product {
+                    name,
+                    category,
+                    brand,
+                    price,
+                    cost,
+                    quality: rng.unit(),
+                }
             })
             .collect();
         let mut by_category = vec![(Vec::new(), Vec::new()); CATEGORIES.len()];
@@ -127,7 +150,13 @@ impl Retail {
                 }
             })
             .collect();
-        Retail { size, end, products, by_category, campaigns }
+        Retail {
+            size,
+            end,
+            products,
+            by_category,
+            campaigns,
+        }
     }
 }
 
@@ -193,7 +222,12 @@ impl World for Retail {
                 ),
                 table(
                     "order_events",
-                    &[("event_id", S, Id), ("order_id", S, Id), ("status", S, Cat), ts],
+                    &[
+                        ("event_id", S, Id),
+                        ("order_id", S, Id),
+                        ("status", S, Cat),
+                        ts,
+                    ],
                     Some("event_id"),
                     Some("timestamp"),
                     &[("order_id", "orders")],
@@ -271,12 +305,18 @@ impl World for Retail {
     fn prelude(&self, out: &mut [Rows]) {
         for (i, p) in self.products.iter().enumerate() {
             let row = &mut out[PRODUCTS];
-            row.id("P", 5000 + i as u64).text(&p.name).text(CATEGORIES[p.category].0);
+            row.id("P", 5000 + i as u64)
+                .text(&p.name)
+                .text(CATEGORIES[p.category].0);
             row.text(BRANDS[p.brand]).money(p.price).money(p.cost).end();
         }
         for (i, c) in self.campaigns.iter().enumerate() {
             let row = &mut out[CAMPAIGNS];
-            row.id("CP", 100 + i as u64).text(&c.name).text(c.channel).int(c.discount).date(c.start);
+            row.id("CP", 100 + i as u64)
+                .text(&c.name)
+                .text(c.channel)
+                .int(c.discount)
+                .date(c.start);
             row.end();
         }
     }
@@ -299,8 +339,16 @@ fn season(t: i64) -> f64 {
     let (_, month, day) = civil_from_days(days);
     let day_of_year = f64::from((month - 1) * 30 + day);
     let summer = 1.0 + 0.25 * (std::f64::consts::TAU * (day_of_year - 80.0) / 365.0).sin();
-    let holiday = if (month == 11 && day >= 20) || (month == 12 && day <= 24) { 1.8 } else { 1.0 };
-    let weekend = if (days + 3).rem_euclid(7) >= 5 { 1.3 } else { 1.0 };
+    let holiday = if (month == 11 && day >= 20) || (month == 12 && day <= 24) {
+        1.8
+    } else {
+        1.0
+    };
+    let weekend = if (days + 3).rem_euclid(7) >= 5 {
+        1.3
+    } else {
+        1.0
+    };
     summer * holiday * weekend
 }
 const SEASON_MAX: f64 = 1.25 * 1.8 * 1.3;
@@ -364,11 +412,20 @@ impl Customer {
     fn live(mut self, world: &Retail, rng: &mut Pcg64Mcg, out: &mut [Rows]) {
         let interests: Vec<&str> = self.interests.iter().map(|&i| INTERESTS[i]).collect();
         let row = &mut out[CUSTOMERS];
-        row.id("CU", self.id).text(SEGMENTS[self.segment]).text(COUNTRIES[rng.below(COUNTRIES.len())]);
-        row.int(18 + rng.below(58) as i64).text(&interests.join("|")).date(self.joined).end();
+        row.id("CU", self.id)
+            .text(SEGMENTS[self.segment])
+            .text(COUNTRIES[rng.below(COUNTRIES.len())]);
+        row.int(18 + rng.below(58) as i64)
+            .text(&interests.join("|"))
+            .date(self.joined)
+            .end();
         let joined = self.joined;
-        let mut campaigns =
-            world.campaigns.iter().enumerate().skip_while(|(_, c)| c.start < joined).peekable();
+        let mut campaigns = world
+            .campaigns
+            .iter()
+            .enumerate()
+            .skip_while(|(_, c)| c.start < joined)
+            .peekable();
         let mut t = self.joined;
         let mut forced: Option<i64> = None;
         loop {
@@ -419,10 +476,21 @@ impl Customer {
         };
         let opened = rng.chance(fit);
         let clicked = opened && rng.chance(0.4);
-        let kind = if clicked { "clicked" } else if opened { "opened" } else { "delivered" };
+        let kind = if clicked {
+            "clicked"
+        } else if opened {
+            "opened"
+        } else {
+            "delivered"
+        };
         let n = self.next(INTERACTIONS);
         let row = &mut out[INTERACTIONS];
-        row.sub_id("I", self.id, n).id("CU", self.id).id("CP", 100 + i as u64).text(kind).timestamp(t).end();
+        row.sub_id("I", self.id, n)
+            .id("CU", self.id)
+            .id("CP", 100 + i as u64)
+            .text(kind)
+            .timestamp(t)
+            .end();
         self.engagement = self.engagement * 0.7 + f64::from(u8::from(clicked));
         clicked.then(|| {
             self.discount = Some((c.discount as f64 / 100.0, t + 7 * DAY));
@@ -441,8 +509,9 @@ impl Customer {
             Some((category, _, until)) if t <= until && rng.chance(0.6) => category,
             _ if rng.chance(0.75) => {
                 let interest = self.interests[rng.below(self.interests.len())];
-                let options: Vec<usize> =
-                    (0..CATEGORIES.len()).filter(|&c| CATEGORIES[c].2 == interest).collect();
+                let options: Vec<usize> = (0..CATEGORIES.len())
+                    .filter(|&c| CATEGORIES[c].2 == interest)
+                    .collect();
                 options[rng.below(options.len())]
             }
             _ => rng.below(CATEGORIES.len()),
@@ -454,7 +523,11 @@ impl Customer {
             _ => None,
         };
         if let Some(b) = brand {
-            let branded: Vec<usize> = items.iter().copied().filter(|&p| world.products[p].brand == b).collect();
+            let branded: Vec<usize> = items
+                .iter()
+                .copied()
+                .filter(|&p| world.products[p].brand == b)
+                .collect();
             if !branded.is_empty() {
                 return branded[rng.below(branded.len())];
             }
@@ -472,8 +545,18 @@ impl Customer {
         }
         let product = self.focus(world, t, rng);
         let wishlist = rng.chance(0.15);
-        let cart = rng.chance(if self.brands.contains(&world.products[product].brand) { 0.45 } else { 0.25 });
-        let action = if cart { "add_to_cart" } else if wishlist { "add_to_wishlist" } else { "view" };
+        let cart = rng.chance(if self.brands.contains(&world.products[product].brand) {
+            0.45
+        } else {
+            0.25
+        });
+        let action = if cart {
+            "add_to_cart"
+        } else if wishlist {
+            "add_to_wishlist"
+        } else {
+            "view"
+        };
         self.session(product, action, t, rng, out);
         let related = &world.by_category[world.products[product].category].0;
         for k in 0..rng.below(4) {
@@ -481,23 +564,52 @@ impl Customer {
             self.session(other, "view", t + 60 * (k as i64 + 1) * 4, rng, out);
         }
         let price = world.products[product].price;
-        let afford = [1.0 - (price / 2500.0).min(0.6), 1.0 - (price / 5000.0).min(0.4), 1.0][self.segment];
-        let buy = (0.04 + 0.5 * f64::from(u8::from(cart)) + 0.1 * f64::from(u8::from(wishlist))) * afford;
+        let afford = [
+            1.0 - (price / 2500.0).min(0.6),
+            1.0 - (price / 5000.0).min(0.4),
+            1.0,
+        ][self.segment];
+        let buy =
+            (0.04 + 0.5 * f64::from(u8::from(cart)) + 0.1 * f64::from(u8::from(wishlist))) * afford;
         if rng.chance(buy) {
-            self.order(world, product, t + 60 + (rng.unit() * 1800.0) as i64, rng, out);
+            self.order(
+                world,
+                product,
+                t + 60 + (rng.unit() * 1800.0) as i64,
+                rng,
+                out,
+            );
         }
         true
     }
 
-    fn session(&mut self, product: usize, action: &str, t: i64, rng: &mut Pcg64Mcg, out: &mut [Rows]) {
+    fn session(
+        &mut self,
+        product: usize,
+        action: &str,
+        t: i64,
+        rng: &mut Pcg64Mcg,
+        out: &mut [Rows],
+    ) {
         let n = self.next(BROWSING);
-        let duration = (rng.exponential(1.0 / 60.0) + if action == "view" { 10.0 } else { 90.0 }) as i64;
+        let duration =
+            (rng.exponential(1.0 / 60.0) + if action == "view" { 10.0 } else { 90.0 }) as i64;
         let row = &mut out[BROWSING];
-        row.sub_id("S", self.id, n).id("CU", self.id).id("P", 5000 + product as u64).text(action);
+        row.sub_id("S", self.id, n)
+            .id("CU", self.id)
+            .id("P", 5000 + product as u64)
+            .text(action);
         row.int(duration).timestamp(t).end();
     }
 
-    fn order(&mut self, world: &Retail, product: usize, t: i64, rng: &mut Pcg64Mcg, out: &mut [Rows]) {
+    fn order(
+        &mut self,
+        world: &Retail,
+        product: usize,
+        t: i64,
+        rng: &mut Pcg64Mcg,
+        out: &mut [Rows],
+    ) {
         let p = &world.products[product];
         let discount = match self.discount {
             Some((d, until)) if t <= until => d,
@@ -507,14 +619,16 @@ impl Customer {
         let quantity = 1 + rng.weighted(&[0.7, 0.2, 0.07, 0.03]) as i64;
         let n = self.next(ORDERS);
         let row = &mut out[ORDERS];
-        row.sub_id("O", self.id, n).id("CU", self.id).id("P", 5000 + product as u64);
+        row.sub_id("O", self.id, n)
+            .id("CU", self.id)
+            .id("P", 5000 + product as u64);
         row.int(quantity).money(unit).timestamp(t).end();
         self.last_order = t;
-        if let Some((_, accessories)) = COMPLEMENTS.iter().find(|(c, _)| *c == p.category) {
-            if rng.chance(0.6) {
-                let accessory = accessories[rng.below(accessories.len())];
-                self.pending = Some((accessory, p.brand, t + 21 * DAY));
-            }
+        if let Some((_, accessories)) = COMPLEMENTS.iter().find(|(c, _)| *c == p.category)
+            && rng.chance(0.6)
+        {
+            let accessory = accessories[rng.below(accessories.len())];
+            self.pending = Some((accessory, p.brand, t + 21 * DAY));
         }
         let delivered = self.fulfil(world.end, n, t, rng, out);
         if self.enrolled {
@@ -526,36 +640,67 @@ impl Customer {
             };
             let k = self.next(LOYALTY);
             let row = &mut out[LOYALTY];
-            row.sub_id("L", self.id, k).id("CU", self.id).int((unit * quantity as f64).round() as i64);
+            row.sub_id("L", self.id, k)
+                .id("CU", self.id)
+                .int((unit * quantity as f64).round() as i64);
             row.text(tier).timestamp(t).end();
         }
         let Some(delivered) = delivered else { return };
         let risk = (0.02 + 0.2 * (1.0 - p.quality).powi(2)) * [1.3, 1.0, 0.7][self.segment];
         let returned = delivered + (rng.between(1.0, 14.0) * DAY as f64) as i64;
         if rng.chance(risk) && returned <= world.end {
-            let reason = rng.weighted(&[2.0 * (1.0 - p.quality), 0.5, 0.6, [0.8, 0.3, 0.1][self.segment], 0.2]);
+            let reason = rng.weighted(&[
+                2.0 * (1.0 - p.quality),
+                0.5,
+                0.6,
+                [0.8, 0.3, 0.1][self.segment],
+                0.2,
+            ]);
             let k = self.next(RETURNS);
             let row = &mut out[RETURNS];
-            row.sub_id("R", self.id, k).id("CU", self.id).sub_id("O", self.id, n);
+            row.sub_id("R", self.id, k)
+                .id("CU", self.id)
+                .sub_id("O", self.id, n);
             row.text(REASONS[reason]).timestamp(returned).end();
             self.returns.push(returned);
         }
     }
 
     /// Placed → shipped → delivered (or cancelled); events after the end are not yet known.
-    fn fulfil(&mut self, end: i64, order: u64, t: i64, rng: &mut Pcg64Mcg, out: &mut [Rows]) -> Option<i64> {
+    fn fulfil(
+        &mut self,
+        end: i64,
+        order: u64,
+        t: i64,
+        rng: &mut Pcg64Mcg,
+        out: &mut [Rows],
+    ) -> Option<i64> {
         let cancelled = rng.chance(0.03);
         let shipped = t + (rng.between(0.5, 3.0) * DAY as f64) as i64;
         let delivered = shipped + (rng.between(1.0, 5.0) * DAY as f64) as i64;
         let steps: &[(&str, i64)] = if cancelled {
-            &[("placed", t), ("cancelled", t + (rng.between(0.05, 1.0) * DAY as f64) as i64)]
+            &[
+                ("placed", t),
+                (
+                    "cancelled",
+                    t + (rng.between(0.05, 1.0) * DAY as f64) as i64,
+                ),
+            ]
         } else {
-            &[("placed", t), ("shipped", shipped), ("delivered", delivered)]
+            &[
+                ("placed", t),
+                ("shipped", shipped),
+                ("delivered", delivered),
+            ]
         };
         for &(status, at) in steps.iter().filter(|(_, at)| *at <= end) {
             let k = self.next(ORDER_EVENTS);
             let row = &mut out[ORDER_EVENTS];
-            row.sub_id("E", self.id, k).sub_id("O", self.id, order).text(status).timestamp(at).end();
+            row.sub_id("E", self.id, k)
+                .sub_id("O", self.id, order)
+                .text(status)
+                .timestamp(at)
+                .end();
         }
         (!cancelled && delivered <= end).then_some(delivered)
     }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The README's two commands:
+#   ./dev.sh demo    build relgraph and run its demo
+#   ./dev.sh test    formatting, lints and every test (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")"
+# One build cache outside the clone, shared by the demo, the tests and CI runs.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/relgraph/target}"
+bash scripts/setup.sh
+case "${1:-}" in
+  demo)
+    shift
+    exec cargo run --quiet -- demo "$@"
+    ;;
+  test)
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+    exec cargo test --workspace
+    ;;
+  *)
+    echo "usage: ./dev.sh demo [--dir DIR] | ./dev.sh test" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what relgraph's build and tests need beyond a Rust toolchain. Idempotent: each
+# step checks first and does nothing when the thing is already there.
+# Protobuf code generation uses a vendored protoc, so no system protoc is needed.
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    echo "setup: adding rustup component $component"
+    rustup component add "$component"
+  fi
+done
