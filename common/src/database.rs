@@ -103,12 +103,7 @@ impl Database {
     }
 }
 
-static NO_OVERRIDE: TableOverride = TableOverride {
-    primary_key: None,
-    time_column: None,
-    columns: std::collections::BTreeMap::new(),
-    foreign_keys: None,
-};
+static NO_OVERRIDE: std::sync::LazyLock<TableOverride> = std::sync::LazyLock::new(TableOverride::default);
 
 /// A table with typed columns, its primary key and time column; links come later.
 struct TypedTable {
@@ -322,7 +317,7 @@ fn declared_links(
     typed: &[TypedTable],
     key_sets: &[Option<KeySet<'_>>],
     a: usize,
-    declared: &std::collections::BTreeMap<String, String>,
+    declared: &indexmap::IndexMap<String, String>,
     file: &SchemaFile,
 ) -> Result<Vec<(usize, usize, u64)>> {
     let t = &typed[a];
@@ -359,7 +354,6 @@ fn declared_links(
             .map_or(0, |v| v.containment(keys).dangling());
         out.push((c, b, dangling));
     }
-    out.sort_unstable();
     Ok(out)
 }
 

@@ -16,6 +16,7 @@
 
 pub mod database;
 pub mod error;
+pub mod pql;
 pub mod infer;
 pub mod schema;
 pub mod schema_file;

@@ -10,9 +10,10 @@
 //! flight = { dtype = "string", stype = "categorical" }
 //! ```
 //! Every key is optional; what is given replaces the guess (`foreign_keys` replaces all
-//! of the table's inferred links). Unknown keys, tables and columns are errors.
+//! of the table's inferred links, in the order written). Unknown keys, tables and columns
+//! are errors.
 
-use std::collections::BTreeMap;
+use indexmap::IndexMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -34,22 +35,22 @@ pub struct TableOverride {
     pub primary_key: Option<String>,
     pub time_column: Option<String>,
     #[serde(default)]
-    pub columns: BTreeMap<String, ColumnOverride>,
-    pub foreign_keys: Option<BTreeMap<String, String>>,
+    pub columns: IndexMap<String, ColumnOverride>,
+    pub foreign_keys: Option<IndexMap<String, String>>,
 }
 
 /// A parsed `schema.toml` and where it came from, for error messages.
 #[derive(Debug, Default)]
 pub struct SchemaFile {
     pub path: PathBuf,
-    pub tables: BTreeMap<String, TableOverride>,
+    pub tables: IndexMap<String, TableOverride>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
     #[serde(default)]
-    tables: BTreeMap<String, TableOverride>,
+    tables: IndexMap<String, TableOverride>,
 }
 
 /// `Some(None)` for `""` (explicitly none), `Some(Some(name))` for a name, `None` if unset.
@@ -81,6 +82,38 @@ impl SchemaFile {
             file: self.path.clone(),
             message,
         }
+    }
+}
+
+impl SchemaFile {
+    /// A whole schema written in this format, with no data behind it (every column with
+    /// its dtype and stype), in the order written.
+    pub fn parse_schema(text: &str) -> std::result::Result<DatabaseSchema, String> {
+        let doc: Document = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut tables = Vec::new();
+        for (name, t) in doc.tables {
+            let mut columns = Vec::new();
+            for (column, c) in &t.columns {
+                let (Some(dtype), Some(stype)) = (c.dtype, c.stype) else {
+                    return Err(format!("table `{name}`, column `{column}`: give both dtype and stype"));
+                };
+                columns.push(crate::schema::ColumnSchema { name: column.clone(), dtype, stype });
+            }
+            let own = |v: &Option<String>| optional_name(v).flatten().map(str::to_string);
+            tables.push(crate::schema::TableSchema {
+                name,
+                primary_key: own(&t.primary_key),
+                time_column: own(&t.time_column),
+                foreign_keys: t
+                    .foreign_keys
+                    .iter()
+                    .flatten()
+                    .map(|(c, r)| crate::schema::ForeignKey { column: c.clone(), references: r.clone() })
+                    .collect(),
+                columns,
+            });
+        }
+        Ok(DatabaseSchema { tables })
     }
 }
 

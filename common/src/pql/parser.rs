@@ -32,6 +32,9 @@ struct Parser {
 
 fn keyword_hint(word: &str) -> Option<String> {
     let upper = word.to_ascii_uppercase();
+    if KEYWORDS.contains(&upper.as_str()) {
+        return None;
+    }
     let candidates = KEYWORDS.iter().copied().chain(AggFunc::ALL.iter().map(|(n, _)| *n));
     candidates
         .map(|k| (edit_distance(&upper, k), k))
