@@ -3,6 +3,8 @@
 mod demo;
 mod generate;
 mod inspect;
+mod labels;
+mod pql;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +45,20 @@ enum Command {
         #[arg(long)]
         emit_schema: bool,
     },
+    /// Predictive queries: check what a query means and what its labels look like.
+    Pql {
+        #[command(subcommand)]
+        command: pql::PqlCommand,
+    },
+    /// Write the training table of a query (entity key, anchor_time, label, split) to Parquet.
+    Labels {
+        query: String,
+        #[command(flatten)]
+        data: pql::DataArgs,
+        /// The Parquet file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +79,8 @@ fn main() -> ExitCode {
             json,
             emit_schema,
         } => inspect::run(&dir, schema.as_deref(), json, emit_schema),
+        Command::Pql { command } => pql::run(&command),
+        Command::Labels { query, data, out } => labels::run(&query, &data, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

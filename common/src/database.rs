@@ -103,7 +103,8 @@ impl Database {
     }
 }
 
-static NO_OVERRIDE: std::sync::LazyLock<TableOverride> = std::sync::LazyLock::new(TableOverride::default);
+static NO_OVERRIDE: std::sync::LazyLock<TableOverride> =
+    std::sync::LazyLock::new(TableOverride::default);
 
 /// A table with typed columns, its primary key and time column; links come later.
 struct TypedTable {

@@ -16,8 +16,8 @@
 
 pub mod database;
 pub mod error;
-pub mod pql;
 pub mod infer;
+pub mod pql;
 pub mod schema;
 pub mod schema_file;
 pub mod source;

@@ -13,9 +13,11 @@ mod describe;
 pub mod error;
 pub mod lexer;
 pub mod parser;
+pub mod plan;
 pub mod validate;
 
-pub use error::{PqlError, Span};
 pub use bound::{Task, TaskType};
+pub use error::{PqlError, Span};
 pub use parser::parse;
+pub use plan::{PlanError, PlanOptions, Splits, TaskPlan, plan};
 pub use validate::validate;

@@ -95,9 +95,15 @@ impl SchemaFile {
             let mut columns = Vec::new();
             for (column, c) in &t.columns {
                 let (Some(dtype), Some(stype)) = (c.dtype, c.stype) else {
-                    return Err(format!("table `{name}`, column `{column}`: give both dtype and stype"));
+                    return Err(format!(
+                        "table `{name}`, column `{column}`: give both dtype and stype"
+                    ));
                 };
-                columns.push(crate::schema::ColumnSchema { name: column.clone(), dtype, stype });
+                columns.push(crate::schema::ColumnSchema {
+                    name: column.clone(),
+                    dtype,
+                    stype,
+                });
             }
             let own = |v: &Option<String>| optional_name(v).flatten().map(str::to_string);
             tables.push(crate::schema::TableSchema {
@@ -108,7 +114,10 @@ impl SchemaFile {
                     .foreign_keys
                     .iter()
                     .flatten()
-                    .map(|(c, r)| crate::schema::ForeignKey { column: c.clone(), references: r.clone() })
+                    .map(|(c, r)| crate::schema::ForeignKey {
+                        column: c.clone(),
+                        references: r.clone(),
+                    })
                     .collect(),
                 columns,
             });

@@ -21,7 +21,8 @@ fn schema(name: &str, cache: &mut HashMap<String, DatabaseSchema>) -> DatabaseSc
         .entry(name.to_string())
         .or_insert_with(|| {
             let path = testdata().join("schemas").join(format!("{name}.toml"));
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             SchemaFile::parse_schema(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         })
         .clone()
@@ -35,7 +36,10 @@ fn run(query: &str, schema: &DatabaseSchema) -> String {
 }
 
 /// Runs one file; returns it with the actual outputs and the number of mismatches.
-fn run_file(path: &Path, cache: &mut HashMap<String, DatabaseSchema>) -> (String, Vec<String>, usize) {
+fn run_file(
+    path: &Path,
+    cache: &mut HashMap<String, DatabaseSchema>,
+) -> (String, Vec<String>, usize) {
     let text = std::fs::read_to_string(path).expect("read golden file");
     let lines: Vec<&str> = text.lines().collect();
     let (mut out, mut failures, mut cases) = (String::new(), Vec::new(), 0);
@@ -67,11 +71,17 @@ fn run_file(path: &Path, cache: &mut HashMap<String, DatabaseSchema>) -> (String
             i += 1;
         }
         let expected = lines[expected_start.min(lines.len())..i].join("\n");
-        let schema = current.as_ref().unwrap_or_else(|| panic!("{}: a case before any `schema` line", path.display()));
+        let schema = current
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: a case before any `schema` line", path.display()));
         let actual = run(&query, schema);
         cases += 1;
         if actual != expected {
-            failures.push(format!("{}:{}:\n{query}\n--- expected\n{expected}\n--- actual\n{actual}\n", path.display(), start + 1));
+            failures.push(format!(
+                "{}:{}:\n{query}\n--- expected\n{expected}\n--- actual\n{actual}\n",
+                path.display(),
+                start + 1
+            ));
         }
         out.push_str(&format!("{query}\n----\n{actual}\n"));
     }
@@ -99,6 +109,14 @@ fn golden_files() {
             all_failures.extend(failures);
         }
     }
-    assert!(all_failures.is_empty(), "{} golden case(s) differ:\n{}", all_failures.len(), all_failures.join("\n"));
-    assert!(total >= 60 && errors >= 25, "golden files hold {total} cases, {errors} errors");
+    assert!(
+        all_failures.is_empty(),
+        "{} golden case(s) differ:\n{}",
+        all_failures.len(),
+        all_failures.join("\n")
+    );
+    assert!(
+        total >= 60 && errors >= 25,
+        "golden files hold {total} cases, {errors} errors"
+    );
 }

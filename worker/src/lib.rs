@@ -1,5 +1,20 @@
-//! The worker (ARCHITECTURE.md §3, §5, §8): partition store on RocksDB, the Flight data
-//! plane, label engine, model, trainer and scorer.
+//! The worker (ARCHITECTURE.md §3, §5, §8). Built so far: the label engine ([`label`]),
+//! which turns a planned PQL task into its training table, one partition of entities at
+//! a time. The partition store, Flight data plane, model, trainer and scorer come with
+//! later issues.
 //!
-//! Not built yet: this crate is a member of the workspace so that the dependency
-//! direction (`sampler`, `kernels` ← `worker`) is fixed from the start.
+//! ```no_run
+//! use relgraph_common::{Database, pql};
+//! use relgraph_worker::label::{LocalFacts, build};
+//!
+//! let db = Database::load("data/retail".as_ref(), None)?;
+//! let query = pql::parse("PREDICT COUNT(orders.*, 0, 30, days) > 0 FOR EACH customers.customer_id")?;
+//! let task = pql::validate(&query, &db.schema())?;
+//! let plan = pql::plan(task, &db, &pql::PlanOptions::default())?;
+//! let everyone: Vec<usize> = (0..db.tables[plan.task.entity_table].num_rows()).collect();
+//! let labels = build(&plan, &db, &everyone, &LocalFacts { db: &db })?;
+//! println!("{} examples", labels.labels.len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod label;

@@ -97,16 +97,25 @@ impl AggFunc {
     ];
 
     pub fn from_name(name: &str) -> Option<AggFunc> {
-        Self::ALL.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, f)| *f)
+        Self::ALL
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, f)| *f)
     }
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, f)| *f == self).map_or("?", |(n, _)| n)
+        Self::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
     }
 
     /// Whether an empty window has a value (0 / false) rather than none (§3).
     pub fn defined_on_empty(self) -> bool {
-        matches!(self, AggFunc::Count | AggFunc::Sum | AggFunc::CountDistinct | AggFunc::Bool)
+        matches!(
+            self,
+            AggFunc::Count | AggFunc::Sum | AggFunc::CountDistinct | AggFunc::Bool
+        )
     }
 }
 
@@ -151,7 +160,10 @@ impl TimeUnit {
     }
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, u)| *u == self).map_or("?", |(n, _)| n)
+        Self::ALL
+            .iter()
+            .find(|(_, u)| *u == self)
+            .map_or("?", |(n, _)| n)
     }
 }
 
@@ -216,9 +228,21 @@ pub enum ExprKind {
     Or(Box<Expr>, Box<Expr>),
     Cmp(CmpOp, Box<Expr>, Box<Expr>),
     Arith(ArithOp, Box<Expr>, Box<Expr>),
-    IsNull { expr: Box<Expr>, negated: bool },
-    InList { expr: Box<Expr>, list: Vec<(Literal, Span)>, negated: bool },
-    Str { op: StrOp, expr: Box<Expr>, pattern: String, negated: bool },
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
+    InList {
+        expr: Box<Expr>,
+        list: Vec<(Literal, Span)>,
+        negated: bool,
+    },
+    Str {
+        op: StrOp,
+        expr: Box<Expr>,
+        pattern: String,
+        negated: bool,
+    },
 }
 
 impl fmt::Display for Literal {
@@ -279,11 +303,25 @@ impl fmt::Display for Expr {
             ExprKind::IsNull { expr, negated } => {
                 write!(f, "({expr} IS {}NULL)", if *negated { "NOT " } else { "" })
             }
-            ExprKind::InList { expr, list, negated } => {
+            ExprKind::InList {
+                expr,
+                list,
+                negated,
+            } => {
                 let items: Vec<String> = list.iter().map(|(l, _)| l.to_string()).collect();
-                write!(f, "({expr} {}IN ({}))", if *negated { "NOT " } else { "" }, items.join(", "))
+                write!(
+                    f,
+                    "({expr} {}IN ({}))",
+                    if *negated { "NOT " } else { "" },
+                    items.join(", ")
+                )
             }
-            ExprKind::Str { op, expr, pattern, negated } => {
+            ExprKind::Str {
+                op,
+                expr,
+                pattern,
+                negated,
+            } => {
                 let s = ["LIKE", "CONTAINS", "STARTS WITH", "ENDS WITH"][*op as usize];
                 let not = if *negated { "NOT " } else { "" };
                 write!(f, "({expr} {not}{s} {})", Literal::Str(pattern.clone()))

@@ -197,8 +197,13 @@ pub enum TaskType {
     Regression,
     Multiclass,
     /// Top `k` items of table `items` (index into the schema).
-    Ranking { k: u32, items: usize },
-    Forecast { steps: u32 },
+    Ranking {
+        k: u32,
+        items: usize,
+    },
+    Forecast {
+        steps: u32,
+    },
 }
 
 impl TaskType {
@@ -288,10 +293,16 @@ impl Task {
             Target::Items(i) | Target::Forecast(i) => used.push(*i),
             Target::Column(..) => {}
         }
-        let windows: Vec<Window> =
-            used.iter().map(|&i| self.aggregates[i].window).filter(|w| w.end > 0).collect();
+        let windows: Vec<Window> = used
+            .iter()
+            .map(|&i| self.aggregates[i].window)
+            .filter(|w| w.end > 0)
+            .collect();
         let start = windows.iter().map(|w| w.start.unwrap_or(i64::MIN)).min()?;
         let end = windows.iter().map(|w| w.end).max()?;
-        Some(Window { start: (start != i64::MIN).then_some(start), end })
+        Some(Window {
+            start: (start != i64::MIN).then_some(start),
+            end,
+        })
     }
 }

@@ -8,10 +8,19 @@ use crate::schema::DatabaseSchema;
 
 fn window(w: &Window) -> String {
     let unit = |s: i64| {
-        if s % 86_400 == 0 { format!("{}d", s / 86_400) } else { format!("{s}s") }
+        if s % 86_400 == 0 {
+            format!("{}d", s / 86_400)
+        } else {
+            format!("{s}s")
+        }
     };
     let start = w.start.map_or("-INF".to_string(), unit);
-    format!("(t{}{start}, t{}{}]", if start.starts_with('-') { "" } else { "+" }, if w.end < 0 { "" } else { "+" }, unit(w.end))
+    format!(
+        "(t{}{start}, t{}{}]",
+        if start.starts_with('-') { "" } else { "+" },
+        if w.end < 0 { "" } else { "+" },
+        unit(w.end)
+    )
 }
 
 /// An expression with names from the schema; aggregates as `a0`, `a1`, ...
@@ -48,10 +57,17 @@ pub fn show(e: &BoundExpr, schema: &DatabaseSchema) -> String {
             };
             format!("({} {o} {})", s(a), s(b))
         }
-        BoundExpr::IsNull(x, neg) => format!("({} IS {}NULL)", s(x), if *neg { "NOT " } else { "" }),
+        BoundExpr::IsNull(x, neg) => {
+            format!("({} IS {}NULL)", s(x), if *neg { "NOT " } else { "" })
+        }
         BoundExpr::InList(x, list, neg) => {
             let items: Vec<String> = list.iter().map(ToString::to_string).collect();
-            format!("({} {}IN ({}))", s(x), if *neg { "NOT " } else { "" }, items.join(", "))
+            format!(
+                "({} {}IN ({}))",
+                s(x),
+                if *neg { "NOT " } else { "" },
+                items.join(", ")
+            )
         }
         BoundExpr::Str(op, x, pattern, neg) => {
             let o = match op {
@@ -60,7 +76,11 @@ pub fn show(e: &BoundExpr, schema: &DatabaseSchema) -> String {
                 StrOp::StartsWith => "STARTS WITH",
                 StrOp::EndsWith => "ENDS WITH",
             };
-            format!("({} {}{o} '{pattern}')", s(x), if *neg { "NOT " } else { "" })
+            format!(
+                "({} {}{o} '{pattern}')",
+                s(x),
+                if *neg { "NOT " } else { "" }
+            )
         }
     }
 }
@@ -69,14 +89,25 @@ fn aggregate(i: usize, a: &AggSpec, schema: &DatabaseSchema) -> String {
     let path: Vec<String> = a
         .path
         .iter()
-        .map(|l| format!("{}.{}", schema.tables[l.child].name, schema.tables[l.child].columns[l.column].name))
+        .map(|l| {
+            format!(
+                "{}.{}",
+                schema.tables[l.child].name, schema.tables[l.child].columns[l.column].name
+            )
+        })
         .collect();
     let arg = a.arg.as_ref().map_or("*".to_string(), |e| show(e, schema));
     let mut out = format!("a{i} = {}({arg}", a.func.name());
     if let Some(f) = &a.filter {
         let _ = write!(out, " WHERE {}", show(f, schema));
     }
-    let _ = write!(out, ") over {} {} via {}", schema.tables[a.table].name, window(&a.window), path.join(" -> "));
+    let _ = write!(
+        out,
+        ") over {} {} via {}",
+        schema.tables[a.table].name,
+        window(&a.window),
+        path.join(" -> ")
+    );
     out
 }
 
@@ -86,21 +117,39 @@ impl Task {
         let entity = &schema.tables[self.entity_table];
         let mut out = String::new();
         let _ = writeln!(out, "mode: {:?}", self.mode);
-        let _ = writeln!(out, "task: {} (loss {})", self.task.name(), self.task.loss());
-        let _ = writeln!(out, "entity: {}.{}", entity.name, entity.columns[self.entity_key].name);
+        let _ = writeln!(
+            out,
+            "task: {} (loss {})",
+            self.task.name(),
+            self.task.loss()
+        );
+        let _ = writeln!(
+            out,
+            "entity: {}.{}",
+            entity.name, entity.columns[self.entity_key].name
+        );
         if let Some(ids) = &self.ids {
             let shown: Vec<String> = ids.iter().map(ToString::to_string).collect();
             let _ = writeln!(out, "ids: {}", shown.join(", "));
         }
         let target = match &self.target {
             Target::Expr(e) => show(e, schema),
-            Target::Column(c, dtype) => format!("{} ({dtype}, static)", show(&BoundExpr::Column(*c, *dtype), schema)),
-            Target::Items(i) => format!("items of a{i} -> {}", match self.task {
-                super::bound::TaskType::Ranking { items, k } => format!("top {k} of {}", schema.tables[items].name),
-                _ => String::new(),
-            }),
+            Target::Column(c, dtype) => format!(
+                "{} ({dtype}, static)",
+                show(&BoundExpr::Column(*c, *dtype), schema)
+            ),
+            Target::Items(i) => format!(
+                "items of a{i} -> {}",
+                match self.task {
+                    super::bound::TaskType::Ranking { items, k } =>
+                        format!("top {k} of {}", schema.tables[items].name),
+                    _ => String::new(),
+                }
+            ),
             Target::Forecast(i) => match self.task {
-                super::bound::TaskType::Forecast { steps } => format!("a{i} over {steps} consecutive windows"),
+                super::bound::TaskType::Forecast { steps } => {
+                    format!("a{i} over {steps} consecutive windows")
+                }
                 _ => format!("a{i}"),
             },
         };

@@ -30,7 +30,11 @@ pub struct PqlError {
 
 impl PqlError {
     pub fn new(span: Span, message: impl Into<String>) -> Self {
-        PqlError { span, message: message.into(), hint: None }
+        PqlError {
+            span,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -46,13 +50,20 @@ impl PqlError {
         let line_no = query[..start].matches('\n').count() + 1;
         let col = query[line_start..start].chars().count() + 1;
         let line = &query[line_start..line_end];
-        let width = query[start..self.span.end.clamp(start, line_end)].chars().count().max(1);
+        let width = query[start..self.span.end.clamp(start, line_end)]
+            .chars()
+            .count()
+            .max(1);
         let mut head = format!("{line_no}:{col}: {}", self.message);
         if let Some(h) = &self.hint {
             head.push_str("; ");
             head.push_str(h);
         }
-        format!("{head}\n  {line}\n  {}{}", " ".repeat(col - 1), "^".repeat(width))
+        format!(
+            "{head}\n  {line}\n  {}{}",
+            " ".repeat(col - 1),
+            "^".repeat(width)
+        )
     }
 }
 
@@ -75,7 +86,8 @@ mod tests {
     #[test]
     fn renders_line_column_and_caret() {
         let q = "PREDICT COUNT(orders.*, 0, 30)\nFOR EACH custmers.id";
-        let e = PqlError::new(Span::new(40, 48), "no table `custmers`").with_hint("did you mean `customers`?");
+        let e = PqlError::new(Span::new(40, 48), "no table `custmers`")
+            .with_hint("did you mean `customers`?");
         assert_eq!(
             e.render(q),
             "2:10: no table `custmers`; did you mean `customers`?\n  FOR EACH custmers.id\n           ^^^^^^^^"

@@ -80,13 +80,20 @@ struct Lexer<'a> {
 
 /// Splits a query into tokens; comments (`#`, `--`) and whitespace are dropped.
 pub fn tokenize(text: &str) -> Result<Vec<Token>, PqlError> {
-    let mut lx = Lexer { text, bytes: text.as_bytes(), pos: 0 };
+    let mut lx = Lexer {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
     let mut out = Vec::new();
     loop {
         lx.skip_space_and_comments();
         let start = lx.pos;
         let Some(&b) = lx.bytes.get(start) else {
-            out.push(Token { tok: Tok::Eof, span: Span::new(start, start) });
+            out.push(Token {
+                tok: Tok::Eof,
+                span: Span::new(start, start),
+            });
             return Ok(out);
         };
         let tok = match b {
@@ -96,7 +103,10 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, PqlError> {
             b'`' => lx.quoted_name()?,
             _ => lx.symbol()?,
         };
-        out.push(Token { tok, span: Span::new(start, lx.pos) });
+        out.push(Token {
+            tok,
+            span: Span::new(start, lx.pos),
+        });
     }
 }
 
@@ -127,7 +137,10 @@ impl Lexer<'_> {
 
     fn word(&mut self) -> Tok {
         let start = self.pos;
-        while self.peek(0).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        while self
+            .peek(0)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             self.pos += 1;
         }
         Tok::Word(self.text[start..self.pos].to_string())
@@ -137,7 +150,10 @@ impl Lexer<'_> {
         let start = self.pos;
         self.pos += 1;
         let close = self.text[self.pos..].find('`').ok_or_else(|| {
-            PqlError::new(Span::new(start, self.text.len()), "unterminated `quoted name`")
+            PqlError::new(
+                Span::new(start, self.text.len()),
+                "unterminated `quoted name`",
+            )
         })?;
         let name = self.text[self.pos..self.pos + close].to_string();
         self.pos += close + 1;
@@ -173,15 +189,23 @@ impl Lexer<'_> {
                 float = true;
             }
         }
-        if self.peek(0).is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') {
+        if self
+            .peek(0)
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        {
             self.word();
             let text = &self.text[start..self.pos];
-            return Err(PqlError::new(Span::new(start, self.pos), format!("`{text}` is not a number")));
+            return Err(PqlError::new(
+                Span::new(start, self.pos),
+                format!("`{text}` is not a number"),
+            ));
         }
         let text = &self.text[start..self.pos];
         let span = Span::new(start, self.pos);
         if float {
-            text.parse().map(Tok::Float).map_err(|_| PqlError::new(span, format!("`{text}` is not a number")))
+            text.parse()
+                .map(Tok::Float)
+                .map_err(|_| PqlError::new(span, format!("`{text}` is not a number")))
         } else {
             text.parse().map(Tok::Int).map_err(|_| {
                 PqlError::new(span, format!("`{text}` does not fit in a 64-bit integer"))
@@ -194,7 +218,13 @@ impl Lexer<'_> {
         let rest = &self.text[self.pos..];
         let date_len = 10;
         let date = rest.get(..date_len)?;
-        let shape = date.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+        let shape = date.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
         if !shape {
             return None;
         }
@@ -216,8 +246,10 @@ impl Lexer<'_> {
         let mut out = String::new();
         loop {
             let Some(c) = self.text[self.pos..].chars().next() else {
-                return Err(PqlError::new(Span::new(start, self.pos), "unterminated string")
-                    .with_hint(format!("close it with {}", quote as char)));
+                return Err(
+                    PqlError::new(Span::new(start, self.pos), "unterminated string")
+                        .with_hint(format!("close it with {}", quote as char)),
+                );
             };
             self.pos += c.len_utf8();
             match c {
@@ -237,9 +269,10 @@ impl Lexer<'_> {
 
     fn escape(&mut self, start: usize) -> Result<char, PqlError> {
         let at = self.pos;
-        let c = self.text[at..].chars().next().ok_or_else(|| {
-            PqlError::new(Span::new(start, at), "unterminated string")
-        })?;
+        let c = self.text[at..]
+            .chars()
+            .next()
+            .ok_or_else(|| PqlError::new(Span::new(start, at), "unterminated string"))?;
         self.pos += c.len_utf8();
         Ok(match c {
             'n' => '\n',
@@ -293,7 +326,11 @@ mod tests {
     use super::*;
 
     fn toks(text: &str) -> Vec<Tok> {
-        tokenize(text).expect("tokens").into_iter().map(|t| t.tok).collect()
+        tokenize(text)
+            .expect("tokens")
+            .into_iter()
+            .map(|t| t.tok)
+            .collect()
     }
 
     #[test]
@@ -302,21 +339,50 @@ mod tests {
         assert_eq!(
             toks("COUNT(orders.*, -30, 0) >= 1.5e1 -- note\n AND x.y != 'it''s' # end"),
             vec![
-                Word("COUNT".into()), LParen, Word("orders".into()), Dot, Star, Comma, Minus,
-                Int(30), Comma, Int(0), RParen, Ge, Float(15.0), Word("AND".into()),
-                Word("x".into()), Dot, Word("y".into()), Ne, Str("it's".into()), Eof
+                Word("COUNT".into()),
+                LParen,
+                Word("orders".into()),
+                Dot,
+                Star,
+                Comma,
+                Minus,
+                Int(30),
+                Comma,
+                Int(0),
+                RParen,
+                Ge,
+                Float(15.0),
+                Word("AND".into()),
+                Word("x".into()),
+                Dot,
+                Word("y".into()),
+                Ne,
+                Str("it's".into()),
+                Eof
             ]
         );
         assert_eq!(toks("2026-03-01 10:22:00"), vec![Time(1_772_360_520), Eof]);
-        assert_eq!(toks("2026-03-01 x"), vec![Time(1_772_323_200), Word("x".into()), Eof]);
-        assert_eq!(toks("a->b"), vec![Word("a".into()), Arrow, Word("b".into()), Eof]);
-        assert_eq!(toks(r#""say \"hi\"\n""#), vec![Str("say \"hi\"\n".into()), Eof]);
+        assert_eq!(
+            toks("2026-03-01 x"),
+            vec![Time(1_772_323_200), Word("x".into()), Eof]
+        );
+        assert_eq!(
+            toks("a->b"),
+            vec![Word("a".into()), Arrow, Word("b".into()), Eof]
+        );
+        assert_eq!(
+            toks(r#""say \"hi\"\n""#),
+            vec![Str("say \"hi\"\n".into()), Eof]
+        );
     }
 
     #[test]
     fn lexical_errors_point_at_the_text() {
         let err = tokenize("x = 'open").expect_err("unterminated");
-        assert_eq!((err.span.start, err.message.as_str()), (4, "unterminated string"));
+        assert_eq!(
+            (err.span.start, err.message.as_str()),
+            (4, "unterminated string")
+        );
         let err = tokenize("a ; b").expect_err("bad char");
         assert_eq!(err.span, Span::new(2, 3));
         let err = tokenize("99999999999999999999").expect_err("too big");

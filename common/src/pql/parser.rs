@@ -12,15 +12,42 @@ use crate::schema_file::edit_distance;
 const MAX_DEPTH: usize = 128;
 
 const KEYWORDS: [&str; 26] = [
-    "PREDICT", "EVALUATE", "EXPLAIN", "FOR", "EACH", "IN", "WHERE", "ASSUMING", "RANK", "TOP",
-    "CLASSIFY", "FORECAST", "TIMEFRAMES", "AND", "OR", "NOT", "IS", "NULL", "TRUE", "FALSE",
-    "LIKE", "CONTAINS", "STARTS", "ENDS", "WITH", "INF",
+    "PREDICT",
+    "EVALUATE",
+    "EXPLAIN",
+    "FOR",
+    "EACH",
+    "IN",
+    "WHERE",
+    "ASSUMING",
+    "RANK",
+    "TOP",
+    "CLASSIFY",
+    "FORECAST",
+    "TIMEFRAMES",
+    "AND",
+    "OR",
+    "NOT",
+    "IS",
+    "NULL",
+    "TRUE",
+    "FALSE",
+    "LIKE",
+    "CONTAINS",
+    "STARTS",
+    "ENDS",
+    "WITH",
+    "INF",
 ];
 
 /// Parses one query.
 pub fn parse(text: &str) -> Result<Query, PqlError> {
     let tokens = tokenize(text)?;
-    let mut p = Parser { tokens, pos: 0, depth: 0 };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        depth: 0,
+    };
     p.query()
 }
 
@@ -35,7 +62,10 @@ fn keyword_hint(word: &str) -> Option<String> {
     if KEYWORDS.contains(&upper.as_str()) {
         return None;
     }
-    let candidates = KEYWORDS.iter().copied().chain(AggFunc::ALL.iter().map(|(n, _)| *n));
+    let candidates = KEYWORDS
+        .iter()
+        .copied()
+        .chain(AggFunc::ALL.iter().map(|(n, _)| *n));
     candidates
         .map(|k| (edit_distance(&upper, k), k))
         .filter(|&(d, k)| d > 0 && d <= (k.len() / 3).max(1))
@@ -91,7 +121,10 @@ impl Parser {
     /// An error at the current token: "expected X, found Y", with a keyword hint.
     fn expected(&self, what: &str) -> PqlError {
         let t = self.peek();
-        let err = PqlError::new(t.span, format!("expected {what}, found {}", t.tok.describe()));
+        let err = PqlError::new(
+            t.span,
+            format!("expected {what}, found {}", t.tok.describe()),
+        );
         match &t.tok {
             Tok::Word(w) => match keyword_hint(w) {
                 Some(h) => err.with_hint(h),
@@ -120,7 +153,10 @@ impl Parser {
     fn ident(&mut self, what: &str) -> Result<Ident, PqlError> {
         match &self.peek().tok {
             Tok::Word(w) => {
-                let ident = Ident { text: w.clone(), span: self.peek().span };
+                let ident = Ident {
+                    text: w.clone(),
+                    span: self.peek().span,
+                };
                 self.bump();
                 Ok(ident)
             }
@@ -140,13 +176,21 @@ impl Parser {
         let target = self.expr()?;
         let mut problem = self.problem()?;
         if !self.is_kw("FOR") {
-            return Err(self.expected(if problem.is_some() { "FOR" } else { "an operator or FOR" }));
+            return Err(self.expected(if problem.is_some() {
+                "FOR"
+            } else {
+                "an operator or FOR"
+            }));
         }
         let entity = self.entity()?;
         if let Some(second) = self.problem()? {
             if let Some((_, first)) = problem {
-                return Err(PqlError::new(second.1, "the problem is given twice")
-                    .with_hint(format!("keep one (the other is at column {})", first.start + 1)));
+                return Err(
+                    PqlError::new(second.1, "the problem is given twice").with_hint(format!(
+                        "keep one (the other is at column {})",
+                        first.start + 1
+                    )),
+                );
             }
             problem = Some(second);
         }
@@ -169,7 +213,14 @@ impl Parser {
         if self.peek().tok != Tok::Eof {
             return Err(self.expected("WHERE, ASSUMING or the end of the query"));
         }
-        Ok(Query { mode, target, problem, entity, filter, assuming })
+        Ok(Query {
+            mode,
+            target,
+            problem,
+            entity,
+            filter,
+            assuming,
+        })
     }
 
     fn problem(&mut self) -> Result<Option<(Problem, Span)>, PqlError> {
@@ -195,7 +246,10 @@ impl Parser {
                 self.bump();
                 Ok(n as u32)
             }
-            Tok::Int(_) => Err(PqlError::new(self.peek().span, format!("{what} must be between 1 and 100000"))),
+            Tok::Int(_) => Err(PqlError::new(
+                self.peek().span,
+                format!("{what} must be between 1 and 100000"),
+            )),
             _ => Err(self.expected(&format!("{what} (a positive integer)"))),
         }
     }
@@ -213,20 +267,32 @@ impl Parser {
             None
         };
         if each && ids.is_some() {
-            return Err(PqlError::new(table.span.to(self.prev_span()), "FOR EACH scores every entity; it takes no `=` or IN")
-                .with_hint("write FOR (without EACH) to name entities"));
+            return Err(PqlError::new(
+                table.span.to(self.prev_span()),
+                "FOR EACH scores every entity; it takes no `=` or IN",
+            )
+            .with_hint("write FOR (without EACH) to name entities"));
         }
-        let pair = if self.eat(&Tok::Comma) { Some(self.table_key()?) } else { None };
-        Ok(EntitySpec { table, key, ids, pair, each })
+        let pair = if self.eat(&Tok::Comma) {
+            Some(self.table_key()?)
+        } else {
+            None
+        };
+        Ok(EntitySpec {
+            table,
+            key,
+            ids,
+            pair,
+            each,
+        })
     }
 
     fn table_key(&mut self) -> Result<(Ident, Ident), PqlError> {
         let table = self.ident("a table name")?;
         if !self.eat(&Tok::Dot) {
-            return Err(self.expected("`.` and the primary key column").with_hint(format!(
-                "write {}.<key column>",
-                table.text
-            )));
+            return Err(self
+                .expected("`.` and the primary key column")
+                .with_hint(format!("write {}.<key column>", table.text)));
         }
         let key = self.ident("a key column")?;
         Ok((table, key))
@@ -245,7 +311,10 @@ impl Parser {
             (Tok::Word(w), false) if w.eq_ignore_ascii_case("FALSE") => Literal::Bool(false),
             (Tok::Word(w), false) if w.eq_ignore_ascii_case("NULL") => Literal::Null,
             (tok, _) => {
-                return Err(PqlError::new(t.span, format!("expected a value, found {}", tok.describe())));
+                return Err(PqlError::new(
+                    t.span,
+                    format!("expected a value, found {}", tok.describe()),
+                ));
             }
         };
         Ok((lit, start.to(self.prev_span())))
@@ -261,10 +330,16 @@ impl Parser {
         Ok(list)
     }
 
-    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, PqlError>) -> Result<T, PqlError> {
+    fn nested<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, PqlError>,
+    ) -> Result<T, PqlError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(PqlError::new(self.peek().span, "the query nests too deeply"));
+            return Err(PqlError::new(
+                self.peek().span,
+                "the query nests too deeply",
+            ));
         }
         let out = f(self);
         self.depth -= 1;
@@ -280,7 +355,10 @@ impl Parser {
         while self.eat_kw("OR") {
             let right = self.and()?;
             let span = left.span.to(right.span);
-            left = Expr { kind: ExprKind::Or(Box::new(left), Box::new(right)), span };
+            left = Expr {
+                kind: ExprKind::Or(Box::new(left), Box::new(right)),
+                span,
+            };
         }
         Ok(left)
     }
@@ -290,7 +368,10 @@ impl Parser {
         while self.eat_kw("AND") {
             let right = self.not()?;
             let span = left.span.to(right.span);
-            left = Expr { kind: ExprKind::And(Box::new(left), Box::new(right)), span };
+            left = Expr {
+                kind: ExprKind::And(Box::new(left), Box::new(right)),
+                span,
+            };
         }
         Ok(left)
     }
@@ -300,7 +381,10 @@ impl Parser {
             let start = self.bump().span;
             let inner = self.nested(Self::not)?;
             let span = start.to(inner.span);
-            return Ok(Expr { kind: ExprKind::Not(Box::new(inner)), span });
+            return Ok(Expr {
+                kind: ExprKind::Not(Box::new(inner)),
+                span,
+            });
         }
         self.comparison()
     }
@@ -320,7 +404,10 @@ impl Parser {
             self.bump();
             let right = self.arith()?;
             let span = left.span.to(right.span);
-            return Ok(Expr { kind: ExprKind::Cmp(op, Box::new(left), Box::new(right)), span });
+            return Ok(Expr {
+                kind: ExprKind::Cmp(op, Box::new(left), Box::new(right)),
+                span,
+            });
         }
         self.predicate(left)
     }
@@ -332,16 +419,27 @@ impl Parser {
             let negated = self.eat_kw("NOT");
             self.expect_kw("NULL")?;
             let span = expr.span.to(self.prev_span());
-            return Ok(Expr { kind: ExprKind::IsNull { expr, negated }, span });
+            return Ok(Expr {
+                kind: ExprKind::IsNull { expr, negated },
+                span,
+            });
         }
-        let negated = self.is_kw("NOT") && (self.is_kw_at(1, "IN") || self.is_kw_at(1, "LIKE") || self.is_kw_at(1, "CONTAINS"));
+        let negated = self.is_kw("NOT")
+            && (self.is_kw_at(1, "IN") || self.is_kw_at(1, "LIKE") || self.is_kw_at(1, "CONTAINS"));
         if negated {
             self.bump();
         }
         if self.eat_kw("IN") {
             let list = self.literal_list()?;
             let span = expr.span.to(self.prev_span());
-            return Ok(Expr { kind: ExprKind::InList { expr, list, negated }, span });
+            return Ok(Expr {
+                kind: ExprKind::InList {
+                    expr,
+                    list,
+                    negated,
+                },
+                span,
+            });
         }
         let op = if self.eat_kw("LIKE") {
             StrOp::Like
@@ -351,18 +449,37 @@ impl Parser {
             let starts = self.is_kw("STARTS");
             self.bump();
             self.expect_kw("WITH")?;
-            if starts { StrOp::StartsWith } else { StrOp::EndsWith }
+            if starts {
+                StrOp::StartsWith
+            } else {
+                StrOp::EndsWith
+            }
         } else if negated {
             return Err(self.expected("IN, LIKE or CONTAINS after NOT"));
         } else {
             return Ok(*expr);
         };
         let pattern = match self.bump() {
-            Token { tok: Tok::Str(s), .. } => s,
-            t => return Err(PqlError::new(t.span, format!("expected a quoted string, found {}", t.tok.describe()))),
+            Token {
+                tok: Tok::Str(s), ..
+            } => s,
+            t => {
+                return Err(PqlError::new(
+                    t.span,
+                    format!("expected a quoted string, found {}", t.tok.describe()),
+                ));
+            }
         };
         let span = expr.span.to(self.prev_span());
-        Ok(Expr { kind: ExprKind::Str { op, expr, pattern, negated }, span })
+        Ok(Expr {
+            kind: ExprKind::Str {
+                op,
+                expr,
+                pattern,
+                negated,
+            },
+            span,
+        })
     }
 
     fn arith(&mut self) -> Result<Expr, PqlError> {
@@ -376,7 +493,10 @@ impl Parser {
             self.bump();
             let right = self.term()?;
             let span = left.span.to(right.span);
-            left = Expr { kind: ExprKind::Arith(op, Box::new(left), Box::new(right)), span };
+            left = Expr {
+                kind: ExprKind::Arith(op, Box::new(left), Box::new(right)),
+                span,
+            };
         }
     }
 
@@ -391,7 +511,10 @@ impl Parser {
             self.bump();
             let right = self.unary()?;
             let span = left.span.to(right.span);
-            left = Expr { kind: ExprKind::Arith(op, Box::new(left), Box::new(right)), span };
+            left = Expr {
+                kind: ExprKind::Arith(op, Box::new(left), Box::new(right)),
+                span,
+            };
         }
     }
 
@@ -403,7 +526,10 @@ impl Parser {
             let kind = match inner.kind {
                 ExprKind::Literal(Literal::Int(i)) => ExprKind::Literal(Literal::Int(-i)),
                 ExprKind::Literal(Literal::Float(f)) => ExprKind::Literal(Literal::Float(-f)),
-                other => ExprKind::Neg(Box::new(Expr { kind: other, span: inner.span })),
+                other => ExprKind::Neg(Box::new(Expr {
+                    kind: other,
+                    span: inner.span,
+                })),
             };
             return Ok(Expr { kind, span });
         }
@@ -417,15 +543,28 @@ impl Parser {
                 self.bump();
                 let inner = self.expr()?;
                 self.expect(Tok::RParen)?;
-                Ok(Expr { kind: inner.kind, span: t.span.to(self.prev_span()) })
+                Ok(Expr {
+                    kind: inner.kind,
+                    span: t.span.to(self.prev_span()),
+                })
             }
             Tok::Int(_) | Tok::Float(_) | Tok::Str(_) | Tok::Time(_) => {
                 let (lit, span) = self.literal()?;
-                Ok(Expr { kind: ExprKind::Literal(lit), span })
+                Ok(Expr {
+                    kind: ExprKind::Literal(lit),
+                    span,
+                })
             }
-            Tok::Word(w) if ["TRUE", "FALSE", "NULL"].iter().any(|k| w.eq_ignore_ascii_case(k)) => {
+            Tok::Word(w)
+                if ["TRUE", "FALSE", "NULL"]
+                    .iter()
+                    .any(|k| w.eq_ignore_ascii_case(k)) =>
+            {
                 let (lit, span) = self.literal()?;
-                Ok(Expr { kind: ExprKind::Literal(lit), span })
+                Ok(Expr {
+                    kind: ExprKind::Literal(lit),
+                    span,
+                })
             }
             Tok::Word(w) if *self.peek_at(1) == Tok::LParen => {
                 let Some(func) = AggFunc::from_name(w) else {
@@ -444,7 +583,10 @@ impl Parser {
             }
             Tok::Word(_) => {
                 let column = self.column_ref()?;
-                Ok(Expr { kind: ExprKind::Column(column), span: t.span.to(self.prev_span()) })
+                Ok(Expr {
+                    kind: ExprKind::Column(column),
+                    span: t.span.to(self.prev_span()),
+                })
             }
             _ => Err(self.expected("a column, a value or an aggregation")),
         }
@@ -460,55 +602,103 @@ impl Parser {
             let last = path.last().map_or("t", |p| p.text.as_str()).to_string();
             let err = self.expected("`.` and a column name");
             return Err(match keyword_hint(&last) {
-                Some(h) => PqlError::new(self.prev_span(), format!("`{last}` is not a keyword or a column")).with_hint(h),
+                Some(h) => PqlError::new(
+                    self.prev_span(),
+                    format!("`{last}` is not a keyword or a column"),
+                )
+                .with_hint(h),
                 None => err.with_hint(format!("columns are written table.column, e.g. {last}.id")),
             });
         }
-        let column = if self.eat(&Tok::Star) { None } else { Some(self.ident("a column name or *")?) };
+        let column = if self.eat(&Tok::Star) {
+            None
+        } else {
+            Some(self.ident("a column name or *")?)
+        };
         Ok(ColumnRef { path, column })
     }
 
     fn aggregate(&mut self, func: AggFunc, func_span: Span) -> Result<Expr, PqlError> {
         self.expect(Tok::LParen)?;
         let arg = self.nested(Self::arith)?;
-        let filter = if self.eat_kw("WHERE") { Some(Box::new(self.expr()?)) } else { None };
+        let filter = if self.eat_kw("WHERE") {
+            Some(Box::new(self.expr()?))
+        } else {
+            None
+        };
         if self.peek().tok == Tok::RParen {
-            return Err(PqlError::new(self.peek().span, format!("{} needs a time window", func.name()))
-                .with_hint(format!("write {}({arg}, 0, 30, days)", func.name())));
+            return Err(PqlError::new(
+                self.peek().span,
+                format!("{} needs a time window", func.name()),
+            )
+            .with_hint(format!("write {}({arg}, 0, 30, days)", func.name())));
         }
         self.expect(Tok::Comma)?;
         let start = self.bound()?;
         self.expect(Tok::Comma)?;
         let end = self.bound()?;
-        let unit = if self.eat(&Tok::Comma) { self.unit()? } else { TimeUnit::Days };
+        let unit = if self.eat(&Tok::Comma) {
+            self.unit()?
+        } else {
+            TimeUnit::Days
+        };
         self.expect(Tok::RParen)?;
         let span = func_span.to(self.prev_span());
-        let agg = Aggregate { func, func_span, arg: Box::new(arg), filter, start, end, unit };
-        Ok(Expr { kind: ExprKind::Aggregate(agg), span })
+        let agg = Aggregate {
+            func,
+            func_span,
+            arg: Box::new(arg),
+            filter,
+            start,
+            end,
+            unit,
+        };
+        Ok(Expr {
+            kind: ExprKind::Aggregate(agg),
+            span,
+        })
     }
 
     fn bound(&mut self) -> Result<Bound, PqlError> {
         let start = self.peek().span;
-        let sign = if self.eat(&Tok::Minus) { -1.0 } else { self.eat(&Tok::Plus); 1.0 };
+        let sign = if self.eat(&Tok::Minus) {
+            -1.0
+        } else {
+            self.eat(&Tok::Plus);
+            1.0
+        };
         let t = self.bump();
         let value = match t.tok {
             Tok::Int(i) => Some(sign * i as f64),
             Tok::Float(f) => Some(sign * f),
             Tok::Word(w) if w.eq_ignore_ascii_case("INF") && sign < 0.0 => None,
             Tok::Word(w) if w.eq_ignore_ascii_case("INF") => {
-                return Err(PqlError::new(t.span, "a window cannot end at +INF").with_hint("give a finite end"));
+                return Err(PqlError::new(t.span, "a window cannot end at +INF")
+                    .with_hint("give a finite end"));
             }
             tok => {
-                return Err(PqlError::new(t.span, format!("expected a window bound (a number or -INF), found {}", tok.describe())));
+                return Err(PqlError::new(
+                    t.span,
+                    format!(
+                        "expected a window bound (a number or -INF), found {}",
+                        tok.describe()
+                    ),
+                ));
             }
         };
-        Ok(Bound { value, span: start.to(self.prev_span()) })
+        Ok(Bound {
+            value,
+            span: start.to(self.prev_span()),
+        })
     }
 
     fn unit(&mut self) -> Result<TimeUnit, PqlError> {
         let t = self.bump();
         let Tok::Word(w) = &t.tok else {
-            return Err(PqlError::new(t.span, format!("expected a time unit, found {}", t.tok.describe())));
+            return Err(PqlError::new(
+                t.span,
+                format!("expected a time unit, found {}", t.tok.describe()),
+            ));
         };
         TimeUnit::from_name(w).ok_or_else(|| {
             let names = TimeUnit::ALL.iter().map(|(n, _)| *n);

@@ -1,0 +1,121 @@
+//! `relgraph labels`: the training table of a query, written to Parquet.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Float64Builder, ListBuilder, RecordBatch, StringArray,
+    StringBuilder, TimestampSecondArray, UInt32Array,
+};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use relgraph_common::Database;
+use relgraph_worker::label::{Label, Labels};
+
+use crate::pql::{DataArgs, ensure_parent, label_all, prepare};
+
+pub fn run(query: &str, data: &DataArgs, out: &Path) -> Result<()> {
+    let (db, plan) = prepare(query, data)?;
+    let labels = label_all(&db, &plan)?;
+    let batch = to_batch(&db, plan.task.entity_table, plan.task.entity_key, &labels)?;
+    ensure_parent(out)?;
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    println!(
+        "wrote {} examples to {}",
+        labels.labels.len(),
+        out.display()
+    );
+    for (reason, n) in &labels.dropped {
+        println!("  not examples: {n} ({reason})");
+    }
+    Ok(())
+}
+
+/// The label column in its natural Arrow type.
+fn label_column(labels: &[Label]) -> ArrayRef {
+    match labels.first() {
+        Some(Label::Bool(_)) => Arc::new(
+            labels
+                .iter()
+                .map(|l| matches!(l, Label::Bool(true)))
+                .map(Some)
+                .collect::<BooleanArray>(),
+        ),
+        Some(Label::Number(_)) => Arc::new(
+            labels
+                .iter()
+                .map(|l| {
+                    if let Label::Number(x) = l {
+                        Some(*x)
+                    } else {
+                        None
+                    }
+                })
+                .collect::<Float64Array>(),
+        ),
+        Some(Label::Items(_)) => {
+            let mut b = ListBuilder::new(StringBuilder::new());
+            for l in labels {
+                if let Label::Items(items) = l {
+                    for item in items {
+                        b.values().append_value(item);
+                    }
+                }
+                b.append(true);
+            }
+            Arc::new(b.finish())
+        }
+        Some(Label::Series(_)) => {
+            let mut b = ListBuilder::new(Float64Builder::new());
+            for l in labels {
+                if let Label::Series(xs) = l {
+                    b.values().append_slice(xs);
+                }
+                b.append(true);
+            }
+            Arc::new(b.finish())
+        }
+        Some(Label::Class(_)) | None => Arc::new(
+            labels
+                .iter()
+                .map(|l| {
+                    if let Label::Class(c) = l {
+                        Some(c.as_str())
+                    } else {
+                        None
+                    }
+                })
+                .collect::<StringArray>(),
+        ),
+    }
+}
+
+/// Columns: the entity key under its own name, `anchor_time`, `label`, `split`.
+pub fn to_batch(db: &Database, table: usize, key: usize, labels: &Labels) -> Result<RecordBatch> {
+    let entity = &db.tables[table];
+    let rows = UInt32Array::from_iter_values(labels.entities.iter().map(|&r| r as u32));
+    let keys = take(entity.batch.column(key), &rows, None)?;
+    let label = label_column(&labels.labels);
+    let key_name = &entity.schema.columns[key].name;
+    let schema = Schema::new(vec![
+        Field::new(key_name, keys.data_type().clone(), true),
+        Field::new(
+            "anchor_time",
+            DataType::Timestamp(TimeUnit::Second, None),
+            false,
+        ),
+        Field::new("label", label.data_type().clone(), true),
+        Field::new("split", DataType::Utf8, false),
+    ]);
+    let anchors: ArrayRef = Arc::new(TimestampSecondArray::from(labels.anchors.clone()));
+    let splits: ArrayRef = Arc::new(StringArray::from(labels.splits.clone()));
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![keys, anchors, label, splits],
+    )?)
+}

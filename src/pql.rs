@@ -1,0 +1,232 @@
+//! `relgraph pql check`: what a query means, its anchors and its label statistics.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use relgraph_common::Database;
+use relgraph_common::pql::{self, PlanOptions, TaskPlan};
+use relgraph_common::time::{DAY, parse_timestamp};
+use relgraph_worker::label::{Label, Labels, LocalFacts, build};
+use serde_json::json;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PqlCommand {
+    /// Validate and plan a query against a database; show its task, anchors and labels.
+    Check {
+        query: String,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The database a query runs on and how its history is replayed.
+#[derive(Debug, clap::Args)]
+pub struct DataArgs {
+    /// The database directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A schema.toml overriding inference (default: DATA/schema.toml).
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    /// Time between anchors, e.g. `--step 7 days` (default: the target window's length).
+    #[arg(long, num_args = 2, value_names = ["N", "UNIT"])]
+    pub step: Option<Vec<String>>,
+    /// Explicit anchor time(s) to label (split `predict`), e.g. `--anchor 2025-06-01`.
+    #[arg(long)]
+    pub anchor: Vec<String>,
+}
+
+impl DataArgs {
+    fn options(&self) -> Result<PlanOptions> {
+        let step = match &self.step {
+            Some(v) if v.len() == 2 => {
+                let n: f64 = v[0]
+                    .parse()
+                    .map_err(|_| anyhow!("--step: `{}` is not a number", v[0]))?;
+                let unit = pql::ast::TimeUnit::from_name(&v[1]).ok_or_else(|| {
+                    anyhow!(
+                        "--step: unknown unit `{}` (seconds, minutes, hours, days, weeks, months)",
+                        v[1]
+                    )
+                })?;
+                Some((n * unit.seconds() as f64).round() as i64)
+            }
+            _ => None,
+        };
+        let anchors = self
+            .anchor
+            .iter()
+            .map(|a| {
+                parse_timestamp(a).ok_or_else(|| {
+                    anyhow!("--anchor: `{a}` is not a timestamp (YYYY-MM-DD[ HH:MM:SS])")
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(PlanOptions { step, anchors })
+    }
+}
+
+/// Loads the data, then parses, validates and plans the query.
+pub fn prepare(query: &str, data: &DataArgs) -> Result<(Database, TaskPlan)> {
+    let db = Database::load(&data.data, data.schema.as_deref())?;
+    let task = pql::parse(query)
+        .and_then(|q| pql::validate(&q, &db.schema()))
+        .map_err(|e| anyhow!("{}", e.render(query)))?;
+    let plan = pql::plan(task, &db, &data.options()?).context("cannot plan the query")?;
+    Ok((db, plan))
+}
+
+/// Labels of every entity (or of the ids the query names).
+pub fn label_all(db: &Database, plan: &TaskPlan) -> Result<Labels> {
+    let entities = entity_rows(db, plan)?;
+    Ok(build(plan, db, &entities, &LocalFacts { db })?)
+}
+
+fn entity_rows(db: &Database, plan: &TaskPlan) -> Result<Vec<usize>> {
+    let table = &db.tables[plan.task.entity_table];
+    let Some(ids) = &plan.task.ids else {
+        return Ok((0..table.num_rows()).collect());
+    };
+    let key = table.batch.column(plan.task.entity_key);
+    let dtype = table.schema.columns[plan.task.entity_key].dtype;
+    let index: std::collections::HashMap<String, usize> = (0..table.num_rows())
+        .map(|r| {
+            (
+                relgraph_worker::label::key_text(&relgraph_worker::label::value_at(key, dtype, r)),
+                r,
+            )
+        })
+        .collect();
+    ids.iter()
+        .map(|id| {
+            let text = relgraph_worker::label::key_text(id);
+            index
+                .get(&text)
+                .copied()
+                .ok_or_else(|| anyhow!("no `{}` with key {id}", table.name()))
+        })
+        .collect()
+}
+
+pub fn run(command: &PqlCommand) -> Result<()> {
+    let PqlCommand::Check { query, data, json } = command;
+    let (db, plan) = prepare(query, data)?;
+    let labels = label_all(&db, &plan)?;
+    if *json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&db, &plan, &labels))?
+        );
+    } else {
+        print!(
+            "{}{}{}",
+            plan.task.describe(&db.schema()),
+            plan.describe_anchors(),
+            stats_text(&labels)
+        );
+    }
+    Ok(())
+}
+
+/// Per split: the number of examples and what their labels look like.
+fn split_stats(labels: &Labels, split: &str) -> serde_json::Value {
+    let picked: Vec<&Label> = labels
+        .splits
+        .iter()
+        .zip(&labels.labels)
+        .filter(|(s, _)| **s == split)
+        .map(|(_, l)| l)
+        .collect();
+    let mut out = json!({ "examples": picked.len() });
+    let numbers: Vec<f64> = picked
+        .iter()
+        .filter_map(|l| match l {
+            Label::Number(x) => Some(*x),
+            Label::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        })
+        .collect();
+    if picked.iter().any(|l| matches!(l, Label::Bool(_))) {
+        out["positive_rate"] = json!(numbers.iter().sum::<f64>() / numbers.len().max(1) as f64);
+    } else if !numbers.is_empty() {
+        let mut sorted = numbers.clone();
+        sorted.sort_by(f64::total_cmp);
+        let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+        out["mean"] = json!(numbers.iter().sum::<f64>() / numbers.len() as f64);
+        out["quantiles"] = json!({ "p10": q(0.1), "p50": q(0.5), "p90": q(0.9) });
+    }
+    let mut classes = std::collections::BTreeMap::<&str, u64>::new();
+    let mut items = 0usize;
+    for l in &picked {
+        match l {
+            Label::Class(c) => *classes.entry(c).or_default() += 1,
+            Label::Items(v) => items += v.len(),
+            _ => {}
+        }
+    }
+    if !classes.is_empty() {
+        out["classes"] = json!(classes);
+    }
+    if items > 0 {
+        out["mean_items"] = json!(items as f64 / picked.len() as f64);
+    }
+    out
+}
+
+const SPLITS: [&str; 5] = ["train", "val", "test", "static", "predict"];
+
+fn to_json(db: &Database, plan: &TaskPlan, labels: &Labels) -> serde_json::Value {
+    let schema = db.schema();
+    let task = &plan.task;
+    let mut splits = serde_json::Map::new();
+    for s in SPLITS {
+        if labels.splits.contains(&s) {
+            splits.insert(s.to_string(), split_stats(labels, s));
+        }
+    }
+    let anchors: Vec<_> = plan
+        .anchors()
+        .iter()
+        .map(|(t, s)| json!({ "time": relgraph_common::time::format_timestamp(*t), "split": s }))
+        .collect();
+    let entity = &schema.tables[task.entity_table];
+    json!({
+        "mode": format!("{:?}", task.mode).to_lowercase(),
+        "task": task.task.name(),
+        "loss": task.task.loss(),
+        "entity": format!("{}.{}", entity.name, entity.columns[task.entity_key].name),
+        "plan": task.describe(&schema),
+        "metrics": task.task.metrics(),
+        "baseline": task.task.baseline(),
+        "step_days": plan.step as f64 / DAY as f64,
+        "anchors": anchors,
+        "labels": splits,
+        "dropped": labels.dropped,
+        "notes": task.notes,
+    })
+}
+
+fn stats_text(labels: &Labels) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("labels:\n");
+    for s in SPLITS {
+        if labels.splits.contains(&s) {
+            let _ = writeln!(out, "  {s}: {}", split_stats(labels, s));
+        }
+    }
+    for (reason, n) in &labels.dropped {
+        let _ = writeln!(out, "  not examples: {n} ({reason})");
+    }
+    out
+}
+
+/// Used by `labels` for the output path's parent check.
+pub fn ensure_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    Ok(())
+}

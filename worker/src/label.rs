@@ -1,0 +1,262 @@
+//! The label engine: the training table (entity, anchor time, label, split) of a planned
+//! PQL task (PQL.md §3, §5).
+//!
+//! At each anchor t, an entity is an example if it exists at t (its own time ≤ t), its
+//! WHERE holds on the past, and its ASSUMING holds on the future (the conditional reading
+//! of PQL.md §7). The target is computed on the future, with windows left-open and
+//! right-closed and SQL's three-valued logic; unknown counts as false in WHERE, ASSUMING
+//! and conditions. A target that is undefined (AVG, MIN, MAX, FIRST, LAST over an empty
+//! window; an empty LIST_DISTINCT; a NULL static column) drops the example, and the drop is
+//! counted. The engine works on one partition of entities at a time; fact rows come
+//! through [`FactSource`], so rows owned by other workers can be fetched.
+
+mod aggregate;
+mod eval;
+mod source;
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, TimestampSecondArray};
+use rayon::prelude::*;
+use relgraph_common::Database;
+use relgraph_common::pql::bound::{BoundExpr, ColumnId, Target, TaskType, Value};
+use relgraph_common::pql::{Splits, TaskPlan};
+use relgraph_common::schema::DType;
+
+pub use aggregate::{Arg, Linked, RowValues, key_text};
+pub use eval::{Env, compare, eval, like, value_at};
+pub use source::{FactSource, LabelError, LocalFacts};
+
+/// One label.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Label {
+    Bool(bool),
+    Number(f64),
+    Class(String),
+    Items(Vec<String>),
+    Series(Vec<f64>),
+}
+
+/// The training table of one partition.
+#[derive(Debug, Default)]
+pub struct Labels {
+    /// Row of the entity table.
+    pub entities: Vec<usize>,
+    pub anchors: Vec<i64>,
+    pub splits: Vec<&'static str>,
+    pub labels: Vec<Label>,
+    /// Candidate examples that were not kept, by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+/// Entities and aggregates as seen from one entity at one anchor.
+struct EntityEnv<'a> {
+    db: &'a Database,
+    row: usize,
+    position: usize,
+    anchor: i64,
+    plan: &'a TaskPlan,
+    aggs: &'a [(Linked, RowValues)],
+}
+
+impl Env for EntityEnv<'_> {
+    fn column(&self, c: ColumnId, dtype: DType) -> Value {
+        value_at(
+            self.db.tables[c.table].batch.column(c.column),
+            dtype,
+            self.row,
+        )
+    }
+
+    fn aggregate(&self, i: usize) -> Value {
+        let spec = &self.plan.task.aggregates[i];
+        let (linked, values) = &self.aggs[i];
+        aggregate::aggregate(
+            spec,
+            values,
+            linked.range(self.position, &spec.window, self.anchor),
+        )
+    }
+}
+
+/// Stable split of an entity for static targets: by key hash, 80/10/10.
+fn hash_split(key: &Value) -> &'static str {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key_text(key).bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    match h % 10 {
+        0 => "test",
+        1 => "val",
+        _ => "train",
+    }
+}
+
+/// Split of each entity for a static target split by entity time: the latest 10% test,
+/// the 10% before them validation.
+fn time_splits(times: &TimestampSecondArray, entities: &[usize]) -> Vec<&'static str> {
+    let mut order: Vec<usize> = (0..entities.len()).collect();
+    order.sort_by_key(|&p| {
+        (
+            times
+                .is_valid(entities[p])
+                .then(|| times.value(entities[p])),
+            p,
+        )
+    });
+    let n = order.len();
+    let mut splits = vec!["train"; n];
+    for (rank, &p) in order.iter().enumerate() {
+        splits[p] = if rank * 10 >= n * 9 {
+            "test"
+        } else if rank * 10 >= n * 8 {
+            "val"
+        } else {
+            "train"
+        };
+    }
+    splits
+}
+
+/// Builds the labels of `entities` (rows of the entity table) for `plan`.
+pub fn build(
+    plan: &TaskPlan,
+    db: &Database,
+    entities: &[usize],
+    facts: &dyn FactSource,
+) -> Result<Labels, LabelError> {
+    let task = &plan.task;
+    let aggs: Vec<(Linked, RowValues)> = task
+        .aggregates
+        .iter()
+        .map(|spec| {
+            let linked = facts.linked(spec, entities)?;
+            let values = facts.row_values(spec, &linked);
+            Ok((linked, values))
+        })
+        .collect::<Result<_, LabelError>>()?;
+    let entity = &db.tables[task.entity_table];
+    let times = entity
+        .schema
+        .time_column
+        .as_ref()
+        .and_then(|c| entity.column(c))
+        .and_then(|a| a.as_any().downcast_ref::<TimestampSecondArray>());
+    let key = entity.batch.column(task.entity_key);
+    let key_dtype = entity.schema.columns[task.entity_key].dtype;
+    let static_splits: Option<Vec<&'static str>> = match (&plan.splits, times) {
+        (Splits::Static { by_time: true, .. }, Some(t)) => Some(time_splits(t, entities)),
+        (Splits::Static { .. }, _) => Some(
+            entities
+                .iter()
+                .map(|&r| hash_split(&value_at(key, key_dtype, r)))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let mut out = Labels::default();
+    for (anchor, split) in plan.anchors() {
+        let positions: Vec<usize> = (0..entities.len()).collect();
+        let parts: Vec<Labels> = positions
+            .par_chunks(4096)
+            .map(|chunk| {
+                let mut acc = Labels::default();
+                for &position in chunk {
+                    let row = entities[position];
+                    if times.is_some_and(|t| t.is_valid(row) && t.value(row) > anchor) {
+                        continue;
+                    }
+                    let env = EntityEnv {
+                        db,
+                        row,
+                        position,
+                        anchor,
+                        plan,
+                        aggs: &aggs,
+                    };
+                    let split = static_splits.as_ref().map_or(split, |s| s[position]);
+                    match example(plan, &env) {
+                        Ok(label) => {
+                            acc.entities.push(row);
+                            acc.anchors.push(anchor);
+                            acc.splits.push(split);
+                            acc.labels.push(label);
+                        }
+                        Err(reason) => *acc.dropped.entry(reason).or_default() += 1,
+                    }
+                }
+                acc
+            })
+            .collect();
+        for part in parts {
+            out.entities.extend(part.entities);
+            out.anchors.extend(part.anchors);
+            out.splits.extend(part.splits);
+            out.labels.extend(part.labels);
+            for (k, v) in part.dropped {
+                *out.dropped.entry(k).or_default() += v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn holds(e: &BoundExpr, env: &EntityEnv<'_>) -> bool {
+    eval(e, env) == Value::Bool(true)
+}
+
+/// The label of one (entity, anchor), or why there is none.
+fn example(plan: &TaskPlan, env: &EntityEnv<'_>) -> Result<Label, &'static str> {
+    let task = &plan.task;
+    if task.filter.as_ref().is_some_and(|f| !holds(f, env)) {
+        return Err("WHERE is false or unknown");
+    }
+    if task.assuming.as_ref().is_some_and(|a| !holds(a, env)) {
+        return Err("ASSUMING is false or unknown");
+    }
+    let value = match &task.target {
+        Target::Expr(e) => eval(e, env),
+        Target::Column(c, dtype) => env.column(*c, *dtype),
+        Target::Items(i) => {
+            let spec = &task.aggregates[*i];
+            let (linked, values) = &env.aggs[*i];
+            let items =
+                aggregate::items(values, linked.range(env.position, &spec.window, env.anchor));
+            return if items.is_empty() {
+                Err("no items in the target window")
+            } else {
+                Ok(Label::Items(items))
+            };
+        }
+        Target::Forecast(i) => return forecast(plan, env, *i),
+    };
+    match (&task.task, value) {
+        (TaskType::Binary, Value::Bool(b)) => Ok(Label::Bool(b)),
+        (TaskType::Binary, _) => Ok(Label::Bool(false)),
+        (_, Value::Null) => Err("the target is undefined (empty window or NULL)"),
+        (TaskType::Regression, v) => v
+            .as_f64()
+            .map(Label::Number)
+            .ok_or("the target is not a number"),
+        (_, v) => Ok(Label::Class(key_text(&v))),
+    }
+}
+
+/// `FORECAST n TIMEFRAMES`: the aggregate over n consecutive windows.
+fn forecast(plan: &TaskPlan, env: &EntityEnv<'_>, i: usize) -> Result<Label, &'static str> {
+    let TaskType::Forecast { steps } = plan.task.task else {
+        return Err("the target is not a forecast");
+    };
+    let spec = &plan.task.aggregates[i];
+    let (linked, values) = &env.aggs[i];
+    let length = spec.window.length().unwrap_or(spec.window.end);
+    let mut series = Vec::with_capacity(steps as usize);
+    for k in 0..i64::from(steps) {
+        let range = linked.range(env.position, &spec.window, env.anchor + k * length);
+        let v = aggregate::aggregate(spec, values, range)
+            .as_f64()
+            .ok_or("a forecast step is undefined (empty window)")?;
+        series.push(v);
+    }
+    Ok(Label::Series(series))
+}
