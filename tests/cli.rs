@@ -163,3 +163,133 @@ fn the_example_schema_in_deploy_loads_nycflights() {
         (Some("string"), Some("categorical"))
     );
 }
+
+const PUSH_QUERY: &str = "PREDICT COUNT(PURCHASES.*, 1, 4, days) > 0 FOR EACH USERS.USER_ID WHERE USERS.NOTIF_ELIGIBLE = 1 \
+    ASSUMING COUNT(NOTIFICATIONS.* WHERE NOTIFICATIONS.TYPE = 'PUSH', 0, 1, days) > 0";
+
+fn promotions(dir: &Path) -> PathBuf {
+    let data = dir.join("promo");
+    stdout_of(&[
+        "generate",
+        "promotions",
+        "--out",
+        path(&data),
+        "--users",
+        "400",
+        "--days",
+        "60",
+    ]);
+    data
+}
+
+fn read_parquet(file: &Path) -> arrow::array::RecordBatch {
+    let f = std::fs::File::open(file).expect("open parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let batches: Vec<_> = reader.map(|b| b.expect("batch")).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).expect("concat")
+}
+
+#[test]
+fn pql_check_reports_plan_anchors_and_label_statistics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = promotions(dir.path());
+    let text = stdout_of(&["pql", "check", PUSH_QUERY, "--data", path(&data), "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(doc["task"], "binary classification");
+    assert_eq!(doc["metrics"][0], "auroc");
+    assert_eq!(doc["step_days"], 3.0);
+    let anchors = doc["anchors"].as_array().expect("anchors");
+    assert_eq!(anchors.last().expect("test anchor")["split"], "test");
+    let train = &doc["labels"]["train"];
+    assert!(train["examples"].as_u64().expect("examples") > 0);
+    let rate = train["positive_rate"].as_f64().expect("rate");
+    assert!(rate > 0.0 && rate < 1.0, "{rate}");
+    assert!(
+        doc["dropped"]["ASSUMING is false or unknown"]
+            .as_u64()
+            .expect("dropped")
+            > 0
+    );
+
+    let out = dir.path().join("labels.parquet");
+    stdout_of(&[
+        "labels",
+        PUSH_QUERY,
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+    ]);
+    let batch = read_parquet(&out);
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["user_id", "anchor_time", "label", "split"]);
+    let total: u64 = ["train", "val", "test"]
+        .iter()
+        .map(|s| doc["labels"][s]["examples"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(batch.num_rows() as u64, total);
+    assert_eq!(
+        batch.column(2).data_type(),
+        &arrow::datatypes::DataType::Boolean
+    );
+}
+
+#[test]
+fn labels_at_explicit_anchors_are_for_prediction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = promotions(dir.path());
+    let out = dir.path().join("predict.parquet");
+    let query = "PREDICT SUM(purchases.amount, 0, 7, days) FOR EACH users.user_id";
+    stdout_of(&[
+        "labels",
+        query,
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+        "--anchor",
+        "2025-02-01",
+        "--anchor",
+        "2025-02-08",
+    ]);
+    let batch = read_parquet(&out);
+    let splits = batch
+        .column(3)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .expect("split");
+    assert!(splits.iter().all(|s| s == Some("predict")));
+    assert!(batch.num_rows() > 0);
+    assert_eq!(
+        batch.column(2).data_type(),
+        &arrow::datatypes::DataType::Float64
+    );
+}
+
+#[test]
+fn a_wrong_query_shows_where_and_what() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = promotions(dir.path());
+    let out = relgraph(&[
+        "pql",
+        "check",
+        "PREDICT SUM(purchases.amout, 0, 7) FOR EACH users.user_id",
+        "--data",
+        path(&data),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1:23: no column `amout` in `purchases`; did you mean `amount`?"),
+        "{err}"
+    );
+    assert!(err.contains("                      ^^^^^"), "{err}");
+}

@@ -1,0 +1,23 @@
+#![no_main]
+//! Any bytes through the PQL lexer, parser, validator and error renderer: no panics.
+
+use libfuzzer_sys::fuzz_target;
+use relgraph_common::pql::{parse, validate};
+use relgraph_common::schema_file::SchemaFile;
+
+static SCHEMA: &str = include_str!("../../testdata/schemas/retail.toml");
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(schema) = SchemaFile::parse_schema(SCHEMA) else { return };
+    match parse(text) {
+        Ok(q) => {
+            if let Err(e) = validate(&q, &schema) {
+                let _ = e.render(text);
+            }
+        }
+        Err(e) => {
+            let _ = e.render(text);
+        }
+    }
+});
