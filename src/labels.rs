@@ -11,7 +11,7 @@ use arrow::array::{
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use relgraph_common::Database;
-use relgraph_worker::label::{Label, Labels};
+use relgraph_worker::label::{LabelColumn, Labels};
 
 use crate::pql::{DataArgs, ensure_parent, label_all, prepare};
 
@@ -37,61 +37,30 @@ pub fn run(query: &str, data: &DataArgs, out: &Path) -> Result<()> {
 }
 
 /// The label column in its natural Arrow type.
-fn label_column(labels: &[Label]) -> ArrayRef {
-    match labels.first() {
-        Some(Label::Bool(_)) => Arc::new(
-            labels
-                .iter()
-                .map(|l| matches!(l, Label::Bool(true)))
-                .map(Some)
-                .collect::<BooleanArray>(),
-        ),
-        Some(Label::Number(_)) => Arc::new(
-            labels
-                .iter()
-                .map(|l| {
-                    if let Label::Number(x) = l {
-                        Some(*x)
-                    } else {
-                        None
-                    }
-                })
-                .collect::<Float64Array>(),
-        ),
-        Some(Label::Items(_)) => {
+fn label_column(labels: &LabelColumn) -> ArrayRef {
+    match labels {
+        LabelColumn::Bool(v) => Arc::new(BooleanArray::from(v.clone())),
+        LabelColumn::Number(v) => Arc::new(Float64Array::from(v.clone())),
+        LabelColumn::Class(v) => Arc::new(StringArray::from_iter_values(v)),
+        LabelColumn::Items(v) => {
             let mut b = ListBuilder::new(StringBuilder::new());
-            for l in labels {
-                if let Label::Items(items) = l {
-                    for item in items {
-                        b.values().append_value(item);
-                    }
+            for items in v {
+                for item in items {
+                    b.values().append_value(item);
                 }
                 b.append(true);
             }
             Arc::new(b.finish())
         }
-        Some(Label::Series(_)) => {
+        LabelColumn::Series(v) => {
             let mut b = ListBuilder::new(Float64Builder::new());
-            for l in labels {
-                if let Label::Series(xs) = l {
-                    b.values().append_slice(xs);
-                }
+            for xs in v {
+                b.values().append_slice(xs);
                 b.append(true);
             }
             Arc::new(b.finish())
         }
-        Some(Label::Class(_)) | None => Arc::new(
-            labels
-                .iter()
-                .map(|l| {
-                    if let Label::Class(c) = l {
-                        Some(c.as_str())
-                    } else {
-                        None
-                    }
-                })
-                .collect::<StringArray>(),
-        ),
+        LabelColumn::Empty => Arc::new(arrow::array::NullArray::new(0)),
     }
 }
 
@@ -113,7 +82,9 @@ pub fn to_batch(db: &Database, table: usize, key: usize, labels: &Labels) -> Res
         Field::new("split", DataType::Utf8, false),
     ]);
     let anchors: ArrayRef = Arc::new(TimestampSecondArray::from(labels.anchors.clone()));
-    let splits: ArrayRef = Arc::new(StringArray::from(labels.splits.clone()));
+    let splits: ArrayRef = Arc::new(StringArray::from_iter_values(
+        labels.splits.iter().map(|s| s.as_str()),
+    ));
     Ok(RecordBatch::try_new(
         Arc::new(schema),
         vec![keys, anchors, label, splits],

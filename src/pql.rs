@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use relgraph_common::Database;
-use relgraph_common::pql::{self, PlanOptions, TaskPlan};
+use relgraph_common::pql::{self, PlanOptions, Split, TaskPlan};
 use relgraph_common::time::{DAY, parse_timestamp};
-use relgraph_worker::label::{Label, Labels, LocalFacts, build};
+use relgraph_worker::label::{LabelColumn, Labels, LocalFacts, build};
 use serde_json::json;
 
 #[derive(Debug, clap::Subcommand)]
@@ -130,66 +130,67 @@ pub fn run(command: &PqlCommand) -> Result<()> {
     Ok(())
 }
 
+/// Mean and quantiles of some numbers.
+fn describe_numbers(mut xs: Vec<f64>) -> serde_json::Value {
+    if xs.is_empty() {
+        return json!(null);
+    }
+    xs.sort_by(f64::total_cmp);
+    let q = |p: f64| xs[((xs.len() - 1) as f64 * p).round() as usize];
+    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    json!({ "mean": mean, "p10": q(0.1), "p50": q(0.5), "p90": q(0.9) })
+}
+
 /// Per split: the number of examples and what their labels look like.
-fn split_stats(labels: &Labels, split: &str) -> serde_json::Value {
-    let picked: Vec<&Label> = labels
-        .splits
-        .iter()
-        .zip(&labels.labels)
-        .filter(|(s, _)| **s == split)
-        .map(|(_, l)| l)
+fn split_stats(labels: &Labels, split: Split) -> serde_json::Value {
+    let idx: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels.splits[i] == split)
         .collect();
-    let mut out = json!({ "examples": picked.len() });
-    let numbers: Vec<f64> = picked
-        .iter()
-        .filter_map(|l| match l {
-            Label::Number(x) => Some(*x),
-            Label::Bool(b) => Some(f64::from(u8::from(*b))),
-            _ => None,
-        })
-        .collect();
-    if picked.iter().any(|l| matches!(l, Label::Bool(_))) {
-        out["positive_rate"] = json!(numbers.iter().sum::<f64>() / numbers.len().max(1) as f64);
-    } else if !numbers.is_empty() {
-        let mut sorted = numbers.clone();
-        sorted.sort_by(f64::total_cmp);
-        let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
-        out["mean"] = json!(numbers.iter().sum::<f64>() / numbers.len() as f64);
-        out["quantiles"] = json!({ "p10": q(0.1), "p50": q(0.5), "p90": q(0.9) });
-    }
-    let mut classes = std::collections::BTreeMap::<&str, u64>::new();
-    let mut items = 0usize;
-    for l in &picked {
-        match l {
-            Label::Class(c) => *classes.entry(c).or_default() += 1,
-            Label::Items(v) => items += v.len(),
-            _ => {}
+    let mut out = json!({ "examples": idx.len() });
+    match &labels.labels {
+        LabelColumn::Bool(v) => {
+            let positives = idx.iter().filter(|&&i| v[i]).count();
+            out["positive_rate"] = json!(positives as f64 / idx.len().max(1) as f64);
         }
-    }
-    if !classes.is_empty() {
-        out["classes"] = json!(classes);
-    }
-    if items > 0 {
-        out["mean_items"] = json!(items as f64 / picked.len() as f64);
+        LabelColumn::Number(v) => {
+            out["label"] = describe_numbers(idx.iter().map(|&i| v[i]).collect())
+        }
+        LabelColumn::Series(v) => {
+            out["label"] =
+                describe_numbers(idx.iter().flat_map(|&i| v[i].iter().copied()).collect())
+        }
+        LabelColumn::Class(v) => {
+            let mut classes = std::collections::BTreeMap::<&str, u64>::new();
+            for &i in &idx {
+                *classes.entry(v[i].as_str()).or_default() += 1;
+            }
+            out["classes"] = json!(classes);
+        }
+        LabelColumn::Items(v) => {
+            let items: usize = idx.iter().map(|&i| v[i].len()).sum();
+            out["mean_items"] = json!(items as f64 / idx.len().max(1) as f64);
+        }
+        LabelColumn::Empty => {}
     }
     out
 }
-
-const SPLITS: [&str; 5] = ["train", "val", "test", "static", "predict"];
 
 fn to_json(db: &Database, plan: &TaskPlan, labels: &Labels) -> serde_json::Value {
     let schema = db.schema();
     let task = &plan.task;
     let mut splits = serde_json::Map::new();
-    for s in SPLITS {
+    for s in Split::ALL {
         if labels.splits.contains(&s) {
-            splits.insert(s.to_string(), split_stats(labels, s));
+            splits.insert(s.as_str().to_string(), split_stats(labels, s));
         }
     }
     let anchors: Vec<_> = plan
         .anchors()
         .iter()
-        .map(|(t, s)| json!({ "time": relgraph_common::time::format_timestamp(*t), "split": s }))
+        .map(|(t, s)| {
+            let split = s.map_or("per entity", Split::as_str);
+            json!({ "time": relgraph_common::time::format_timestamp(*t), "split": split })
+        })
         .collect();
     let entity = &schema.tables[task.entity_table];
     json!({
@@ -211,9 +212,9 @@ fn to_json(db: &Database, plan: &TaskPlan, labels: &Labels) -> serde_json::Value
 fn stats_text(labels: &Labels) -> String {
     use std::fmt::Write as _;
     let mut out = String::from("labels:\n");
-    for s in SPLITS {
+    for s in Split::ALL {
         if labels.splits.contains(&s) {
-            let _ = writeln!(out, "  {s}: {}", split_stats(labels, s));
+            let _ = writeln!(out, "  {}: {}", s.as_str(), split_stats(labels, s));
         }
     }
     for (reason, n) in &labels.dropped {

@@ -19,5 +19,5 @@ pub mod validate;
 pub use bound::{Task, TaskType};
 pub use error::{PqlError, Span};
 pub use parser::parse;
-pub use plan::{PlanError, PlanOptions, Splits, TaskPlan, plan};
+pub use plan::{PlanError, PlanOptions, Split, Splits, TaskPlan, plan};
 pub use validate::validate;

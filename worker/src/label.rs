@@ -20,7 +20,7 @@ use arrow::array::{Array, TimestampSecondArray};
 use rayon::prelude::*;
 use relgraph_common::Database;
 use relgraph_common::pql::bound::{BoundExpr, ColumnId, Target, TaskType, Value};
-use relgraph_common::pql::{Splits, TaskPlan};
+use relgraph_common::pql::{Split, Splits, TaskPlan};
 use relgraph_common::schema::DType;
 
 pub use aggregate::{Arg, Linked, RowValues, key_text};
@@ -37,16 +37,101 @@ pub enum Label {
     Series(Vec<f64>),
 }
 
+/// Labels stored by type, so that tens of millions of examples stay compact.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum LabelColumn {
+    #[default]
+    Empty,
+    Bool(Vec<bool>),
+    Number(Vec<f64>),
+    Class(Vec<String>),
+    Items(Vec<Vec<String>>),
+    Series(Vec<Vec<f64>>),
+}
+
+impl LabelColumn {
+    pub fn len(&self) -> usize {
+        match self {
+            LabelColumn::Empty => 0,
+            LabelColumn::Bool(v) => v.len(),
+            LabelColumn::Number(v) => v.len(),
+            LabelColumn::Class(v) => v.len(),
+            LabelColumn::Items(v) => v.len(),
+            LabelColumn::Series(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a label (all labels of one task have the same kind).
+    pub fn push(&mut self, label: Label) {
+        match (&mut *self, label) {
+            (LabelColumn::Bool(v), Label::Bool(b)) => v.push(b),
+            (LabelColumn::Number(v), Label::Number(x)) => v.push(x),
+            (LabelColumn::Class(v), Label::Class(c)) => v.push(c),
+            (LabelColumn::Items(v), Label::Items(i)) => v.push(i),
+            (LabelColumn::Series(v), Label::Series(s)) => v.push(s),
+            (column, label) if column.is_empty() => {
+                *column = match label {
+                    Label::Bool(b) => LabelColumn::Bool(vec![b]),
+                    Label::Number(x) => LabelColumn::Number(vec![x]),
+                    Label::Class(c) => LabelColumn::Class(vec![c]),
+                    Label::Items(i) => LabelColumn::Items(vec![i]),
+                    Label::Series(s) => LabelColumn::Series(vec![s]),
+                }
+            }
+            (column, label) => unreachable!("a {label:?} label in a {column:?} column"),
+        }
+    }
+
+    pub fn extend(&mut self, other: LabelColumn) {
+        match (&mut *self, other) {
+            (_, LabelColumn::Empty) => {}
+            (LabelColumn::Empty, o) => *self = o,
+            (LabelColumn::Bool(a), LabelColumn::Bool(b)) => a.extend(b),
+            (LabelColumn::Number(a), LabelColumn::Number(b)) => a.extend(b),
+            (LabelColumn::Class(a), LabelColumn::Class(b)) => a.extend(b),
+            (LabelColumn::Items(a), LabelColumn::Items(b)) => a.extend(b),
+            (LabelColumn::Series(a), LabelColumn::Series(b)) => a.extend(b),
+            (a, b) => unreachable!("labels of two kinds: {a:?} and {b:?}"),
+        }
+    }
+
+    /// The `i`-th label.
+    pub fn get(&self, i: usize) -> Option<Label> {
+        Some(match self {
+            LabelColumn::Empty => return None,
+            LabelColumn::Bool(v) => Label::Bool(*v.get(i)?),
+            LabelColumn::Number(v) => Label::Number(*v.get(i)?),
+            LabelColumn::Class(v) => Label::Class(v.get(i)?.clone()),
+            LabelColumn::Items(v) => Label::Items(v.get(i)?.clone()),
+            LabelColumn::Series(v) => Label::Series(v.get(i)?.clone()),
+        })
+    }
+}
+
 /// The training table of one partition.
 #[derive(Debug, Default)]
 pub struct Labels {
     /// Row of the entity table.
     pub entities: Vec<usize>,
     pub anchors: Vec<i64>,
-    pub splits: Vec<&'static str>,
-    pub labels: Vec<Label>,
+    pub splits: Vec<Split>,
+    pub labels: LabelColumn,
     /// Candidate examples that were not kept, by reason.
     pub dropped: BTreeMap<&'static str, u64>,
+}
+
+impl Labels {
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
 }
 
 /// Entities and aggregates as seen from one entity at one anchor.
@@ -80,21 +165,21 @@ impl Env for EntityEnv<'_> {
 }
 
 /// Stable split of an entity for static targets: by key hash, 80/10/10.
-fn hash_split(key: &Value) -> &'static str {
+fn hash_split(key: &Value) -> Split {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key_text(key).bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     match h % 10 {
-        0 => "test",
-        1 => "val",
-        _ => "train",
+        0 => Split::Test,
+        1 => Split::Val,
+        _ => Split::Train,
     }
 }
 
 /// Split of each entity for a static target split by entity time: the latest 10% test,
 /// the 10% before them validation.
-fn time_splits(times: &TimestampSecondArray, entities: &[usize]) -> Vec<&'static str> {
+fn time_splits(times: &TimestampSecondArray, entities: &[usize]) -> Vec<Split> {
     let mut order: Vec<usize> = (0..entities.len()).collect();
     order.sort_by_key(|&p| {
         (
@@ -105,14 +190,14 @@ fn time_splits(times: &TimestampSecondArray, entities: &[usize]) -> Vec<&'static
         )
     });
     let n = order.len();
-    let mut splits = vec!["train"; n];
+    let mut splits = vec![Split::Train; n];
     for (rank, &p) in order.iter().enumerate() {
         splits[p] = if rank * 10 >= n * 9 {
-            "test"
+            Split::Test
         } else if rank * 10 >= n * 8 {
-            "val"
+            Split::Val
         } else {
-            "train"
+            Split::Train
         };
     }
     splits
@@ -144,7 +229,7 @@ pub fn build(
         .and_then(|a| a.as_any().downcast_ref::<TimestampSecondArray>());
     let key = entity.batch.column(task.entity_key);
     let key_dtype = entity.schema.columns[task.entity_key].dtype;
-    let static_splits: Option<Vec<&'static str>> = match (&plan.splits, times) {
+    let static_splits: Option<Vec<Split>> = match (&plan.splits, times) {
         (Splits::Static { by_time: true, .. }, Some(t)) => Some(time_splits(t, entities)),
         (Splits::Static { .. }, _) => Some(
             entities
@@ -174,7 +259,10 @@ pub fn build(
                         plan,
                         aggs: &aggs,
                     };
-                    let split = static_splits.as_ref().map_or(split, |s| s[position]);
+                    let Some(split) = split.or_else(|| static_splits.as_ref().map(|s| s[position]))
+                    else {
+                        continue;
+                    };
                     match example(plan, &env) {
                         Ok(label) => {
                             acc.entities.push(row);

@@ -16,7 +16,7 @@
 //! (joins after the anchor, so never an example).
 
 use relgraph_common::Database;
-use relgraph_common::pql::{self, PlanOptions};
+use relgraph_common::pql::{self, PlanOptions, Split};
 use relgraph_common::time::parse_timestamp;
 use relgraph_worker::label::{Label, LocalFacts, build, key_text, value_at};
 
@@ -66,7 +66,7 @@ fn labels(db: &Database, query: &str) -> Vec<(String, Option<Label>)> {
     let table = &db.tables[plan.task.entity_table];
     let everyone: Vec<usize> = (0..table.num_rows()).collect();
     let out = build(&plan, db, &everyone, &LocalFacts { db }).expect("labels");
-    assert!(out.splits.iter().all(|s| *s == "predict"));
+    assert!(out.splits.iter().all(|s| *s == Split::Predict));
     let key = |row: usize| {
         key_text(&value_at(
             table.batch.column(plan.task.entity_key),
@@ -80,7 +80,7 @@ fn labels(db: &Database, query: &str) -> Vec<(String, Option<Label>)> {
                 .entities
                 .iter()
                 .position(|&r| r == row)
-                .map(|i| out.labels[i].clone());
+                .and_then(|i| out.labels.get(i));
             (key(row), found)
         })
         .collect()

@@ -364,10 +364,11 @@ proptest! {
                 }
             }
         }
-        prop_assert_eq!(labels.labels.len(), expected.len(), "{}", query);
+        prop_assert_eq!(labels.len(), expected.len(), "{}", query);
         for (i, (e, anchor, split, l)) in expected.iter().enumerate() {
-            prop_assert_eq!((labels.entities[i], labels.anchors[i], labels.splits[i]), (*e, *anchor, *split), "{}", query);
-            prop_assert!(same(&labels.labels[i], l), "{}: {:?} vs {:?} at {} {}", query, labels.labels[i], l, e, anchor);
+            prop_assert_eq!((labels.entities[i], labels.anchors[i], Some(labels.splits[i])), (*e, *anchor, *split), "{}", query);
+            let got = labels.labels.get(i).expect("label");
+            prop_assert!(same(&got, l), "{}: {:?} vs {:?} at {} {}", query, got, l, e, anchor);
         }
     }
 }

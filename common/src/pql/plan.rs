@@ -10,6 +10,29 @@ use super::bound::{Target, Task, TaskType, Window};
 use crate::database::Database;
 use crate::time::format_timestamp;
 
+/// Which split an example belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+    /// Labels at anchors the user gave.
+    Predict,
+}
+
+impl Split {
+    pub const ALL: [Split; 4] = [Split::Train, Split::Val, Split::Test, Split::Predict];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+            Split::Predict => "predict",
+        }
+    }
+}
+
 /// How examples are split.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Splits {
@@ -160,16 +183,17 @@ pub fn plan(task: Task, db: &Database, options: &PlanOptions) -> Result<TaskPlan
 }
 
 impl TaskPlan {
-    /// Anchors with their split names, in time order.
-    pub fn anchors(&self) -> Vec<(i64, &'static str)> {
+    /// Anchors with their splits, in time order; `None` where each entity has its own
+    /// split (static targets).
+    pub fn anchors(&self) -> Vec<(i64, Option<Split>)> {
         match &self.splits {
             Splits::Temporal { train, val, test } => train
                 .iter()
-                .map(|&t| (t, "train"))
-                .chain([(*val, "val"), (*test, "test")])
+                .map(|&t| (t, Some(Split::Train)))
+                .chain([(*val, Some(Split::Val)), (*test, Some(Split::Test))])
                 .collect(),
-            Splits::Static { anchor, .. } => vec![(*anchor, "static")],
-            Splits::Given(anchors) => anchors.iter().map(|&t| (t, "predict")).collect(),
+            Splits::Static { anchor, .. } => vec![(*anchor, None)],
+            Splits::Given(anchors) => anchors.iter().map(|&t| (t, Some(Split::Predict))).collect(),
         }
     }
 
