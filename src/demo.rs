@@ -34,7 +34,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let worlds: [(&str, &dyn World); 2] = [("retail", &retail), ("promotions", &promotions)];
     for (name, world) in worlds {
         let dir = args.dir.join(name);
-        let summary = generate::write(world, &dir, args.seed)?;
+        let summary = generate::write(world, &dir, args.seed, &[])?;
         println!("== {name}\n{}", summary.to_text());
         let db = Database::load(&dir, None)?;
         println!("{}", inspect::to_text(&db));

@@ -38,6 +38,9 @@ pub struct Output {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write only these tables (comma-separated); the whole world is still simulated.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -84,7 +87,7 @@ pub fn run(kind: &Kind) -> Result<()> {
                 },
                 output.seed,
             );
-            (write(&world, &output.out, output.seed)?, output.json)
+            (write(&world, &output.out, output.seed, &output.only)?, output.json)
         }
         Kind::Promotions {
             ref output,
@@ -92,7 +95,7 @@ pub fn run(kind: &Kind) -> Result<()> {
             days,
         } => {
             let world = Promotions::new(PromotionsSize { users, days });
-            (write(&world, &output.out, output.seed)?, output.json)
+            (write(&world, &output.out, output.seed, &output.only)?, output.json)
         }
     };
     if json {
@@ -342,10 +345,24 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
     Ok(BufWriter::with_capacity(1 << 20, f))
 }
 
-/// Writes the world into `dir`: one `TABLE.csv` per table, ground truth under `_truth/`.
-pub fn write(world: &dyn World, dir: &Path, seed: u64) -> Result<Summary> {
+/// Writes the world into `dir`: one `TABLE.csv` per table (only the tables in `only`,
+/// if it names any), ground truth under `_truth/`. The whole world is simulated either
+/// way, so a table is the same whichever others are written.
+pub fn write(world: &dyn World, dir: &Path, seed: u64, only: &[String]) -> Result<Summary> {
     let started = Instant::now();
     let schema = world.schema();
+    for name in only {
+        if schema.table(name).is_none() {
+            let names: Vec<&str> = schema.tables.iter().map(|t| t.name.as_str()).collect();
+            anyhow::bail!("--only: no table `{name}` in this world (tables: {})", names.join(", "));
+        }
+    }
+    let wanted: Vec<bool> = schema
+        .tables
+        .iter()
+        .map(|t| only.is_empty() || only.contains(&t.name))
+        .chain(world.truth_files().iter().map(|_| only.is_empty()))
+        .collect();
     let mut outputs: Vec<(PathBuf, Vec<&str>)> = schema
         .tables
         .iter()
@@ -360,7 +377,11 @@ pub fn write(world: &dyn World, dir: &Path, seed: u64) -> Result<Summary> {
         outputs.push((dir.join("_truth").join(name), header.to_vec()));
     }
     let mut files = Vec::with_capacity(outputs.len());
-    for (path, header) in &outputs {
+    for ((path, header), &wanted) in outputs.iter().zip(&wanted) {
+        if !wanted {
+            files.push(None);
+            continue;
+        }
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -368,7 +389,7 @@ pub fn write(world: &dyn World, dir: &Path, seed: u64) -> Result<Summary> {
         let mut f = create(path)?;
         writeln!(f, "{}", header.join(","))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        files.push(f);
+        files.push(Some(f));
     }
     let mut counts = vec![0u64; files.len()];
     let mut emit = |bufs: Vec<Rows>| -> Result<()> {
@@ -378,9 +399,11 @@ pub fn write(world: &dyn World, dir: &Path, seed: u64) -> Result<Summary> {
             .zip(&mut counts)
             .zip(&outputs)
         {
-            f.write_all(&rows.buf)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            *count += rows.rows;
+            if let Some(f) = f {
+                f.write_all(&rows.buf)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                *count += rows.rows;
+            }
         }
         Ok(())
     };
@@ -404,14 +427,18 @@ pub fn write(world: &dyn World, dir: &Path, seed: u64) -> Result<Summary> {
         }
     }
     for (f, (path, _)) in files.iter_mut().zip(&outputs) {
-        f.flush()
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        if let Some(f) = f {
+            f.flush()
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
     }
     let tables: Vec<(String, u64)> = schema
         .tables
         .iter()
-        .map(|t| t.name.clone())
         .zip(counts.iter().copied())
+        .zip(&wanted)
+        .filter(|(_, wanted)| **wanted)
+        .map(|((t, n), _)| (t.name.clone(), n))
         .collect();
     let rows = tables.iter().map(|(_, n)| n).sum();
     let seconds = started.elapsed().as_secs_f64();
@@ -467,10 +494,10 @@ mod tests {
             root.path().join("b"),
             root.path().join("c"),
         );
-        one.install(|| write(&small_retail(5), &a, 5))
+        one.install(|| write(&small_retail(5), &a, 5, &[]))
             .expect("write a");
-        write(&small_retail(5), &b, 5).expect("write b");
-        write(&small_retail(6), &c, 6).expect("write c");
+        write(&small_retail(5), &b, 5, &[]).expect("write b");
+        write(&small_retail(6), &c, 6, &[]).expect("write c");
         let strip =
             |v: Vec<(PathBuf, Vec<u8>)>| v.into_iter().map(|(_, bytes)| bytes).collect::<Vec<_>>();
         assert_eq!(strip(files(&a)), strip(files(&b)));
@@ -480,8 +507,8 @@ mod tests {
             days: 30,
         });
         let (p, q) = (root.path().join("p"), root.path().join("q"));
-        one.install(|| write(&world, &p, 9)).expect("write p");
-        write(&world, &q, 9).expect("write q");
+        one.install(|| write(&world, &p, 9, &[])).expect("write p");
+        write(&world, &q, 9, &[]).expect("write q");
         assert_eq!(strip(files(&p)), strip(files(&q)));
     }
 
@@ -496,7 +523,7 @@ mod tests {
         let worlds: [(&str, &dyn World); 2] = [("retail", &retail), ("promotions", &promotions)];
         for (name, world) in worlds {
             let dir = root.path().join(name);
-            let summary = write(world, &dir, 1).expect("write");
+            let summary = write(world, &dir, 1, &[]).expect("write");
             let db = Database::load(&dir, None).expect("load");
             assert_eq!(
                 world.schema().diff(&db.schema()),
@@ -562,7 +589,7 @@ mod tests {
             },
             3,
         );
-        write(&world, dir.path(), 3).expect("write");
+        write(&world, dir.path(), 3, &[]).expect("write");
         let db = Database::load(dir.path(), None).expect("load");
         let categories: std::collections::HashMap<String, String> =
             strings(&db, "products", "product_id")
@@ -651,7 +678,7 @@ mod tests {
             users: 4000,
             days: 150,
         });
-        write(&world, dir.path(), 4).expect("write");
+        write(&world, dir.path(), 4, &[]).expect("write");
         let db = Database::load(dir.path(), None).expect("load");
         let truth = std::fs::read_to_string(dir.path().join("_truth/uplift.csv")).expect("truth");
         let mut uplift: Vec<(String, f64)> = truth

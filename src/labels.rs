@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use arrow::array::{
@@ -16,8 +17,11 @@ use relgraph_worker::label::{LabelColumn, Labels};
 use crate::pql::{DataArgs, ensure_parent, label_all, prepare};
 
 pub fn run(query: &str, data: &DataArgs, out: &Path) -> Result<()> {
+    let started = Instant::now();
     let (db, plan) = prepare(query, data)?;
+    let loaded = started.elapsed().as_secs_f64();
     let labels = label_all(&db, &plan)?;
+    let labelled = started.elapsed().as_secs_f64() - loaded;
     let batch = to_batch(&db, plan.task.entity_table, plan.task.entity_key, &labels)?;
     ensure_parent(out)?;
     let file =
@@ -25,11 +29,9 @@ pub fn run(query: &str, data: &DataArgs, out: &Path) -> Result<()> {
     let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
     writer.write(&batch)?;
     writer.close()?;
-    println!(
-        "wrote {} examples to {}",
-        labels.labels.len(),
-        out.display()
-    );
+    let written = started.elapsed().as_secs_f64() - loaded - labelled;
+    println!("wrote {} examples to {}", labels.len(), out.display());
+    println!("  load {loaded:.2} s, labels {labelled:.2} s, write {written:.2} s");
     for (reason, n) in &labels.dropped {
         println!("  not examples: {n} ({reason})");
     }
