@@ -87,7 +87,10 @@ pub fn run(kind: &Kind) -> Result<()> {
                 },
                 output.seed,
             );
-            (write(&world, &output.out, output.seed, &output.only)?, output.json)
+            (
+                write(&world, &output.out, output.seed, &output.only)?,
+                output.json,
+            )
         }
         Kind::Promotions {
             ref output,
@@ -95,7 +98,10 @@ pub fn run(kind: &Kind) -> Result<()> {
             days,
         } => {
             let world = Promotions::new(PromotionsSize { users, days });
-            (write(&world, &output.out, output.seed, &output.only)?, output.json)
+            (
+                write(&world, &output.out, output.seed, &output.only)?,
+                output.json,
+            )
         }
     };
     if json {
@@ -354,7 +360,10 @@ pub fn write(world: &dyn World, dir: &Path, seed: u64, only: &[String]) -> Resul
     for name in only {
         if schema.table(name).is_none() {
             let names: Vec<&str> = schema.tables.iter().map(|t| t.name.as_str()).collect();
-            anyhow::bail!("--only: no table `{name}` in this world (tables: {})", names.join(", "));
+            anyhow::bail!(
+                "--only: no table `{name}` in this world (tables: {})",
+                names.join(", ")
+            );
         }
     }
     let wanted: Vec<bool> = schema

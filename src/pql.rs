@@ -71,11 +71,16 @@ impl DataArgs {
 /// Loads the data, then parses, validates and plans the query.
 pub fn prepare(query: &str, data: &DataArgs) -> Result<(Database, TaskPlan)> {
     let db = Database::load(&data.data, data.schema.as_deref())?;
+    let plan = plan_query(&db, query, &data.options()?)?;
+    Ok((db, plan))
+}
+
+/// Parses, validates and plans a query over a loaded database.
+pub fn plan_query(db: &Database, query: &str, options: &PlanOptions) -> Result<TaskPlan> {
     let task = pql::parse(query)
         .and_then(|q| pql::validate(&q, &db.schema()))
         .map_err(|e| anyhow!("{}", e.render(query)))?;
-    let plan = pql::plan(task, &db, &data.options()?).context("cannot plan the query")?;
-    Ok((db, plan))
+    pql::plan(task, db, options).context("cannot plan the query")
 }
 
 /// Labels of every entity (or of the ids the query names).
@@ -120,14 +125,19 @@ pub fn run(command: &PqlCommand) -> Result<()> {
             serde_json::to_string_pretty(&to_json(&db, &plan, &labels))?
         );
     } else {
-        print!(
-            "{}{}{}",
-            plan.task.describe(&db.schema()),
-            plan.describe_anchors(),
-            stats_text(&labels)
-        );
+        print!("{}", check_text(&db, &plan, &labels));
     }
     Ok(())
+}
+
+/// The plan, anchors and label statistics of a query, as `pql check` prints them.
+pub fn check_text(db: &Database, plan: &TaskPlan, labels: &Labels) -> String {
+    format!(
+        "{}{}{}",
+        plan.task.describe(&db.schema()),
+        plan.describe_anchors(),
+        stats_text(labels)
+    )
 }
 
 /// Mean and quantiles of some numbers.

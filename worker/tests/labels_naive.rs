@@ -17,10 +17,13 @@ use relgraph_worker::label::{Env, Label, LocalFacts, build, eval, key_text, valu
 
 const T0: i64 = 1_700_000_000 / DAY * DAY;
 
+/// An order: customer index (may dangle), amount, status, hour after T0.
+type Order = (Option<usize>, Option<i64>, Option<u8>, i64);
+
 #[derive(Debug, Clone)]
 struct World {
     customers: Vec<(Option<u8>, Option<i64>)>,
-    orders: Vec<(Option<usize>, Option<i64>, Option<u8>, i64)>,
+    orders: Vec<Order>,
     items: Vec<(usize, i64, i64)>,
 }
 

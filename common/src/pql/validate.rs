@@ -252,18 +252,17 @@ impl<'a> Binder<'a> {
     fn target(&mut self, q: &Query) -> Result<(TaskType, Target), PqlError> {
         let span = q.target.span;
         let problem = q.problem.map(|p| p.0);
-        if let ExprKind::Aggregate(a) = &q.target.kind {
-            if a.func == AggFunc::ListDistinct {
-                let Some(Problem::RankTop(k)) = problem else {
-                    return Err(PqlError::new(
-                        a.func_span,
-                        "LIST_DISTINCT predicts a list of items",
-                    )
-                    .with_hint("add RANK TOP k, e.g. RANK TOP 10"));
-                };
-                let (i, items) = self.ranking_aggregate(a, span)?;
-                return Ok((TaskType::Ranking { k, items }, Target::Items(i)));
-            }
+        if let ExprKind::Aggregate(a) = &q.target.kind
+            && a.func == AggFunc::ListDistinct
+        {
+            let Some(Problem::RankTop(k)) = problem else {
+                return Err(
+                    PqlError::new(a.func_span, "LIST_DISTINCT predicts a list of items")
+                        .with_hint("add RANK TOP k, e.g. RANK TOP 10"),
+                );
+            };
+            let (i, items) = self.ranking_aggregate(a, span)?;
+            return Ok((TaskType::Ranking { k, items }, Target::Items(i)));
         }
         if let Some((Problem::RankTop(_), ps)) = q.problem {
             return Err(PqlError::new(

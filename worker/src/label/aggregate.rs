@@ -5,6 +5,8 @@
 
 use std::collections::HashSet;
 
+use rayon::slice::ParallelSliceMut;
+
 use relgraph_common::pql::ast::AggFunc;
 use relgraph_common::pql::bound::{AggSpec, Value, Window};
 
@@ -20,7 +22,7 @@ pub struct Linked {
 impl Linked {
     /// Groups `(entity, time, row)` triples; `entities` is the number of entities.
     pub fn group(entities: usize, mut items: Vec<(usize, i64, usize)>) -> Linked {
-        items.sort_unstable_by_key(|&(e, t, r)| (e, t, r));
+        items.par_sort_unstable_by_key(|&(e, t, r)| (e, t, r));
         let mut offsets = vec![0usize; entities + 1];
         for &(e, _, _) in &items {
             offsets[e + 1] += 1;

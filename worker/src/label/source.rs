@@ -111,7 +111,7 @@ fn follow(db: &Database, link: &Link) -> Vec<Option<usize>> {
     vec![None; child.len()]
 }
 
-fn times_of<'a>(db: &'a Database, table: usize) -> Result<&'a TimestampSecondArray, LabelError> {
+fn times_of(db: &Database, table: usize) -> Result<&TimestampSecondArray, LabelError> {
     let t = &db.tables[table];
     let name = t.schema.time_column.clone().unwrap_or_default();
     let column = t.column(&name).ok_or_else(|| LabelError::MissingColumn {
