@@ -25,7 +25,7 @@ use relgraph_common::schema::DType;
 
 pub use aggregate::{Arg, Linked, RowValues, key_text};
 pub use eval::{Env, compare, eval, like, value_at};
-pub use source::{FactSource, LabelError, LocalFacts};
+pub use source::{FactSource, LabelError, LocalFacts, RowEnv};
 
 /// One label.
 #[derive(Clone, Debug, PartialEq)]

@@ -13,7 +13,7 @@ use relgraph_common::pql::bound::{AggSpec, BoundExpr, ColumnId, Target, TaskType
 use relgraph_common::pql::{self, PlanOptions, TaskPlan};
 use relgraph_common::schema::DType;
 use relgraph_common::time::{DAY, format_timestamp};
-use relgraph_worker::label::{Env, Label, LocalFacts, build, eval, key_text, value_at};
+use relgraph_worker::label::{Env, Label, LocalFacts, RowEnv, build, eval, key_text, value_at};
 
 const T0: i64 = 1_700_000_000 / DAY * DAY;
 
@@ -187,24 +187,6 @@ fn naive_rows(db: &Database, spec: &AggSpec, entity: usize) -> Vec<usize> {
         .collect()
 }
 
-struct Row<'a> {
-    db: &'a Database,
-    row: usize,
-}
-
-impl Env for Row<'_> {
-    fn column(&self, c: ColumnId, dtype: DType) -> Value {
-        value_at(
-            self.db.tables[c.table].batch.column(c.column),
-            dtype,
-            self.row,
-        )
-    }
-    fn aggregate(&self, _: usize) -> Value {
-        Value::Null
-    }
-}
-
 fn time_of(db: &Database, table: usize, row: usize) -> Option<i64> {
     let t = &db.tables[table];
     let c = t.schema.column_index(t.schema.time_column.as_deref()?)?;
@@ -232,7 +214,7 @@ fn naive_aggregate(
         .filter(|&(_, r)| {
             spec.filter
                 .as_ref()
-                .is_none_or(|f| eval(f, &Row { db, row: r }) == Value::Bool(true))
+                .is_none_or(|f| eval(f, &RowEnv { db, row: r }) == Value::Bool(true))
         })
         .collect();
     rows.sort();
@@ -242,7 +224,7 @@ fn naive_aggregate(
         .map(|&(_, r)| {
             spec.arg
                 .as_ref()
-                .map_or(Value::Int(1), |a| eval(a, &Row { db, row: r }))
+                .map_or(Value::Int(1), |a| eval(a, &RowEnv { db, row: r }))
         })
         .filter(|v| *v != Value::Null)
         .collect();

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray, TimestampSecondArray};
+use arrow::array::{
+    Array, ArrayAccessor, ArrayRef, Float64Array, Int64Array, StringArray, TimestampSecondArray,
+};
 use rayon::prelude::*;
 use relgraph_common::Database;
 use relgraph_common::pql::bound::{AggSpec, BoundExpr, ColumnId, Link, Ty, Value};
@@ -39,9 +41,10 @@ pub struct LocalFacts<'a> {
 }
 
 /// A row of one table, for evaluating an aggregation's argument and WHERE.
-struct RowEnv<'a> {
-    db: &'a Database,
-    row: usize,
+#[derive(Debug)]
+pub struct RowEnv<'a> {
+    pub db: &'a Database,
+    pub row: usize,
 }
 
 impl Env for RowEnv<'_> {
@@ -70,45 +73,42 @@ fn follow(db: &Database, link: &Link) -> Vec<Option<usize>> {
     else {
         return vec![None; child.len()];
     };
+    let rows = child.len();
+    let (pk, child) = (pk.as_any(), child.as_any());
     if let (Some(keys), Some(values)) = (
-        pk.as_any().downcast_ref::<StringArray>(),
-        child.as_any().downcast_ref::<StringArray>(),
+        pk.downcast_ref::<StringArray>(),
+        child.downcast_ref::<StringArray>(),
     ) {
-        let index: HashMap<&str, usize> = keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, k)| Some((k?, i)))
-            .collect();
-        return (0..values.len())
-            .into_par_iter()
-            .map(|r| {
-                values
-                    .is_valid(r)
-                    .then(|| index.get(values.value(r)).copied())
-                    .flatten()
-            })
-            .collect();
+        return lookup(keys, values);
     }
     if let (Some(keys), Some(values)) = (
-        pk.as_any().downcast_ref::<Int64Array>(),
-        child.as_any().downcast_ref::<Int64Array>(),
+        pk.downcast_ref::<Int64Array>(),
+        child.downcast_ref::<Int64Array>(),
     ) {
-        let index: HashMap<i64, usize> = keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, k)| Some((k?, i)))
-            .collect();
-        return (0..values.len())
-            .into_par_iter()
-            .map(|r| {
-                values
-                    .is_valid(r)
-                    .then(|| index.get(&values.value(r)).copied())
-                    .flatten()
-            })
-            .collect();
+        return lookup(keys, values);
     }
-    vec![None; child.len()]
+    vec![None; rows]
+}
+
+/// For each of `values`, the position of the equal key in `keys` (keys are unique).
+fn lookup<A>(keys: A, values: A) -> Vec<Option<usize>>
+where
+    A: ArrayAccessor + Sync,
+    A::Item: std::hash::Hash + Eq + Send + Sync,
+{
+    let index: HashMap<A::Item, usize> = (0..keys.len())
+        .filter(|&i| keys.is_valid(i))
+        .map(|i| (keys.value(i), i))
+        .collect();
+    (0..values.len())
+        .into_par_iter()
+        .map(|r| {
+            values
+                .is_valid(r)
+                .then(|| index.get(&values.value(r)).copied())
+                .flatten()
+        })
+        .collect()
 }
 
 fn times_of(db: &Database, table: usize) -> Result<&TimestampSecondArray, LabelError> {
