@@ -197,6 +197,22 @@ impl TaskPlan {
         }
     }
 
+    /// The absolute span of the labels at `anchor`, e.g. ` (labels from (a, b])`.
+    fn label_span(&self, anchor: i64) -> String {
+        let Some(w) = self.window else {
+            return String::new();
+        };
+        let steps = match self.task.task {
+            TaskType::Forecast { steps } => i64::from(steps),
+            _ => 1,
+        };
+        let end = anchor + w.end + (steps - 1) * w.length().unwrap_or(w.end);
+        let start = w
+            .start
+            .map_or("-INF".to_string(), |s| format_timestamp(anchor + s));
+        format!("  (labels from ({start}, {}])", format_timestamp(end))
+    }
+
     /// The anchors in words.
     pub fn describe_anchors(&self) -> String {
         let mut out = String::new();
@@ -219,8 +235,18 @@ impl TaskPlan {
                 } else {
                     let _ = writeln!(out, "  train: no anchors (the history is one step long)");
                 }
-                let _ = writeln!(out, "  val:   {}", format_timestamp(*val));
-                let _ = writeln!(out, "  test:  {}", format_timestamp(*test));
+                let _ = writeln!(
+                    out,
+                    "  val:   {}{}",
+                    format_timestamp(*val),
+                    self.label_span(*val)
+                );
+                let _ = writeln!(
+                    out,
+                    "  test:  {}{}",
+                    format_timestamp(*test),
+                    self.label_span(*test)
+                );
             }
             Splits::Static { anchor, by_time } => {
                 let how = if *by_time {
