@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayAccessor, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::compute::kernels::cast::cast;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use rayon::prelude::*;
@@ -45,6 +45,31 @@ pub struct Database {
     pub tables: Vec<Table>,
     /// Entries of the directory that hold no table.
     pub skipped: Vec<PathBuf>,
+}
+
+/// "No row": a null or dangling foreign key in [`Database::parent_rows`].
+pub const NO_ROW: u32 = u32::MAX;
+
+/// For each of `values`, the position of the equal key in `keys` (keys are unique).
+fn lookup<A>(keys: A, values: A) -> Vec<u32>
+where
+    A: ArrayAccessor + Sync,
+    A::Item: std::hash::Hash + Eq + Send + Sync,
+{
+    let index: std::collections::HashMap<A::Item, u32> = (0..keys.len())
+        .filter(|&i| keys.is_valid(i))
+        .map(|i| (keys.value(i), i as u32))
+        .collect();
+    (0..values.len())
+        .into_par_iter()
+        .map(|r| {
+            if values.is_valid(r) {
+                index.get(&values.value(r)).copied().unwrap_or(NO_ROW)
+            } else {
+                NO_ROW
+            }
+        })
+        .collect()
 }
 
 /// The Arrow type relgraph stores a column of `dtype` as.
@@ -94,6 +119,34 @@ impl Database {
 
     pub fn table(&self, name: &str) -> Option<&Table> {
         self.tables.iter().find(|t| t.schema.name == name)
+    }
+
+    /// For each row of table `child`, the row of `parent` whose primary key its column
+    /// `column` holds; [`NO_ROW`] where the value is null or dangles.
+    pub fn parent_rows(&self, child: usize, column: usize, parent: usize) -> Vec<u32> {
+        let values = self.tables[child].batch.column(column);
+        let parent = &self.tables[parent];
+        let keys = parent
+            .schema
+            .primary_key
+            .as_ref()
+            .and_then(|k| parent.column(k));
+        let (Some(keys), values) = (keys.map(|k| k.as_any()), values.as_any()) else {
+            return vec![NO_ROW; values.len()];
+        };
+        if let (Some(k), Some(v)) = (
+            keys.downcast_ref::<StringArray>(),
+            values.downcast_ref::<StringArray>(),
+        ) {
+            return lookup(k, v);
+        }
+        if let (Some(k), Some(v)) = (
+            keys.downcast_ref::<Int64Array>(),
+            values.downcast_ref::<Int64Array>(),
+        ) {
+            return lookup(k, v);
+        }
+        vec![NO_ROW; self.tables[child].num_rows()]
     }
 
     pub fn schema(&self) -> DatabaseSchema {

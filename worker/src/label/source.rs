@@ -2,15 +2,11 @@
 //! database; a worker whose multi-hop rows live on other workers implements the same
 //! trait by fetching them (batched per aggregation, never per entity).
 
-use std::collections::HashMap;
-
-use arrow::array::{
-    Array, ArrayAccessor, ArrayRef, Float64Array, Int64Array, StringArray, TimestampSecondArray,
-};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, TimestampSecondArray};
 use rayon::prelude::*;
-use relgraph_common::Database;
-use relgraph_common::pql::bound::{AggSpec, BoundExpr, ColumnId, Link, Ty, Value};
+use relgraph_common::pql::bound::{AggSpec, BoundExpr, ColumnId, Ty, Value};
 use relgraph_common::schema::DType;
+use relgraph_common::{Database, NO_ROW};
 
 use super::aggregate::{Arg, Linked, RowValues};
 use super::eval::{Env, eval, value_at};
@@ -61,56 +57,6 @@ impl Env for RowEnv<'_> {
     }
 }
 
-/// Maps each row of `link.child` to the row of `link.parent` its key names.
-fn follow(db: &Database, link: &Link) -> Vec<Option<usize>> {
-    let parent = &db.tables[link.parent];
-    let child = db.tables[link.child].batch.column(link.column);
-    let Some(pk) = parent
-        .schema
-        .primary_key
-        .as_ref()
-        .and_then(|k| parent.column(k))
-    else {
-        return vec![None; child.len()];
-    };
-    let rows = child.len();
-    let (pk, child) = (pk.as_any(), child.as_any());
-    if let (Some(keys), Some(values)) = (
-        pk.downcast_ref::<StringArray>(),
-        child.downcast_ref::<StringArray>(),
-    ) {
-        return lookup(keys, values);
-    }
-    if let (Some(keys), Some(values)) = (
-        pk.downcast_ref::<Int64Array>(),
-        child.downcast_ref::<Int64Array>(),
-    ) {
-        return lookup(keys, values);
-    }
-    vec![None; rows]
-}
-
-/// For each of `values`, the position of the equal key in `keys` (keys are unique).
-fn lookup<A>(keys: A, values: A) -> Vec<Option<usize>>
-where
-    A: ArrayAccessor + Sync,
-    A::Item: std::hash::Hash + Eq + Send + Sync,
-{
-    let index: HashMap<A::Item, usize> = (0..keys.len())
-        .filter(|&i| keys.is_valid(i))
-        .map(|i| (keys.value(i), i))
-        .collect();
-    (0..values.len())
-        .into_par_iter()
-        .map(|r| {
-            values
-                .is_valid(r)
-                .then(|| index.get(&values.value(r)).copied())
-                .flatten()
-        })
-        .collect()
-}
-
 fn times_of(db: &Database, table: usize) -> Result<&TimestampSecondArray, LabelError> {
     let t = &db.tables[table];
     let name = t.schema.time_column.clone().unwrap_or_default();
@@ -150,10 +96,10 @@ impl FactSource for LocalFacts<'_> {
         let mut target: Vec<Option<usize>> =
             (0..db.tables[spec.table].num_rows()).map(Some).collect();
         for link in &spec.path {
-            let up = follow(db, link);
+            let up = db.parent_rows(link.child, link.column, link.parent);
             target = target
                 .into_par_iter()
-                .map(|r| r.and_then(|r| up[r]))
+                .map(|r| r.and_then(|r| (up[r] != NO_ROW).then_some(up[r] as usize)))
                 .collect();
         }
         let entity_rows = spec
