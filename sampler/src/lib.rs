@@ -1,5 +1,29 @@
-//! Temporal heterogeneous neighbor sampling (ARCHITECTURE.md §4): time-sorted CSR per
-//! edge type, `GraphView`, seeds with anchor times, fanouts, and subgraph batches.
+//! Temporal heterogeneous neighbor sampling (ARCHITECTURE.md §4), the hot path of
+//! training and serving. Pure Rust: no tokio, no RocksDB.
 //!
-//! Not built yet: this crate is a member of the workspace so that the dependency
-//! direction (`common` ← `sampler`, no tokio / tonic / RocksDB) is fixed from the start.
+//! - [`HeteroGraph`]: every row a node, every foreign key two edge types, each a
+//!   time-sorted CSR (12 bytes per directed edge plus 4 per source node).
+//! - [`GraphView`]: what sampling reads through, batched per edge type; the in-memory
+//!   graph implements it, a worker will implement it over partitions.
+//! - [`sample`]: seeds (node, anchor) and fanouts per hop give one disjoint subgraph per
+//!   seed as a [`SubgraphBatch`], convertible to and from Arrow record batches.
+//!
+//! ```no_run
+//! use relgraph_sampler::{HeteroGraph, SampleConfig, Seed, sample};
+//! let db = relgraph_common::Database::load("data/retail".as_ref(), None)?;
+//! let graph = HeteroGraph::from_database(&db)?;
+//! let seeds = vec![Seed { table: 0, node: 0, anchor: 1_735_689_600 }];
+//! let batch = sample(&graph, &seeds, &SampleConfig::default());
+//! println!("{} nodes, {} edges", batch.num_nodes(), batch.num_edges());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod batch;
+pub mod graph;
+pub mod temporal;
+pub mod view;
+
+pub use batch::{EdgeBlock, NodeBlock, SubgraphBatch};
+pub use graph::{Csr, EdgeType, GraphError, HeteroGraph, STATIC};
+pub use temporal::{SampleConfig, Seed, sample};
+pub use view::{GraphView, Request, Strategy};

@@ -1,0 +1,226 @@
+//! The heterogeneous temporal graph of a database: every row a node of its table's type,
+//! every foreign key two edge types (child→parent and its reverse), each a CSR whose
+//! neighbor lists are sorted by the neighbor's time.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, TimestampSecondArray};
+use rayon::prelude::*;
+use relgraph_common::{Database, NO_ROW};
+
+/// The time of a node of a static table (or with a NULL time): visible at every anchor.
+pub const STATIC: i64 = i64::MIN;
+
+/// One direction of one foreign key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeType {
+    /// `orders.customer_id->customers` or `customers<-orders.customer_id`.
+    pub name: String,
+    /// Table of the nodes whose neighbors this lists.
+    pub src: usize,
+    /// Table of the neighbors.
+    pub dst: usize,
+}
+
+/// Neighbor lists of one edge type: node `i`'s neighbors are
+/// `neighbors[offsets[i]..offsets[i + 1]]`, oldest first, with their times.
+#[derive(Debug, Default)]
+pub struct Csr {
+    pub offsets: Vec<u32>,
+    pub neighbors: Vec<u32>,
+    pub times: Vec<i64>,
+}
+
+impl Csr {
+    /// Neighbors of `node` and their times.
+    pub fn of(&self, node: u32) -> (&[u32], &[i64]) {
+        let (lo, hi) = (
+            self.offsets[node as usize] as usize,
+            self.offsets[node as usize + 1] as usize,
+        );
+        (&self.neighbors[lo..hi], &self.times[lo..hi])
+    }
+
+    pub fn num_edges(&self) -> usize {
+        self.neighbors.len()
+    }
+
+    /// Bytes held, for the bytes-per-edge figure.
+    pub fn bytes(&self) -> usize {
+        self.offsets.len() * 4 + self.neighbors.len() * 4 + self.times.len() * 8
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("edge type `{0}` has more than 4 billion edges, more than one CSR holds")]
+    TooManyEdges(String),
+    #[error("table `{0}` has more than 4 billion rows, more than node ids hold")]
+    TooManyNodes(String),
+}
+
+/// The whole graph in memory.
+#[derive(Debug)]
+pub struct HeteroGraph {
+    pub tables: Vec<String>,
+    /// Per table, the time of each node ([`STATIC`] where none); empty for static tables.
+    pub node_times: Vec<Arc<Vec<i64>>>,
+    pub num_nodes: Vec<usize>,
+    pub edge_types: Vec<EdgeType>,
+    pub csr: Vec<Csr>,
+}
+
+fn times_of(db: &Database, table: usize) -> Vec<i64> {
+    let t = &db.tables[table];
+    let column = t.schema.time_column.as_ref().and_then(|c| t.column(c));
+    match column.and_then(|c| c.as_any().downcast_ref::<TimestampSecondArray>()) {
+        Some(ts) => (0..ts.len())
+            .map(|i| if ts.is_valid(i) { ts.value(i) } else { STATIC })
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+fn time_at(times: &[i64], node: usize) -> i64 {
+    times.get(node).copied().unwrap_or(STATIC)
+}
+
+impl HeteroGraph {
+    /// Builds the graph of a loaded database. Null and dangling foreign keys give no edge.
+    pub fn from_database(db: &Database) -> Result<HeteroGraph, GraphError> {
+        for t in &db.tables {
+            if t.num_rows() >= NO_ROW as usize {
+                return Err(GraphError::TooManyNodes(t.name().to_string()));
+            }
+        }
+        let node_times: Vec<Arc<Vec<i64>>> = (0..db.tables.len())
+            .map(|t| Arc::new(times_of(db, t)))
+            .collect();
+        let mut edge_types = Vec::new();
+        let mut csr = Vec::new();
+        for (c, table) in db.tables.iter().enumerate() {
+            let order = time_order(&node_times[c], table.num_rows());
+            for fk in &table.schema.foreign_keys {
+                let (Some(column), Some(p)) = (
+                    table.schema.column_index(&fk.column),
+                    db.tables.iter().position(|t| t.name() == fk.references),
+                ) else {
+                    continue;
+                };
+                let parents = db.parent_rows(c, column, p);
+                let name = format!("{}.{}", table.name(), fk.column);
+                let forward = EdgeType {
+                    name: format!("{name}->{}", fk.references),
+                    src: c,
+                    dst: p,
+                };
+                let reverse = EdgeType {
+                    name: format!("{}<-{name}", fk.references),
+                    src: p,
+                    dst: c,
+                };
+                csr.push(child_to_parent(&parents, &node_times[p]));
+                csr.push(parent_to_children(
+                    &parents,
+                    &order,
+                    &node_times[c],
+                    db.tables[p].num_rows(),
+                    &reverse.name,
+                )?);
+                edge_types.push(forward);
+                edge_types.push(reverse);
+            }
+        }
+        Ok(HeteroGraph {
+            tables: db.tables.iter().map(|t| t.name().to_string()).collect(),
+            num_nodes: db.tables.iter().map(|t| t.num_rows()).collect(),
+            node_times,
+            edge_types,
+            csr,
+        })
+    }
+
+    pub fn num_edges(&self) -> usize {
+        self.csr.iter().map(Csr::num_edges).sum()
+    }
+
+    /// Bytes of all CSRs per directed edge.
+    pub fn bytes_per_edge(&self) -> f64 {
+        let bytes: usize = self.csr.iter().map(Csr::bytes).sum();
+        bytes as f64 / self.num_edges().max(1) as f64
+    }
+
+    pub fn node_time(&self, table: usize, node: u32) -> i64 {
+        time_at(&self.node_times[table], node as usize)
+    }
+}
+
+/// Rows of a table ordered by time (static rows first), ties by row.
+fn time_order(times: &[i64], rows: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..rows as u32).collect();
+    if !times.is_empty() {
+        order.par_sort_unstable_by_key(|&r| (times[r as usize], r));
+    }
+    order
+}
+
+/// Each child's one parent (none where the key is null or dangles).
+fn child_to_parent(parents: &[u32], parent_times: &[i64]) -> Csr {
+    let mut offsets = Vec::with_capacity(parents.len() + 1);
+    offsets.push(0u32);
+    let mut neighbors = Vec::with_capacity(parents.len());
+    for &p in parents {
+        if p != NO_ROW {
+            neighbors.push(p);
+        }
+        offsets.push(neighbors.len() as u32);
+    }
+    let times = neighbors
+        .par_iter()
+        .map(|&p| time_at(parent_times, p as usize))
+        .collect();
+    Csr {
+        offsets,
+        neighbors,
+        times,
+    }
+}
+
+/// Each parent's children, oldest first: a counting sort over the children in time order.
+fn parent_to_children(
+    parents: &[u32],
+    order: &[u32],
+    child_times: &[i64],
+    num_parents: usize,
+    name: &str,
+) -> Result<Csr, GraphError> {
+    let mut counts = vec![0u32; num_parents + 1];
+    for &p in parents {
+        if p != NO_ROW {
+            counts[p as usize + 1] += 1;
+        }
+    }
+    let mut total: u64 = 0;
+    for c in counts.iter_mut() {
+        total += u64::from(*c);
+        *c = u32::try_from(total).map_err(|_| GraphError::TooManyEdges(name.to_string()))?;
+    }
+    let offsets = counts;
+    let mut cursor: Vec<u32> = offsets[..num_parents].to_vec();
+    let edges = total as usize;
+    let (mut neighbors, mut times) = (vec![0u32; edges], vec![0i64; edges]);
+    for &child in order {
+        let p = parents[child as usize];
+        if p != NO_ROW {
+            let at = cursor[p as usize] as usize;
+            neighbors[at] = child;
+            times[at] = time_at(child_times, child as usize);
+            cursor[p as usize] += 1;
+        }
+    }
+    Ok(Csr {
+        offsets,
+        neighbors,
+        times,
+    })
+}

@@ -1,0 +1,282 @@
+//! Sampling properties on random databases: nothing newer than the anchor, every edge a
+//! real foreign-key link, fanouts respected, subgraphs disjoint, `recent` takes the
+//! latest, `uniform` is uniform, results independent of threads, Arrow round trips.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+use proptest::prelude::{
+    ProptestConfig, TestCaseError, any, prop, prop_assert, prop_assert_eq, proptest,
+};
+use relgraph_common::Database;
+use relgraph_sampler::{HeteroGraph, STATIC, SampleConfig, Seed, Strategy, SubgraphBatch, sample};
+
+const T0: i64 = 1_700_000_000;
+
+/// Customers (some with a join time), orders (customer may dangle or be null), items.
+fn database(
+    customers: &[Option<i64>],
+    orders: &[(Option<usize>, i64)],
+    items: &[(usize, i64)],
+) -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = String::from("customer_id,joined\n");
+    for (i, j) in customers.iter().enumerate() {
+        let joined = j.map_or(String::new(), |t| {
+            relgraph_common::time::format_timestamp(T0 + t)
+        });
+        let _ = writeln!(c, "C{i},{joined}");
+    }
+    let mut o = String::from("order_id,customer_id,timestamp\n");
+    for (i, (cust, t)) in orders.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "O{i},{},{}",
+            cust.map_or(String::new(), |c| format!("C{c}")),
+            relgraph_common::time::format_timestamp(T0 + t)
+        );
+    }
+    let mut it = String::from("item_id,order_id,timestamp\n");
+    for (i, (order, t)) in items.iter().enumerate() {
+        let _ = writeln!(
+            it,
+            "I{i},O{order},{}",
+            relgraph_common::time::format_timestamp(T0 + t)
+        );
+    }
+    std::fs::write(dir.path().join("customers.csv"), c).expect("write");
+    std::fs::write(dir.path().join("orders.csv"), o).expect("write");
+    std::fs::write(dir.path().join("items.csv"), it).expect("write");
+    std::fs::write(
+        dir.path().join("schema.toml"),
+        "[tables.customers]\nprimary_key = \"customer_id\"\ntime_column = \"joined\"\ncolumns = { joined = { dtype = \"timestamp\" } }\n\
+         [tables.orders]\nprimary_key = \"order_id\"\nforeign_keys = { customer_id = \"customers\" }\n\
+         [tables.items]\nprimary_key = \"item_id\"\nforeign_keys = { order_id = \"orders\" }\n",
+    )
+    .expect("schema");
+    let db = Database::load(dir.path(), None).expect("load");
+    (dir, db)
+}
+
+/// The key string of every row of every table, and each foreign key's values.
+fn keys(
+    db: &Database,
+) -> (
+    Vec<Vec<String>>,
+    HashMap<(usize, usize), Vec<Option<String>>>,
+) {
+    let text = |t: usize, column: &str| -> Vec<Option<String>> {
+        let a = db.tables[t].column(column).expect("column");
+        let s = a
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("strings");
+        s.iter().map(|v| v.map(str::to_string)).collect()
+    };
+    let pks = (0..db.tables.len())
+        .map(|t| {
+            text(t, db.tables[t].schema.primary_key.as_deref().expect("pk"))
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect()
+        })
+        .collect();
+    let mut fks = HashMap::new();
+    for (c, t) in db.tables.iter().enumerate() {
+        for fk in &t.schema.foreign_keys {
+            let p = db
+                .tables
+                .iter()
+                .position(|x| x.name() == fk.references)
+                .expect("parent");
+            fks.insert((c, p), text(c, &fk.column));
+        }
+    }
+    (pks, fks)
+}
+
+fn check_batch(
+    db: &Database,
+    graph: &HeteroGraph,
+    seeds: &[Seed],
+    batch: &SubgraphBatch,
+    fanout: u32,
+) -> Result<(), TestCaseError> {
+    let (pks, fks) = keys(db);
+    prop_assert_eq!(batch.seeds.len(), seeds.len());
+    let seed_locals: HashSet<(usize, u32)> =
+        batch.seeds.iter().map(|&(t, l)| (t as usize, l)).collect();
+    for (t, block) in batch.nodes.iter().enumerate() {
+        prop_assert!(
+            block.ids.len() == block.seeds.len() && block.ids.len() == block.rel_times.len()
+        );
+        for i in 0..block.ids.len() {
+            let rel = block.rel_times[i];
+            if !seed_locals.contains(&(t, i as u32)) {
+                prop_assert!(
+                    rel == STATIC || rel >= 0,
+                    "node {} of {} is newer than its anchor",
+                    block.ids[i],
+                    graph.tables[t]
+                );
+            }
+            let anchor = seeds[block.seeds[i] as usize].anchor;
+            let time = graph.node_time(t, block.ids[i]);
+            prop_assert_eq!(
+                rel,
+                if time == STATIC {
+                    STATIC
+                } else {
+                    anchor - time
+                }
+            );
+        }
+    }
+    for (e, block) in batch.edges.iter().enumerate() {
+        let et = &graph.edge_types[e];
+        let mut per_src: HashMap<u32, u32> = HashMap::new();
+        for (&s, &d) in block.src.iter().zip(&block.dst) {
+            let (src, dst) = (&batch.nodes[et.src], &batch.nodes[et.dst]);
+            prop_assert_eq!(
+                src.seeds[s as usize],
+                dst.seeds[d as usize],
+                "subgraphs are disjoint"
+            );
+            let (a, b) = (src.ids[s as usize] as usize, dst.ids[d as usize] as usize);
+            let linked = match fks.get(&(et.src, et.dst)) {
+                Some(values) => values[a].as_deref() == Some(pks[et.dst][b].as_str()),
+                None => fks[&(et.dst, et.src)][b].as_deref() == Some(pks[et.src][a].as_str()),
+            };
+            prop_assert!(linked, "edge {} {a}->{b} is not in the database", et.name);
+            *per_src.entry(s).or_default() += 1;
+        }
+        prop_assert!(
+            per_src.values().all(|&n| n <= fanout),
+            "fanout exceeded on {}",
+            et.name
+        );
+    }
+    Ok(())
+}
+
+fn arb_world() -> impl proptest::strategy::Strategy<
+    Value = (
+        Vec<Option<i64>>,
+        Vec<(Option<usize>, i64)>,
+        Vec<(usize, i64)>,
+    ),
+> {
+    (
+        prop::collection::vec(prop::option::weighted(0.7, 0i64..1000), 1..8),
+        prop::collection::vec((prop::option::weighted(0.9, 0usize..10), 0i64..1000), 0..60),
+        prop::collection::vec((0usize..70, 0i64..1000), 0..60),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    #[test]
+    fn samples_are_temporal_real_bounded_and_disjoint(
+        (customers, orders, items) in arb_world(),
+        picks in prop::collection::vec((0usize..3, 0u32..70, 0i64..1100), 1..12),
+        fanout in 1u32..6,
+        hops in 1usize..4,
+        recent in any::<bool>(),
+        rng in any::<u64>(),
+    ) {
+        let (_dir, db) = database(&customers, &orders, &items);
+        let graph = HeteroGraph::from_database(&db).expect("graph");
+        let seeds: Vec<Seed> = picks
+            .iter()
+            .filter(|(t, n, _)| (*n as usize) < graph.num_nodes[*t])
+            .map(|&(table, node, a)| Seed { table, node, anchor: T0 + a })
+            .collect();
+        let config = SampleConfig {
+            fanouts: vec![fanout; hops],
+            strategy: if recent { Strategy::Recent } else { Strategy::Uniform },
+            seed: rng,
+            chunk: 3,
+        };
+        let batch = sample(&graph, &seeds, &config);
+        check_batch(&db, &graph, &seeds, &batch, fanout)?;
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+        let again = one.install(|| sample(&graph, &seeds, &config));
+        prop_assert_eq!(&again, &batch, "the same with one thread");
+        let wire = batch.to_arrow().expect("arrow");
+        let back = SubgraphBatch::from_arrow(&wire, graph.tables.len(), graph.edge_types.len()).expect("from arrow");
+        prop_assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn recent_takes_the_latest_eligible(
+        times in prop::collection::vec(0i64..100, 1..40),
+        anchor in 0i64..120,
+        k in 1u32..8,
+    ) {
+        let orders: Vec<(Option<usize>, i64)> = times.iter().map(|&t| (Some(0), t)).collect();
+        let (_dir, db) = database(&[None], &orders, &[]);
+        let graph = HeteroGraph::from_database(&db).expect("graph");
+        let customers = graph.tables.iter().position(|t| t == "customers").expect("customers");
+        let seeds = [Seed { table: customers, node: 0, anchor: T0 + anchor }];
+        let config = SampleConfig { fanouts: vec![k], strategy: Strategy::Recent, seed: 1, chunk: 1 };
+        let batch = sample(&graph, &seeds, &config);
+        let orders_t = graph.tables.iter().position(|t| t == "orders").expect("orders");
+        let mut got: Vec<u32> = batch.nodes[orders_t].ids.clone();
+        got.sort_unstable();
+        let mut eligible: Vec<(i64, u32)> = times.iter().enumerate().filter(|(_, t)| **t <= anchor).map(|(i, &t)| (t, i as u32)).collect();
+        eligible.sort_unstable();
+        let mut want: Vec<u32> = eligible.iter().rev().take(k as usize).map(|&(_, i)| i).collect();
+        want.sort_unstable();
+        prop_assert_eq!(got, want);
+    }
+}
+
+/// Chi-square over a star: a customer with 20 orders, 5 drawn per sample, 4000 samples.
+#[test]
+fn uniform_is_uniform_on_a_star() {
+    let orders: Vec<(Option<usize>, i64)> = (0..20).map(|i| (Some(0), i)).collect();
+    let (_dir, db) = database(&[None], &orders, &[]);
+    let graph = HeteroGraph::from_database(&db).expect("graph");
+    let customers = graph
+        .tables
+        .iter()
+        .position(|t| t == "customers")
+        .expect("customers");
+    let orders_t = graph
+        .tables
+        .iter()
+        .position(|t| t == "orders")
+        .expect("orders");
+    let seeds: Vec<Seed> = (0..4000)
+        .map(|_| Seed {
+            table: customers,
+            node: 0,
+            anchor: T0 + 100,
+        })
+        .collect();
+    let batch = sample(
+        &graph,
+        &seeds,
+        &SampleConfig {
+            fanouts: vec![5],
+            strategy: Strategy::Uniform,
+            seed: 11,
+            chunk: 64,
+        },
+    );
+    let mut counts = [0f64; 20];
+    for &id in &batch.nodes[orders_t].ids {
+        counts[id as usize] += 1.0;
+    }
+    let expected = 4000.0 * 5.0 / 20.0;
+    let chi2: f64 = counts
+        .iter()
+        .map(|c| (c - expected).powi(2) / expected)
+        .sum();
+    assert_eq!(counts.iter().sum::<f64>(), 20_000.0);
+    assert!(
+        chi2 < 43.8,
+        "chi-square {chi2} over 19 degrees of freedom (p < 0.001 above 43.8)"
+    );
+}
