@@ -13,6 +13,15 @@ use relgraph_sampler::{HeteroGraph, STATIC, SampleConfig, Seed, Strategy, Subgra
 
 const T0: i64 = 1_700_000_000;
 
+/// Per (child table, parent table): the child's foreign-key values.
+type ForeignKeys = HashMap<(usize, usize), Vec<Option<String>>>;
+/// Customers' join times, orders (customer, time), items (order, time).
+type World = (
+    Vec<Option<i64>>,
+    Vec<(Option<usize>, i64)>,
+    Vec<(usize, i64)>,
+);
+
 /// Customers (some with a join time), orders (customer may dangle or be null), items.
 fn database(
     customers: &[Option<i64>],
@@ -59,12 +68,7 @@ fn database(
 }
 
 /// The key string of every row of every table, and each foreign key's values.
-fn keys(
-    db: &Database,
-) -> (
-    Vec<Vec<String>>,
-    HashMap<(usize, usize), Vec<Option<String>>>,
-) {
+fn keys(db: &Database) -> (Vec<Vec<String>>, ForeignKeys) {
     let text = |t: usize, column: &str| -> Vec<Option<String>> {
         let a = db.tables[t].column(column).expect("column");
         let s = a
@@ -159,13 +163,7 @@ fn check_batch(
     Ok(())
 }
 
-fn arb_world() -> impl proptest::strategy::Strategy<
-    Value = (
-        Vec<Option<i64>>,
-        Vec<(Option<usize>, i64)>,
-        Vec<(usize, i64)>,
-    ),
-> {
+fn arb_world() -> impl proptest::strategy::Strategy<Value = World> {
     (
         prop::collection::vec(prop::option::weighted(0.7, 0i64..1000), 1..8),
         prop::collection::vec((prop::option::weighted(0.9, 0usize..10), 0i64..1000), 0..60),
