@@ -1,5 +1,6 @@
 //! `relgraph`: the one binary. Each subcommand group lives in its own file.
 
+mod bench;
 mod demo;
 mod generate;
 mod inspect;
@@ -50,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: pql::PqlCommand,
     },
+    /// Measure the hot paths (sampling) on a database.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
     /// Write the training table of a query (entity key, anchor_time, label, split) to Parquet.
     Labels {
         query: String,
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
             emit_schema,
         } => inspect::run(&dir, schema.as_deref(), json, emit_schema),
         Command::Pql { command } => pql::run(&command),
+        Command::Bench { command } => bench::run(&command),
         Command::Labels { query, data, out } => labels::run(&query, &data, &out),
     };
     match result {

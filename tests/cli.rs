@@ -293,3 +293,47 @@ fn a_wrong_query_shows_where_and_what() {
     );
     assert!(err.contains("                      ^^^^^"), "{err}");
 }
+
+#[test]
+fn bench_sample_reports_throughput_and_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("retail");
+    stdout_of(&[
+        "generate",
+        "retail",
+        "--out",
+        path(&data),
+        "--customers",
+        "300",
+        "--products",
+        "40",
+        "--days",
+        "120",
+    ]);
+    let text = stdout_of(&[
+        "bench",
+        "sample",
+        "--data",
+        path(&data),
+        "--table",
+        "customers",
+        "--fanout",
+        "8,4",
+        "--batch",
+        "32",
+        "--batches",
+        "3",
+        "--threads",
+        "1",
+        "--anchor",
+        "last",
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(doc["threads"], 1);
+    assert_eq!(doc["seed_table"], "customers");
+    let bytes = doc["graph"]["bytes_per_edge"].as_f64().expect("bytes");
+    assert!(bytes > 12.0 && bytes <= 16.0, "{bytes}");
+    assert!(doc["graph"]["edges"].as_u64().expect("edges") > 0);
+    assert!(doc["sampled_edges_per_seed"].as_f64().expect("per seed") > 0.0);
+}

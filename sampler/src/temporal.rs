@@ -107,10 +107,13 @@ fn sample_chunk(
     let (mut requests, mut owners, mut found) = (Vec::new(), Vec::new(), Vec::new());
     for (hop, &fanout) in config.fanouts.iter().enumerate() {
         let mut next = Vec::new();
+        frontier.sort_by_key(|f| f.table);
         for (e, et) in edge_types.iter().enumerate() {
             requests.clear();
             owners.clear();
-            for f in frontier.iter().filter(|f| f.table == et.src) {
+            let lo = frontier.partition_point(|f| f.table < et.src);
+            let hi = frontier.partition_point(|f| f.table <= et.src);
+            for f in &frontier[lo..hi] {
                 let rng = draw_seed(config.seed, u64::from(f.seed), hop, e, f.id);
                 requests.push(Request {
                     node: f.id,

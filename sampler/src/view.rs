@@ -42,8 +42,16 @@ pub trait GraphView: Sync {
     );
 }
 
-/// Indices of up to `k` of the `n` eligible neighbors (`0..n`, oldest first).
-pub fn pick(n: usize, k: usize, strategy: Strategy, rng: u64, chosen: &mut Vec<u32>) {
+/// Indices of up to `k` of the `n` eligible neighbors (`0..n`, oldest first); `seen` is
+/// scratch space reused across calls.
+pub fn pick(
+    n: usize,
+    k: usize,
+    strategy: Strategy,
+    rng: u64,
+    chosen: &mut Vec<u32>,
+    seen: &mut FxHashSet<u32>,
+) {
     chosen.clear();
     if n <= k {
         chosen.extend(0..n as u32);
@@ -60,7 +68,7 @@ pub fn pick(n: usize, k: usize, strategy: Strategy, rng: u64, chosen: &mut Vec<u
                     chosen.push(if chosen.contains(&t) { j as u32 } else { t });
                 }
             } else {
-                let mut seen = FxHashSet::default();
+                seen.clear();
                 for j in n - k..n {
                     let t = rng.random_range(0..=j) as u32;
                     let v = if seen.insert(t) { t } else { j as u32 };
@@ -93,11 +101,22 @@ impl GraphView for HeteroGraph {
         out: &mut Vec<(u32, u32)>,
     ) {
         let csr = &self.csr[edge_type];
-        let mut chosen = Vec::new();
+        let (mut chosen, mut seen) = (Vec::new(), FxHashSet::default());
         for (i, r) in requests.iter().enumerate() {
             let (neighbors, times) = csr.of(r.node);
             let eligible = times.partition_point(|&t| t <= r.anchor);
-            pick(eligible, r.k as usize, strategy, r.rng, &mut chosen);
+            if eligible <= r.k as usize {
+                out.extend(neighbors[..eligible].iter().map(|&n| (i as u32, n)));
+                continue;
+            }
+            pick(
+                eligible,
+                r.k as usize,
+                strategy,
+                r.rng,
+                &mut chosen,
+                &mut seen,
+            );
             out.extend(chosen.iter().map(|&c| (i as u32, neighbors[c as usize])));
         }
     }
@@ -109,15 +128,15 @@ mod tests {
 
     #[test]
     fn picks_are_distinct_and_in_range() {
-        let mut chosen = Vec::new();
+        let (mut chosen, mut seen) = (Vec::new(), FxHashSet::default());
         for (n, k) in [(10, 3), (100, 64), (5, 5), (3, 10), (1000, 128), (40, 33)] {
-            pick(n, k, Strategy::Uniform, 7, &mut chosen);
+            pick(n, k, Strategy::Uniform, 7, &mut chosen, &mut seen);
             let set: std::collections::HashSet<u32> = chosen.iter().copied().collect();
             assert_eq!(chosen.len(), k.min(n));
             assert_eq!(set.len(), chosen.len(), "distinct for n={n} k={k}");
             assert!(chosen.iter().all(|&c| (c as usize) < n));
         }
-        pick(10, 3, Strategy::Recent, 0, &mut chosen);
+        pick(10, 3, Strategy::Recent, 0, &mut chosen, &mut seen);
         assert_eq!(chosen, vec![9, 8, 7]);
     }
 }
