@@ -109,13 +109,14 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         strategy,
         seed: 1,
         chunk: *chunk,
+        ..SampleConfig::default()
     };
-    pool.install(|| sample(&graph, &draw(*batch), &config));
+    pool.install(|| sample(&graph, &draw(*batch), &config))?;
     let (mut edges, mut nodes_sampled) = (0usize, 0usize);
     let timed = Instant::now();
     for _ in 0..*batches {
         let seeds = draw(*batch);
-        let out = pool.install(|| sample(&graph, &seeds, &config));
+        let out = pool.install(|| sample(&graph, &seeds, &config))?;
         edges += out.num_edges();
         nodes_sampled += out.num_nodes();
     }

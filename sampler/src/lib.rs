@@ -5,25 +5,29 @@
 //!   time-sorted CSR (12 bytes per directed edge plus 4 per source node).
 //! - [`GraphView`]: what sampling reads through, batched per edge type; the in-memory
 //!   graph implements it, a worker will implement it over partitions.
-//! - [`sample`]: seeds (node, anchor) and fanouts per hop give one disjoint subgraph per
-//!   seed as a [`SubgraphBatch`], convertible to and from Arrow record batches.
+//! - [`sample`]: seeds (node, anchor) and fanouts per hop (globally or per edge type) give
+//!   one disjoint subgraph per seed as a [`SubgraphBatch`], convertible to and from Arrow
+//!   record batches.
+//! - [`NegativeSampler`]: uniform or popularity-weighted negative items for ranking.
 //!
 //! ```no_run
 //! use relgraph_sampler::{HeteroGraph, SampleConfig, Seed, sample};
 //! let db = relgraph_common::Database::load("data/retail".as_ref(), None)?;
 //! let graph = HeteroGraph::from_database(&db)?;
 //! let seeds = vec![Seed { table: 0, node: 0, anchor: 1_735_689_600 }];
-//! let batch = sample(&graph, &seeds, &SampleConfig::default());
+//! let batch = sample(&graph, &seeds, &SampleConfig::default())?;
 //! println!("{} nodes, {} edges", batch.num_nodes(), batch.num_edges());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod batch;
 pub mod graph;
+pub mod negative;
 pub mod temporal;
 pub mod view;
 
 pub use batch::{EdgeBlock, NodeBlock, SubgraphBatch};
 pub use graph::{Csr, EdgeType, GraphError, HeteroGraph, STATIC};
-pub use temporal::{SampleConfig, Seed, sample};
+pub use negative::NegativeSampler;
+pub use temporal::{SampleConfig, SampleError, Seed, sample};
 pub use view::{GraphView, Request, Strategy};

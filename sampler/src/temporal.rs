@@ -23,6 +23,8 @@ pub struct Seed {
 pub struct SampleConfig {
     /// Neighbors per node, per edge type, per hop.
     pub fanouts: Vec<u32>,
+    /// Per-hop fanouts of named edge types, overriding `fanouts` for them.
+    pub edge_fanouts: Vec<(String, Vec<u32>)>,
     pub strategy: Strategy,
     pub seed: u64,
     /// Seeds sampled together in one batched pass (the unit of parallel work).
@@ -33,6 +35,7 @@ impl Default for SampleConfig {
     fn default() -> Self {
         SampleConfig {
             fanouts: vec![128, 64],
+            edge_fanouts: Vec::new(),
             strategy: Strategy::Uniform,
             seed: 0,
             chunk: 64,
@@ -50,20 +53,67 @@ fn draw_seed(base: u64, seed: u64, hop: usize, edge_type: usize, node: u32) -> u
     mix(base ^ mix(seed ^ mix(((hop as u64) << 48) ^ ((edge_type as u64) << 32) ^ u64::from(node))))
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SampleError {
+    #[error("no edge type `{name}` to set a fanout for (edge types: {known})")]
+    UnknownEdgeType { name: String, known: String },
+    #[error("edge type `{name}` has fanouts for {given} hops, but the sampler runs {hops}")]
+    HopCount {
+        name: String,
+        given: usize,
+        hops: usize,
+    },
+}
+
+/// Fanout per hop and edge type.
+fn fanout_table(view: &dyn GraphView, config: &SampleConfig) -> Result<Vec<Vec<u32>>, SampleError> {
+    let types = view.edge_types();
+    let mut table: Vec<Vec<u32>> = config
+        .fanouts
+        .iter()
+        .map(|&f| vec![f; types.len()])
+        .collect();
+    for (name, per_hop) in &config.edge_fanouts {
+        let Some(e) = types.iter().position(|t| t.name == *name) else {
+            let known: Vec<&str> = types.iter().map(|t| t.name.as_str()).collect();
+            return Err(SampleError::UnknownEdgeType {
+                name: name.clone(),
+                known: known.join(", "),
+            });
+        };
+        if per_hop.len() != table.len() {
+            return Err(SampleError::HopCount {
+                name: name.clone(),
+                given: per_hop.len(),
+                hops: table.len(),
+            });
+        }
+        for (hop, &f) in per_hop.iter().enumerate() {
+            table[hop][e] = f;
+        }
+    }
+    Ok(table)
+}
+
 /// Samples one subgraph per seed; chunks of seeds run in parallel on rayon's pool.
-pub fn sample(view: &dyn GraphView, seeds: &[Seed], config: &SampleConfig) -> SubgraphBatch {
+pub fn sample(
+    view: &dyn GraphView,
+    seeds: &[Seed],
+    config: &SampleConfig,
+) -> Result<SubgraphBatch, SampleError> {
+    let fanouts = fanout_table(view, config)?;
     let endpoints: Vec<(usize, usize)> = view.edge_types().iter().map(|e| (e.src, e.dst)).collect();
     let chunk = config.chunk.max(1);
     let parts: Vec<SubgraphBatch> = seeds
         .par_chunks(chunk)
         .enumerate()
-        .map(|(c, part)| sample_chunk(view, part, c * chunk, config))
+        .map(|(c, part)| sample_chunk(view, part, c * chunk, config, &fanouts))
         .collect();
     let mut out = SubgraphBatch::empty(view.num_tables(), endpoints.len());
     for part in parts {
         out.append(part, &endpoints);
     }
-    out
+    Ok(out)
 }
 
 /// A frontier node: its table, local index, id, seed (global index) and anchor.
@@ -81,6 +131,7 @@ fn sample_chunk(
     seeds: &[Seed],
     first: usize,
     config: &SampleConfig,
+    fanouts: &[Vec<u32>],
 ) -> SubgraphBatch {
     let edge_types = view.edge_types();
     let mut out = SubgraphBatch::empty(view.num_tables(), edge_types.len());
@@ -105,10 +156,14 @@ fn sample_chunk(
         });
     }
     let (mut requests, mut owners, mut found) = (Vec::new(), Vec::new(), Vec::new());
-    for (hop, &fanout) in config.fanouts.iter().enumerate() {
+    for (hop, per_type) in fanouts.iter().enumerate() {
         let mut next = Vec::new();
         frontier.sort_by_key(|f| f.table);
         for (e, et) in edge_types.iter().enumerate() {
+            let fanout = per_type[e];
+            if fanout == 0 {
+                continue;
+            }
             requests.clear();
             owners.clear();
             let lo = frontier.partition_point(|f| f.table < et.src);

@@ -195,11 +195,12 @@ proptest! {
             strategy: if recent { Strategy::Recent } else { Strategy::Uniform },
             seed: rng,
             chunk: 3,
+            ..SampleConfig::default()
         };
-        let batch = sample(&graph, &seeds, &config);
+        let batch = sample(&graph, &seeds, &config).expect("sample");
         check_batch(&db, &graph, &seeds, &batch, fanout)?;
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
-        let again = one.install(|| sample(&graph, &seeds, &config));
+        let again = one.install(|| sample(&graph, &seeds, &config)).expect("sample");
         prop_assert_eq!(&again, &batch, "the same with one thread");
         let wire = batch.to_arrow().expect("arrow");
         let back = SubgraphBatch::from_arrow(&wire, graph.tables.len(), graph.edge_types.len()).expect("from arrow");
@@ -217,8 +218,8 @@ proptest! {
         let graph = HeteroGraph::from_database(&db).expect("graph");
         let customers = graph.tables.iter().position(|t| t == "customers").expect("customers");
         let seeds = [Seed { table: customers, node: 0, anchor: T0 + anchor }];
-        let config = SampleConfig { fanouts: vec![k], strategy: Strategy::Recent, seed: 1, chunk: 1 };
-        let batch = sample(&graph, &seeds, &config);
+        let config = SampleConfig { fanouts: vec![k], strategy: Strategy::Recent, seed: 1, chunk: 1, ..SampleConfig::default() };
+        let batch = sample(&graph, &seeds, &config).expect("sample");
         let orders_t = graph.tables.iter().position(|t| t == "orders").expect("orders");
         let mut got: Vec<u32> = batch.nodes[orders_t].ids.clone();
         got.sort_unstable();
@@ -261,8 +262,10 @@ fn uniform_is_uniform_on_a_star() {
             strategy: Strategy::Uniform,
             seed: 11,
             chunk: 64,
+            ..SampleConfig::default()
         },
-    );
+    )
+    .expect("sample");
     let mut counts = [0f64; 20];
     for &id in &batch.nodes[orders_t].ids {
         counts[id as usize] += 1.0;
@@ -277,4 +280,48 @@ fn uniform_is_uniform_on_a_star() {
         chi2 < 43.8,
         "chi-square {chi2} over 19 degrees of freedom (p < 0.001 above 43.8)"
     );
+}
+
+#[test]
+fn fanouts_can_be_set_per_edge_type() {
+    let orders: Vec<(Option<usize>, i64)> = (0..20).map(|i| (Some(0), i)).collect();
+    let items: Vec<(usize, i64)> = (0..20).map(|i| (i, i as i64)).collect();
+    let (_dir, db) = database(&[None], &orders, &items);
+    let graph = HeteroGraph::from_database(&db).expect("graph");
+    let customers = graph
+        .tables
+        .iter()
+        .position(|t| t == "customers")
+        .expect("customers");
+    let orders_t = graph
+        .tables
+        .iter()
+        .position(|t| t == "orders")
+        .expect("orders");
+    let seeds = [Seed {
+        table: customers,
+        node: 0,
+        anchor: T0 + 100,
+    }];
+    let config = SampleConfig {
+        fanouts: vec![5, 5],
+        edge_fanouts: vec![("customers<-orders.customer_id".to_string(), vec![2, 0])],
+        ..SampleConfig::default()
+    };
+    let batch = sample(&graph, &seeds, &config).expect("sample");
+    assert_eq!(batch.nodes[orders_t].ids.len(), 2, "two orders at hop 1");
+    let wrong = SampleConfig {
+        edge_fanouts: vec![("customers<-orders".to_string(), vec![1, 1])],
+        ..config.clone()
+    };
+    let err = sample(&graph, &seeds, &wrong).expect_err("unknown edge type");
+    assert!(
+        err.to_string().contains("no edge type `customers<-orders`"),
+        "{err}"
+    );
+    let short = SampleConfig {
+        edge_fanouts: vec![("customers<-orders.customer_id".to_string(), vec![1])],
+        ..config
+    };
+    assert!(sample(&graph, &seeds, &short).is_err());
 }
