@@ -216,11 +216,11 @@ proptest! {
         let orders: Vec<(Option<usize>, i64)> = times.iter().map(|&t| (Some(0), t)).collect();
         let (_dir, db) = database(&[None], &orders, &[]);
         let graph = HeteroGraph::from_database(&db).expect("graph");
-        let customers = graph.tables.iter().position(|t| t == "customers").expect("customers");
+        let customers = table(&graph, "customers");
         let seeds = [Seed { table: customers, node: 0, anchor: T0 + anchor }];
         let config = SampleConfig { fanouts: vec![k], strategy: Strategy::Recent, seed: 1, chunk: 1, ..SampleConfig::default() };
         let batch = sample(&graph, &seeds, &config).expect("sample");
-        let orders_t = graph.tables.iter().position(|t| t == "orders").expect("orders");
+        let orders_t = table(&graph, "orders");
         let mut got: Vec<u32> = batch.nodes[orders_t].ids.clone();
         got.sort_unstable();
         let mut eligible: Vec<(i64, u32)> = times.iter().enumerate().filter(|(_, t)| **t <= anchor).map(|(i, &t)| (t, i as u32)).collect();
@@ -231,22 +231,19 @@ proptest! {
     }
 }
 
+/// The index of table `name` in the graph.
+fn table(graph: &HeteroGraph, name: &str) -> usize {
+    graph.tables.iter().position(|t| t == name).expect("table")
+}
+
 /// Chi-square over a star: a customer with 20 orders, 5 drawn per sample, 4000 samples.
 #[test]
 fn uniform_is_uniform_on_a_star() {
     let orders: Vec<(Option<usize>, i64)> = (0..20).map(|i| (Some(0), i)).collect();
     let (_dir, db) = database(&[None], &orders, &[]);
     let graph = HeteroGraph::from_database(&db).expect("graph");
-    let customers = graph
-        .tables
-        .iter()
-        .position(|t| t == "customers")
-        .expect("customers");
-    let orders_t = graph
-        .tables
-        .iter()
-        .position(|t| t == "orders")
-        .expect("orders");
+    let customers = table(&graph, "customers");
+    let orders_t = table(&graph, "orders");
     let seeds: Vec<Seed> = (0..4000)
         .map(|_| Seed {
             table: customers,
@@ -288,16 +285,8 @@ fn fanouts_can_be_set_per_edge_type() {
     let items: Vec<(usize, i64)> = (0..20).map(|i| (i, i as i64)).collect();
     let (_dir, db) = database(&[None], &orders, &items);
     let graph = HeteroGraph::from_database(&db).expect("graph");
-    let customers = graph
-        .tables
-        .iter()
-        .position(|t| t == "customers")
-        .expect("customers");
-    let orders_t = graph
-        .tables
-        .iter()
-        .position(|t| t == "orders")
-        .expect("orders");
+    let customers = table(&graph, "customers");
+    let orders_t = table(&graph, "orders");
     let seeds = [Seed {
         table: customers,
         node: 0,
