@@ -203,6 +203,41 @@ pub enum ArithOp {
     Div,
 }
 
+impl CmpOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
+impl ArithOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            ArithOp::Add => "+",
+            ArithOp::Sub => "-",
+            ArithOp::Mul => "*",
+            ArithOp::Div => "/",
+        }
+    }
+}
+
+impl StrOp {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            StrOp::Like => "LIKE",
+            StrOp::Contains => "CONTAINS",
+            StrOp::StartsWith => "STARTS WITH",
+            StrOp::EndsWith => "ENDS WITH",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StrOp {
     Like,
@@ -293,11 +328,11 @@ impl fmt::Display for Expr {
             ExprKind::And(a, b) => write!(f, "({a} AND {b})"),
             ExprKind::Or(a, b) => write!(f, "({a} OR {b})"),
             ExprKind::Cmp(op, a, b) => {
-                let s = ["=", "!=", "<", "<=", ">", ">="][*op as usize];
+                let s = op.symbol();
                 write!(f, "({a} {s} {b})")
             }
             ExprKind::Arith(op, a, b) => {
-                let s = ["+", "-", "*", "/"][*op as usize];
+                let s = op.symbol();
                 write!(f, "({a} {s} {b})")
             }
             ExprKind::IsNull { expr, negated } => {
@@ -322,7 +357,7 @@ impl fmt::Display for Expr {
                 pattern,
                 negated,
             } => {
-                let s = ["LIKE", "CONTAINS", "STARTS WITH", "ENDS WITH"][*op as usize];
+                let s = op.keyword();
                 let not = if *negated { "NOT " } else { "" };
                 write!(f, "({expr} {not}{s} {})", Literal::Str(pattern.clone()))
             }

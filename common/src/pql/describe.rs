@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 
-use super::ast::{ArithOp, CmpOp, StrOp};
 use super::bound::{AggSpec, BoundExpr, Target, Task, Window};
 use crate::schema::DatabaseSchema;
 
@@ -38,23 +37,11 @@ pub fn show(e: &BoundExpr, schema: &DatabaseSchema) -> String {
         BoundExpr::And(a, b) => format!("({} AND {})", s(a), s(b)),
         BoundExpr::Or(a, b) => format!("({} OR {})", s(a), s(b)),
         BoundExpr::Cmp(op, a, b) => {
-            let o = match op {
-                CmpOp::Eq => "=",
-                CmpOp::Ne => "!=",
-                CmpOp::Lt => "<",
-                CmpOp::Le => "<=",
-                CmpOp::Gt => ">",
-                CmpOp::Ge => ">=",
-            };
+            let o = op.symbol();
             format!("({} {o} {})", s(a), s(b))
         }
         BoundExpr::Arith(op, a, b) => {
-            let o = match op {
-                ArithOp::Add => "+",
-                ArithOp::Sub => "-",
-                ArithOp::Mul => "*",
-                ArithOp::Div => "/",
-            };
+            let o = op.symbol();
             format!("({} {o} {})", s(a), s(b))
         }
         BoundExpr::IsNull(x, neg) => {
@@ -70,12 +57,7 @@ pub fn show(e: &BoundExpr, schema: &DatabaseSchema) -> String {
             )
         }
         BoundExpr::Str(op, x, pattern, neg) => {
-            let o = match op {
-                StrOp::Like => "LIKE",
-                StrOp::Contains => "CONTAINS",
-                StrOp::StartsWith => "STARTS WITH",
-                StrOp::EndsWith => "ENDS WITH",
-            };
+            let o = op.keyword();
             format!(
                 "({} {}{o} '{pattern}')",
                 s(x),

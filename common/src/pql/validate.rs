@@ -346,12 +346,7 @@ impl<'a> Binder<'a> {
                 negated,
             } => {
                 let (b, ty) = self.bind(expr, scope)?;
-                let name = match op {
-                    StrOp::Like => "LIKE",
-                    StrOp::Contains => "CONTAINS",
-                    StrOp::StartsWith => "STARTS WITH",
-                    StrOp::EndsWith => "ENDS WITH",
-                };
+                let name = op.keyword();
                 self.expect_ty(ty, Ty::Str, expr.span, name)?;
                 (
                     BoundExpr::Str(*op, boxed(b), pattern.clone(), *negated),
