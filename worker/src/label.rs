@@ -240,8 +240,8 @@ pub fn build(
         _ => None,
     };
     let mut out = Labels::default();
+    let positions: Vec<usize> = (0..entities.len()).collect();
     for (anchor, split) in plan.anchors() {
-        let positions: Vec<usize> = (0..entities.len()).collect();
         let parts: Vec<Labels> = positions
             .par_chunks(4096)
             .map(|chunk| {
