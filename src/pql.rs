@@ -77,9 +77,7 @@ pub fn prepare(query: &str, data: &DataArgs) -> Result<(Database, TaskPlan)> {
 
 /// Parses, validates and plans a query over a loaded database.
 pub fn plan_query(db: &Database, query: &str, options: &PlanOptions) -> Result<TaskPlan> {
-    let task = pql::parse(query)
-        .and_then(|q| pql::validate(&q, &db.schema()))
-        .map_err(|e| anyhow!("{}", e.render(query)))?;
+    let task = pql::compile(query, &db.schema()).map_err(|e| anyhow!("{}", e.render(query)))?;
     pql::plan(task, db, options).context("cannot plan the query")
 }
 

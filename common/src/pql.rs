@@ -21,3 +21,8 @@ pub use error::{PqlError, Span};
 pub use parser::parse;
 pub use plan::{PlanError, PlanOptions, Split, Splits, TaskPlan, plan};
 pub use validate::validate;
+
+/// Parses `text` and validates it against `schema`.
+pub fn compile(text: &str, schema: &crate::DatabaseSchema) -> Result<Task, PqlError> {
+    parse(text).and_then(|query| validate(&query, schema))
+}

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use relgraph_common::pql::{parse, validate};
+use relgraph_common::pql::compile;
 use relgraph_common::schema::DatabaseSchema;
 use relgraph_common::schema_file::SchemaFile;
 
@@ -29,7 +29,7 @@ fn schema(name: &str, cache: &mut HashMap<String, DatabaseSchema>) -> DatabaseSc
 }
 
 fn run(query: &str, schema: &DatabaseSchema) -> String {
-    match parse(query).and_then(|q| validate(&q, schema)) {
+    match compile(query, schema) {
         Ok(task) => task.describe(schema).trim_end().to_string(),
         Err(e) => format!("error: {}", e.render(query)),
     }

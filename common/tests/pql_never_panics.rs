@@ -2,7 +2,7 @@
 //! soups of real tokens (which reach deep into the parser and validator).
 
 use proptest::prelude::*;
-use relgraph_common::pql::{parse, validate};
+use relgraph_common::pql::compile;
 use relgraph_common::schema_file::SchemaFile;
 
 const TOKENS: [&str; 58] = [
@@ -72,15 +72,8 @@ fn schema() -> relgraph_common::DatabaseSchema {
 }
 
 fn check(text: &str, schema: &relgraph_common::DatabaseSchema) {
-    match parse(text) {
-        Ok(q) => {
-            if let Err(e) = validate(&q, schema) {
-                let _ = e.render(text);
-            }
-        }
-        Err(e) => {
-            let _ = e.render(text);
-        }
+    if let Err(e) = compile(text, schema) {
+        let _ = e.render(text);
     }
 }
 

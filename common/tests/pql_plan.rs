@@ -24,9 +24,7 @@ fn database() -> (tempfile::TempDir, Database) {
 }
 
 fn plan(db: &Database, query: &str, step_days: Option<i64>) -> Result<pql::TaskPlan, PlanError> {
-    let task = pql::parse(query)
-        .and_then(|q| pql::validate(&q, &db.schema()))
-        .expect("valid query");
+    let task = pql::compile(query, &db.schema()).expect("valid query");
     pql::plan(
         task,
         db,

@@ -51,7 +51,7 @@ fn database() -> (tempfile::TempDir, Database) {
 
 /// Labels per customer key at the anchor; `None` where the customer is no example.
 fn labels(db: &Database, query: &str) -> Vec<(String, Option<Label>)> {
-    let task = pql::parse(query).and_then(|q| pql::validate(&q, &db.schema()));
+    let task = pql::compile(query, &db.schema());
     let task = task.unwrap_or_else(|e| panic!("{}", e.render(query)));
     let anchor = parse_timestamp("2024-02-10").expect("anchor");
     let plan = pql::plan(

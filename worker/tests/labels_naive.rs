@@ -329,7 +329,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         write(&world, dir.path());
         let db = Database::load(dir.path(), None).expect("load");
-        let task = pql::parse(&query).and_then(|q| pql::validate(&q, &db.schema()));
+        let task = pql::compile(&query, &db.schema());
         let task = task.unwrap_or_else(|e| panic!("{}", e.render(&query)));
         let Ok(plan) = pql::plan(task, &db, &PlanOptions { step: Some(step * DAY), anchors: vec![] }) else {
             return Ok(());

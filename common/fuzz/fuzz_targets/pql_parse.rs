@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use relgraph_common::DatabaseSchema;
-use relgraph_common::pql::{parse, validate};
+use relgraph_common::pql::compile;
 use relgraph_common::schema_file::SchemaFile;
 
 static SCHEMA: OnceLock<Option<DatabaseSchema>> = OnceLock::new();
@@ -16,14 +16,7 @@ fuzz_target!(|data: &[u8]| {
         SchemaFile::parse_schema(include_str!("../../testdata/schemas/retail.toml")).ok()
     });
     let Some(schema) = schema else { return };
-    match parse(text) {
-        Ok(q) => {
-            if let Err(e) = validate(&q, schema) {
-                let _ = e.render(text);
-            }
-        }
-        Err(e) => {
-            let _ = e.render(text);
-        }
+    if let Err(e) = compile(text, schema) {
+        let _ = e.render(text);
     }
 });
