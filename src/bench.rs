@@ -26,11 +26,15 @@ pub enum BenchCommand {
         /// Seeds per batch.
         #[arg(long, default_value_t = 512)]
         batch: usize,
-        /// Batches to time (after one warm-up batch).
+        /// Batches to time per round (after one warm-up batch).
         #[arg(long, default_value_t = 100)]
         batches: usize,
-        /// Seeds sampled together in one batched pass (the unit of parallel work).
-        #[arg(long, default_value_t = 64)]
+        /// Timed rounds; the report gives the median round and the range.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seeds sampled together in one batched pass (the unit of parallel work); 0: from
+        /// the fanouts, up to 64.
+        #[arg(long, default_value_t = 0)]
         chunk: usize,
         /// Threads (default: all cores).
         #[arg(long)]
@@ -53,6 +57,7 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         fanout,
         batch,
         batches,
+        rounds,
         threads,
         strategy,
         anchor,
@@ -104,31 +109,46 @@ pub fn run(command: &BenchCommand) -> Result<()> {
             })
             .collect()
     };
+    let chunk = match *chunk {
+        0 => relgraph_sampler::auto_chunk(&fanout.iter().map(|&f| vec![f]).collect::<Vec<_>>()),
+        n => n,
+    };
     let config = SampleConfig {
         fanouts: fanout.clone(),
         strategy,
         seed: 1,
-        chunk: *chunk,
+        chunk,
         ..SampleConfig::default()
     };
     pool.install(|| sample(&graph, &draw(*batch), &config))?;
-    let (mut edges, mut nodes_sampled) = (0usize, 0usize);
-    let timed = Instant::now();
-    for _ in 0..*batches {
-        let seeds = draw(*batch);
-        let out = pool.install(|| sample(&graph, &seeds, &config))?;
-        edges += out.num_edges();
-        nodes_sampled += out.num_nodes();
+    let (mut edges, mut nodes_sampled, mut seconds) = (0usize, 0usize, 0.0);
+    let mut rates = Vec::with_capacity(*rounds);
+    for _ in 0..(*rounds).max(1) {
+        let (timed, mut round_edges) = (Instant::now(), 0);
+        for _ in 0..*batches {
+            let seeds = draw(*batch);
+            let out = pool.install(|| sample(&graph, &seeds, &config))?;
+            round_edges += out.num_edges();
+            nodes_sampled += out.num_nodes();
+        }
+        let elapsed = timed.elapsed().as_secs_f64();
+        rates.push(round_edges as f64 / elapsed);
+        (edges, seconds) = (edges + round_edges, seconds + elapsed);
     }
-    let seconds = timed.elapsed().as_secs_f64();
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    let seeds_total = *batch * *batches * rates.len();
     let report = json!({
         "graph": { "tables": graph.tables.len(), "edge_types": graph.edge_types.len(), "edges": graph.num_edges(),
                    "bytes_per_edge": graph.bytes_per_edge(), "build_seconds": build, "build_edges_per_second": graph.num_edges() as f64 / build },
         "seed_table": graph.tables[seed_table],
-        "fanout": fanout, "batch": batch, "batches": batches, "threads": pool.current_num_threads(),
-        "seeds_per_second": (*batch * *batches) as f64 / seconds,
-        "sampled_edges_per_second": edges as f64 / seconds,
-        "sampled_edges_per_seed": edges as f64 / (*batch * *batches) as f64,
+        "fanout": fanout, "batch": batch, "batches": batches, "rounds": rates.len(), "chunk": chunk,
+        "threads": pool.current_num_threads(),
+        "seeds_per_second": seeds_total as f64 / seconds,
+        "sampled_edges_per_second": median,
+        "sampled_edges_per_second_min": rates[0],
+        "sampled_edges_per_second_max": rates[rates.len() - 1],
+        "sampled_edges_per_seed": edges as f64 / seeds_total as f64,
         "sampled_nodes": nodes_sampled,
     });
     if *json {
@@ -144,14 +164,19 @@ pub fn run(command: &BenchCommand) -> Result<()> {
             graph.num_edges() as f64 / build / 1e6
         );
         println!(
-            "sample {} seeds of `{}` x {} batches, fanout {:?}, {} thread(s): {:.0} seeds/s, {:.2} M sampled edges/s ({:.0} edges/seed)",
+            "sample {} seeds of `{}` x {} batches x {} rounds, fanout {:?}, chunk {}, {} thread(s): \
+             {:.0} seeds/s, {:.2} M sampled edges/s (median round; {:.2}-{:.2}), {:.0} edges/seed",
             batch,
             graph.tables[seed_table],
             batches,
+            rates.len(),
             fanout,
+            chunk,
             pool.current_num_threads(),
             report["seeds_per_second"].as_f64().unwrap_or(0.0),
-            edges as f64 / seconds / 1e6,
+            median / 1e6,
+            rates[0] / 1e6,
+            rates[rates.len() - 1] / 1e6,
             report["sampled_edges_per_seed"].as_f64().unwrap_or(0.0)
         );
     }

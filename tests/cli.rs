@@ -323,6 +323,8 @@ fn bench_sample_reports_throughput_and_memory() {
         "32",
         "--batches",
         "3",
+        "--rounds",
+        "3",
         "--threads",
         "1",
         "--anchor",
@@ -336,4 +338,8 @@ fn bench_sample_reports_throughput_and_memory() {
     assert!(bytes > 12.0 && bytes <= 16.0, "{bytes}");
     assert!(doc["graph"]["edges"].as_u64().expect("edges") > 0);
     assert!(doc["sampled_edges_per_seed"].as_f64().expect("per seed") > 0.0);
+    assert_eq!(doc["rounds"], 3);
+    let rate = |key: &str| doc[key].as_f64().expect("rate");
+    assert!(rate("sampled_edges_per_second_min") <= rate("sampled_edges_per_second"));
+    assert!(rate("sampled_edges_per_second") <= rate("sampled_edges_per_second_max"));
 }

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
@@ -69,6 +69,60 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(edges as u64));
     group.bench_function("sample 512 seeds [128, 128] uniform", |b| {
         b.iter(|| sample(&graph, &seeds, &config).expect("sample"))
+    });
+    let deep = SampleConfig {
+        fanouts: vec![128, 128, 128],
+        ..SampleConfig::default()
+    };
+    let seeds_2048: Vec<Seed> = (0..2048).map(|i| seeds[i % 512]).collect();
+    let edges = sample(&graph, &seeds_2048, &deep)
+        .expect("sample")
+        .num_edges();
+    group.throughput(Throughput::Elements(edges as u64));
+    group.bench_function("sample 2048 seeds [128, 128, 128] uniform", |b| {
+        b.iter(|| sample(&graph, &seeds_2048, &deep).expect("sample"))
+    });
+
+    // 20k new events in batches of 1,000 (40k directed edges), then folding them in.
+    let events = graph
+        .tables
+        .iter()
+        .position(|t| t == "events")
+        .expect("events");
+    let fks = graph.foreign_keys(events);
+    let batches: Vec<(Vec<i64>, Vec<Vec<u32>>)> = (0..20)
+        .map(|_| {
+            let times = (0..1000)
+                .map(|_| T0 + rng.random_range(0..86_400 * 400))
+                .collect();
+            let parents = fks
+                .iter()
+                .map(|&e| {
+                    let n = graph.num_nodes[graph.edge_types[e].dst] as u32;
+                    (0..1000).map(|_| rng.random_range(0..n)).collect()
+                })
+                .collect();
+            (times, parents)
+        })
+        .collect();
+    let appended = |mut g: HeteroGraph| {
+        for (times, parents) in &batches {
+            g.append(events, times, parents).expect("append");
+        }
+        g
+    };
+    group.throughput(Throughput::Elements(40_000));
+    group.bench_function("append 20k events", |b| {
+        b.iter_batched(|| graph.clone(), appended, BatchSize::LargeInput)
+    });
+    let grown = appended(graph.clone());
+    group.throughput(Throughput::Elements(grown.num_edges() as u64));
+    group.bench_function("compact 440k edges", |b| {
+        b.iter_batched(
+            || grown.clone(),
+            |mut g| g.compact().expect("compact"),
+            BatchSize::LargeInput,
+        )
     });
     group.finish();
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt16Array, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
+use rayon::prelude::*;
 
 use crate::graph::STATIC;
 
@@ -37,6 +38,30 @@ pub struct SubgraphBatch {
     pub seeds: Vec<(u16, u32)>,
 }
 
+/// One column of every part, end to end, each value passed through `map(part, value)`;
+/// the parts are copied in parallel, each into its own slice of the output.
+fn gather<T, F>(parts: &[SubgraphBatch], column: F, map: impl Fn(usize, T) -> T + Sync) -> Vec<T>
+where
+    T: Copy + Default + Send + Sync,
+    F: Fn(&SubgraphBatch) -> &Vec<T> + Sync,
+{
+    let total = parts.iter().map(|p| column(p).len()).sum();
+    let mut out = vec![T::default(); total];
+    let mut slices = Vec::with_capacity(parts.len());
+    let mut rest = out.as_mut_slice();
+    for p in parts {
+        let (head, tail) = rest.split_at_mut(column(p).len());
+        slices.push(head);
+        rest = tail;
+    }
+    slices.into_par_iter().enumerate().for_each(|(p, slice)| {
+        for (d, &v) in slice.iter_mut().zip(column(&parts[p])) {
+            *d = map(p, v);
+        }
+    });
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("subgraph batch: {0}")]
@@ -67,20 +92,47 @@ impl SubgraphBatch {
         self.nodes.iter().map(|n| n.ids.len()).sum()
     }
 
-    /// Appends `other`, shifting its local indices past this batch's nodes;
-    /// `endpoints[e]` is edge type `e`'s (source table, destination table).
-    pub fn append(&mut self, other: SubgraphBatch, endpoints: &[(usize, usize)]) {
-        let shift: Vec<u32> = self.nodes.iter().map(|n| n.ids.len() as u32).collect();
-        self.seeds
-            .extend(other.seeds.iter().map(|&(t, i)| (t, i + shift[t as usize])));
-        for (mine, theirs) in self.nodes.iter_mut().zip(other.nodes) {
-            mine.ids.extend(theirs.ids);
-            mine.seeds.extend(theirs.seeds);
-            mine.rel_times.extend(theirs.rel_times);
+    /// The batches of consecutive seed chunks as one, local indices shifted past the
+    /// nodes of the parts before; each part has `tables` node blocks, and `endpoints[e]`
+    /// is edge type `e`'s (source table, destination table). Parts are copied in parallel.
+    pub fn concat(
+        parts: &[SubgraphBatch],
+        tables: usize,
+        endpoints: &[(usize, usize)],
+    ) -> SubgraphBatch {
+        // shifts[p][t]: nodes of table t in the parts before part p.
+        let mut shifts = Vec::with_capacity(parts.len());
+        let mut before = vec![0u32; tables];
+        for part in parts {
+            shifts.push(before.clone());
+            for (b, block) in before.iter_mut().zip(&part.nodes) {
+                *b += block.ids.len() as u32;
+            }
         }
-        for ((mine, theirs), &(s, d)) in self.edges.iter_mut().zip(other.edges).zip(endpoints) {
-            mine.src.extend(theirs.src.iter().map(|&i| i + shift[s]));
-            mine.dst.extend(theirs.dst.iter().map(|&i| i + shift[d]));
+        let nodes = (0..tables)
+            .map(|t| NodeBlock {
+                ids: gather(parts, |p| &p.nodes[t].ids, |_, v| v),
+                seeds: gather(parts, |p| &p.nodes[t].seeds, |_, v| v),
+                rel_times: gather(parts, |p| &p.nodes[t].rel_times, |_, v| v),
+            })
+            .collect();
+        let edges = endpoints
+            .iter()
+            .enumerate()
+            .map(|(e, &(s, d))| EdgeBlock {
+                src: gather(parts, |p| &p.edges[e].src, |p, v| v + shifts[p][s]),
+                dst: gather(parts, |p| &p.edges[e].dst, |p, v| v + shifts[p][d]),
+            })
+            .collect();
+        let seeds = gather(
+            parts,
+            |p| &p.seeds,
+            |p, (t, i)| (t, i + shifts[p][t as usize]),
+        );
+        SubgraphBatch {
+            nodes,
+            edges,
+            seeds,
         }
     }
 

@@ -2,11 +2,11 @@
 //! every foreign key two edge types (child→parent and its reverse), each a CSR whose
 //! neighbor lists are sorted by the neighbor's time.
 
-use std::sync::Arc;
-
 use arrow::array::{Array, TimestampSecondArray};
 use rayon::prelude::*;
 use relgraph_common::{Database, NO_ROW};
+
+use crate::delta::Delta;
 
 /// The time of a node of a static table (or with a NULL time): visible at every anchor.
 pub const STATIC: i64 = i64::MIN;
@@ -24,7 +24,7 @@ pub struct EdgeType {
 
 /// Neighbor lists of one edge type: node `i`'s neighbors are
 /// `neighbors[offsets[i]..offsets[i + 1]]`, oldest first, with their times.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Csr {
     pub offsets: Vec<u32>,
     pub neighbors: Vec<u32>,
@@ -39,6 +39,14 @@ impl Csr {
             self.offsets[node as usize + 1] as usize,
         );
         (&self.neighbors[lo..hi], &self.times[lo..hi])
+    }
+
+    /// Where `node`'s neighbors lie; empty for nodes added after the build.
+    pub fn range(&self, node: u32) -> (usize, usize) {
+        match self.offsets.get(node as usize + 1) {
+            Some(&hi) => (self.offsets[node as usize] as usize, hi as usize),
+            None => (0, 0),
+        }
     }
 
     pub fn num_edges(&self) -> usize {
@@ -57,17 +65,21 @@ pub enum GraphError {
     TooManyEdges(String),
     #[error("table `{0}` has more than 4 billion rows, more than node ids hold")]
     TooManyNodes(String),
+    #[error("appending to `{table}`: {problem}")]
+    Append { table: String, problem: String },
 }
 
 /// The whole graph in memory.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HeteroGraph {
     pub tables: Vec<String>,
     /// Per table, the time of each node ([`STATIC`] where none); empty for static tables.
-    pub node_times: Vec<Arc<Vec<i64>>>,
+    pub node_times: Vec<Vec<i64>>,
     pub num_nodes: Vec<usize>,
     pub edge_types: Vec<EdgeType>,
     pub csr: Vec<Csr>,
+    /// Per edge type, edges of rows appended since the CSR was built.
+    pub delta: Vec<Delta>,
 }
 
 fn times_of(db: &Database, table: usize) -> Vec<i64> {
@@ -93,9 +105,7 @@ impl HeteroGraph {
                 return Err(GraphError::TooManyNodes(t.name().to_string()));
             }
         }
-        let node_times: Vec<Arc<Vec<i64>>> = (0..db.tables.len())
-            .map(|t| Arc::new(times_of(db, t)))
-            .collect();
+        let node_times: Vec<Vec<i64>> = (0..db.tables.len()).map(|t| times_of(db, t)).collect();
         let mut edge_types = Vec::new();
         let mut csr = Vec::new();
         for (c, table) in db.tables.iter().enumerate() {
@@ -135,18 +145,21 @@ impl HeteroGraph {
             tables: db.tables.iter().map(|t| t.name().to_string()).collect(),
             num_nodes: db.tables.iter().map(|t| t.num_rows()).collect(),
             node_times,
+            delta: edge_types.iter().map(|_| Delta::default()).collect(),
             edge_types,
             csr,
         })
     }
 
     pub fn num_edges(&self) -> usize {
-        self.csr.iter().map(Csr::num_edges).sum()
+        self.csr.iter().map(Csr::num_edges).sum::<usize>()
+            + self.delta.iter().map(Delta::num_edges).sum::<usize>()
     }
 
-    /// Bytes of all CSRs per directed edge.
+    /// Bytes of all CSRs and deltas per directed edge.
     pub fn bytes_per_edge(&self) -> f64 {
-        let bytes: usize = self.csr.iter().map(Csr::bytes).sum();
+        let bytes = self.csr.iter().map(Csr::bytes).sum::<usize>()
+            + self.delta.iter().map(Delta::bytes).sum::<usize>();
         bytes as f64 / self.num_edges().max(1) as f64
     }
 

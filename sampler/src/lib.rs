@@ -3,6 +3,8 @@
 //!
 //! - [`HeteroGraph`]: every row a node, every foreign key two edge types, each a
 //!   time-sorted CSR (12 bytes per directed edge plus 4 per source node).
+//! - [`Delta`]: rows appended after the build, visible to sampling at once and folded into
+//!   the CSRs by [`HeteroGraph::compact`] (or by `append` itself once a delta grows).
 //! - [`GraphView`]: what sampling reads through, batched per edge type; the in-memory
 //!   graph implements it, a worker will implement it over partitions.
 //! - [`sample`]: seeds (node, anchor) and fanouts per hop (globally or per edge type) give
@@ -21,13 +23,15 @@
 //! ```
 
 pub mod batch;
+pub mod delta;
 pub mod graph;
 pub mod negative;
 pub mod temporal;
 pub mod view;
 
 pub use batch::{EdgeBlock, NodeBlock, SubgraphBatch};
+pub use delta::Delta;
 pub use graph::{Csr, EdgeType, GraphError, HeteroGraph, STATIC};
 pub use negative::NegativeSampler;
-pub use temporal::{SampleConfig, SampleError, Seed, sample};
-pub use view::{GraphView, Request, Strategy};
+pub use temporal::{SampleConfig, SampleError, Seed, auto_chunk, sample};
+pub use view::{GraphView, Neighbor, Request, Strategy};

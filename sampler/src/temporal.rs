@@ -4,12 +4,14 @@
 //! same for an RNG seed whatever the thread count: every draw is seeded by (RNG seed,
 //! seed index, hop, edge type, node).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::batch::SubgraphBatch;
 use crate::graph::STATIC;
-use crate::view::{GraphView, Request, Strategy};
+use crate::view::{GraphView, Neighbor, Request, Strategy};
 
 /// A seed: node `node` of table `table`, seen at time `anchor`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +29,9 @@ pub struct SampleConfig {
     pub edge_fanouts: Vec<(String, Vec<u32>)>,
     pub strategy: Strategy,
     pub seed: u64,
-    /// Seeds sampled together in one batched pass (the unit of parallel work).
+    /// Seeds sampled together in one batched pass (the unit of parallel work); 0 picks it
+    /// from the fanouts (see [`auto_chunk`]). The subgraphs do not depend on it, only the
+    /// order of nodes within the batch does.
     pub chunk: usize,
 }
 
@@ -38,8 +42,17 @@ impl Default for SampleConfig {
             edge_fanouts: Vec::new(),
             strategy: Strategy::Uniform,
             seed: 0,
-            chunk: 64,
+            chunk: 0,
         }
+    }
+}
+
+/// `anchor - time`, or [`STATIC`] for a static node.
+fn relative(anchor: i64, time: i64) -> i64 {
+    if time == STATIC {
+        STATIC
+    } else {
+        anchor - time
     }
 }
 
@@ -95,6 +108,18 @@ fn fanout_table(view: &dyn GraphView, config: &SampleConfig) -> Result<Vec<Vec<u
     Ok(table)
 }
 
+/// Seeds per chunk for these fanouts: up to 64, fewer when a seed's subgraph may be so
+/// large (the bound: the product of the largest fanouts, summed over hops) that a chunk's
+/// dedup tables would outgrow the caches; at [128, 128, 128] it is 2.
+pub fn auto_chunk(fanouts: &[Vec<u32>]) -> usize {
+    let (mut width, mut bound) = (1u64, 0u64);
+    for per_type in fanouts {
+        width = width.saturating_mul(u64::from(per_type.iter().copied().max().unwrap_or(0)));
+        bound = bound.saturating_add(width);
+    }
+    ((1u64 << 22) / bound.max(1)).clamp(1, 64) as usize
+}
+
 /// Samples one subgraph per seed; chunks of seeds run in parallel on rayon's pool.
 pub fn sample(
     view: &dyn GraphView,
@@ -103,17 +128,20 @@ pub fn sample(
 ) -> Result<SubgraphBatch, SampleError> {
     let fanouts = fanout_table(view, config)?;
     let endpoints: Vec<(usize, usize)> = view.edge_types().iter().map(|e| (e.src, e.dst)).collect();
-    let chunk = config.chunk.max(1);
-    let parts: Vec<SubgraphBatch> = seeds
-        .par_chunks(chunk)
-        .enumerate()
-        .map(|(c, part)| sample_chunk(view, part, c * chunk, config, &fanouts))
-        .collect();
-    let mut out = SubgraphBatch::empty(view.num_tables(), endpoints.len());
-    for part in parts {
-        out.append(part, &endpoints);
-    }
-    Ok(out)
+    let chunk = match config.chunk {
+        0 => auto_chunk(&fanouts),
+        n => n,
+    };
+    // One job on the pool for the whole call: the parallel steps inside then run on its
+    // workers without a hand-off from the caller's thread each time.
+    rayon::scope(|_| {
+        let parts: Vec<SubgraphBatch> = seeds
+            .par_chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| sample_chunk(view, part, c * chunk, config, &fanouts))
+            .collect();
+        Ok(SubgraphBatch::concat(&parts, view.num_tables(), &endpoints))
+    })
 }
 
 /// A frontier node: its table, local index, id, seed (global index) and anchor.
@@ -126,6 +154,24 @@ struct Frontier {
     anchor: i64,
 }
 
+/// Buffers one thread reuses from chunk to chunk, so sampling allocates only its output.
+#[derive(Default)]
+struct Scratch {
+    /// Per table, (seed within the chunk << 32 | node) -> local index: the dedup that makes
+    /// each seed's subgraph hold a node once.
+    local: Vec<FxHashMap<u64, u32>>,
+    frontier: Vec<Frontier>,
+    next: Vec<Frontier>,
+    requests: Vec<Request>,
+    owners: Vec<Frontier>,
+    found: Vec<Neighbor>,
+    times: Vec<i64>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 fn sample_chunk(
     view: &dyn GraphView,
     seeds: &[Seed],
@@ -133,19 +179,39 @@ fn sample_chunk(
     config: &SampleConfig,
     fanouts: &[Vec<u32>],
 ) -> SubgraphBatch {
+    SCRATCH.with(|s| sample_chunk_with(view, seeds, first, config, fanouts, &mut s.borrow_mut()))
+}
+
+fn sample_chunk_with(
+    view: &dyn GraphView,
+    seeds: &[Seed],
+    first: usize,
+    config: &SampleConfig,
+    fanouts: &[Vec<u32>],
+    scratch: &mut Scratch,
+) -> SubgraphBatch {
     let edge_types = view.edge_types();
     let mut out = SubgraphBatch::empty(view.num_tables(), edge_types.len());
-    let mut local: FxHashMap<(u32, u32, u32), u32> = FxHashMap::default();
-    let mut anchors: Vec<Vec<i64>> = vec![Vec::new(); view.num_tables()];
-    let mut frontier: Vec<Frontier> = Vec::with_capacity(seeds.len());
+    let Scratch {
+        local,
+        frontier,
+        next,
+        requests,
+        owners,
+        found,
+        times,
+    } = scratch;
+    local.resize_with(view.num_tables(), FxHashMap::default);
+    local.iter_mut().for_each(FxHashMap::clear);
+    frontier.clear();
+    let key = |seed: u32, node: u32| (u64::from(seed - first as u32) << 32) | u64::from(node);
     for (i, s) in seeds.iter().enumerate() {
         let block = &mut out.nodes[s.table];
         let index = block.ids.len() as u32;
         let seed = (first + i) as u32;
-        local.insert((seed, s.table as u32, s.node), index);
+        local[s.table].insert(key(seed, s.node), index);
         block.ids.push(s.node);
         block.seeds.push(seed);
-        anchors[s.table].push(s.anchor);
         out.seeds.push((s.table as u16, index));
         frontier.push(Frontier {
             table: s.table,
@@ -155,9 +221,21 @@ fn sample_chunk(
             anchor: s.anchor,
         });
     }
-    let (mut requests, mut owners, mut found) = (Vec::new(), Vec::new(), Vec::new());
+    // The seeds' own times, one call per table; every other node's time comes with it.
+    for (t, block) in out.nodes.iter_mut().enumerate() {
+        if !block.ids.is_empty() {
+            times.clear();
+            view.node_times(t, &block.ids, times);
+            let anchors = frontier.iter().filter(|f| f.table == t).map(|f| f.anchor);
+            block.rel_times = times
+                .iter()
+                .zip(anchors)
+                .map(|(&time, anchor)| relative(anchor, time))
+                .collect();
+        }
+    }
     for (hop, per_type) in fanouts.iter().enumerate() {
-        let mut next = Vec::new();
+        next.clear();
         frontier.sort_by_key(|f| f.table);
         for (e, et) in edge_types.iter().enumerate() {
             let fanout = per_type[e];
@@ -182,46 +260,35 @@ fn sample_chunk(
                 continue;
             }
             found.clear();
-            view.sample(e, &requests, config.strategy, &mut found);
-            for &(r, neighbor) in &found {
-                let owner = owners[r as usize];
-                let key = (owner.seed, et.dst as u32, neighbor);
-                let block = &mut out.nodes[et.dst];
-                let index = *local.entry(key).or_insert_with(|| {
+            view.sample(e, requests, config.strategy, found);
+            let (block, seen, edges) = (
+                &mut out.nodes[et.dst],
+                &mut local[et.dst],
+                &mut out.edges[e],
+            );
+            edges.src.reserve(found.len());
+            edges.dst.reserve(found.len());
+            for n in found.iter() {
+                let owner = owners[n.request as usize];
+                let index = *seen.entry(key(owner.seed, n.node)).or_insert_with(|| {
                     let index = block.ids.len() as u32;
-                    block.ids.push(neighbor);
+                    block.ids.push(n.node);
                     block.seeds.push(owner.seed);
-                    anchors[et.dst].push(owner.anchor);
+                    block.rel_times.push(relative(owner.anchor, n.time));
                     next.push(Frontier {
                         table: et.dst,
                         local: index,
-                        id: neighbor,
+                        id: n.node,
                         seed: owner.seed,
                         anchor: owner.anchor,
                     });
                     index
                 });
-                out.edges[e].src.push(owner.local);
-                out.edges[e].dst.push(index);
+                edges.src.push(owner.local);
+                edges.dst.push(index);
             }
         }
-        frontier = next;
-    }
-    let mut times = Vec::new();
-    for (t, block) in out.nodes.iter_mut().enumerate() {
-        times.clear();
-        view.node_times(t, &block.ids, &mut times);
-        block.rel_times = times
-            .iter()
-            .zip(&anchors[t])
-            .map(|(&time, &anchor)| {
-                if time == STATIC {
-                    STATIC
-                } else {
-                    anchor - time
-                }
-            })
-            .collect();
+        std::mem::swap(frontier, next);
     }
     out
 }

@@ -207,6 +207,74 @@ proptest! {
         prop_assert_eq!(back, batch);
     }
 
+    /// Appending rows to a graph built from a prefix of the tables samples exactly as a
+    /// graph built from all rows, before and after compaction, which rebuilds the CSRs.
+    #[test]
+    fn appends_sample_as_a_rebuild_would(
+        (customers, orders, items) in arb_world(),
+        cuts in (0.0f64..=1.0, 0.0f64..=1.0, 0.0f64..=1.0),
+        picks in prop::collection::vec((0usize..3, 0u32..70, 0i64..1100), 1..12),
+        hops in 1usize..4,
+        recent in any::<bool>(),
+        rng in any::<u64>(),
+    ) {
+        let (_full_dir, full_db) = database(&customers, &orders, &items);
+        let full = HeteroGraph::from_database(&full_db).expect("graph");
+        // A prefix of each table whose links are those of the full database: a row of
+        // the prefix may not point at a parent row that only the appended part holds.
+        let cut = |f: f64, n: usize| ((f * n as f64) as usize).min(n);
+        let kc = cut(cuts.0, customers.len()).max(1);
+        let ko = orders
+            .iter()
+            .take(cut(cuts.1, orders.len()))
+            .take_while(|(c, _)| c.is_none_or(|c| c < kc || c >= customers.len()))
+            .count();
+        let ki = items
+            .iter()
+            .take(cut(cuts.2, items.len()))
+            .take_while(|(o, _)| *o < ko || *o >= orders.len())
+            .count();
+        let (_dir, db) = database(&customers[..kc], &orders[..ko], &items[..ki]);
+        let mut graph = HeteroGraph::from_database(&db).expect("graph");
+        let row = |i: Option<usize>, n: usize| i.filter(|&i| i < n).map_or(u32::MAX, |i| i as u32);
+        let time = |t: i64| T0 + t;
+        let c_times: Vec<i64> = customers[kc..].iter().map(|j| j.map_or(STATIC, time)).collect();
+        graph.append(table(&graph, "customers"), &c_times, &[]).expect("append customers");
+        let o_times: Vec<i64> = orders[ko..].iter().map(|&(_, t)| time(t)).collect();
+        let o_parents = orders[ko..].iter().map(|&(c, _)| row(c, customers.len())).collect();
+        graph.append(table(&graph, "orders"), &o_times, &[o_parents]).expect("append orders");
+        let i_times: Vec<i64> = items[ki..].iter().map(|&(_, t)| time(t)).collect();
+        let i_parents = items[ki..].iter().map(|&(o, _)| row(Some(o), orders.len())).collect();
+        graph.append(table(&graph, "items"), &i_times, &[i_parents]).expect("append items");
+        prop_assert_eq!(&graph.num_nodes, &full.num_nodes);
+        prop_assert_eq!(graph.num_edges(), full.num_edges());
+
+        let seeds: Vec<Seed> = picks
+            .iter()
+            .filter(|(t, n, _)| (*n as usize) < full.num_nodes[*t])
+            .map(|&(table, node, a)| Seed { table, node, anchor: T0 + a })
+            .collect();
+        let config = SampleConfig {
+            fanouts: vec![3; hops],
+            strategy: if recent { Strategy::Recent } else { Strategy::Uniform },
+            seed: rng,
+            chunk: 2,
+            ..SampleConfig::default()
+        };
+        let want = sample(&full, &seeds, &config).expect("sample");
+        prop_assert_eq!(&sample(&graph, &seeds, &config).expect("sample"), &want, "with deltas");
+        graph.compact().expect("compact");
+        for (e, (got, want)) in graph.csr.iter().zip(&full.csr).enumerate() {
+            prop_assert!(graph.delta[e].is_empty());
+            for node in 0..full.num_nodes[full.edge_types[e].src] as u32 {
+                let ((a, b), (c, d)) = (got.range(node), want.range(node));
+                prop_assert_eq!(&got.neighbors[a..b], &want.neighbors[c..d], "{}", full.edge_types[e].name);
+                prop_assert_eq!(&got.times[a..b], &want.times[c..d], "{} node {}", full.edge_types[e].name, node);
+            }
+        }
+        prop_assert_eq!(&sample(&graph, &seeds, &config).expect("sample"), &want, "compacted");
+    }
+
     #[test]
     fn recent_takes_the_latest_eligible(
         times in prop::collection::vec(0i64..100, 1..40),
@@ -277,6 +345,72 @@ fn uniform_is_uniform_on_a_star() {
         chi2 < 43.8,
         "chi-square {chi2} over 19 degrees of freedom (p < 0.001 above 43.8)"
     );
+}
+
+#[test]
+fn appends_are_checked() {
+    let (_dir, db) = database(&[None, None], &[(Some(0), 1)], &[]);
+    let mut graph = HeteroGraph::from_database(&db).expect("graph");
+    let orders = table(&graph, "orders");
+    let err = |graph: &mut HeteroGraph, parents: &[Vec<u32>]| {
+        graph
+            .append(orders, &[T0, T0], parents)
+            .expect_err("bad append")
+            .to_string()
+    };
+    assert_eq!(
+        err(&mut graph, &[]),
+        "appending to `orders`: 0 parent columns given, the table has 1 foreign keys"
+    );
+    assert_eq!(
+        err(&mut graph, &[vec![0]]),
+        "appending to `orders`: `orders.customer_id->customers` has 1 parents for 2 rows"
+    );
+    assert_eq!(
+        err(&mut graph, &[vec![0, 2]]),
+        "appending to `orders`: new row 1: `orders.customer_id->customers` points at row 2, \
+         but `customers` has 2 rows"
+    );
+    assert_eq!(
+        graph.num_nodes[orders], 1,
+        "a failed append changes nothing"
+    );
+    graph
+        .append(orders, &[T0, T0], &[vec![1, u32::MAX]])
+        .expect("append");
+    assert_eq!(graph.num_nodes[orders], 3);
+    assert_eq!(graph.num_edges(), 4);
+}
+
+/// A delta past an eighth of its CSR (and a few thousand edges) folds in by itself.
+#[test]
+fn large_appends_fold_into_the_csr() {
+    let (_dir, db) = database(&[None], &[(Some(0), 0)], &[]);
+    let mut graph = HeteroGraph::from_database(&db).expect("graph");
+    let (customers, orders) = (table(&graph, "customers"), table(&graph, "orders"));
+    // Out of time order, newest first, to exercise the sorted inserts and the merge.
+    let times: Vec<i64> = (0..5000).rev().map(|t| T0 + t).collect();
+    graph
+        .append(orders, &times, &[vec![0; 5000]])
+        .expect("append");
+    assert!(graph.delta.iter().all(|d| d.is_empty()), "compacted");
+    let reverse = graph.foreign_keys(orders)[0] + 1;
+    let (lo, hi) = graph.csr[reverse].range(0);
+    assert_eq!(hi - lo, 5001);
+    assert!(graph.csr[reverse].times[lo..hi].is_sorted());
+    let seeds = [Seed {
+        table: customers,
+        node: 0,
+        anchor: T0 + 2,
+    }];
+    let config = SampleConfig {
+        fanouts: vec![2],
+        strategy: Strategy::Recent,
+        ..SampleConfig::default()
+    };
+    let batch = sample(&graph, &seeds, &config).expect("sample");
+    // Times T0 + 2 and T0 + 1 are rows 1 + 4997 and 1 + 4998.
+    assert_eq!(batch.nodes[orders].ids, vec![4998, 4999]);
 }
 
 #[test]
