@@ -15,7 +15,10 @@ case "${1:-}" in
   test)
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
-    exec cargo test --workspace
+    # The CUDA layer builds (and its tests run) without CUDA: cudarc loads it at run time.
+    cargo clippy -p relgraph-kernels --features cuda --all-targets --quiet -- -D warnings
+    cargo test --workspace
+    exec cargo test -p relgraph-kernels --features cuda
     ;;
   *)
     echo "usage: ./dev.sh demo [--dir DIR] | ./dev.sh test" >&2

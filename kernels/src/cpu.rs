@@ -1,0 +1,746 @@
+//! The CPU backend: `gemm` for matrix products, rayon over rows for everything else.
+//! Every reduction runs in a fixed order (per output row, or over fixed blocks of rows
+//! summed in sequence), so results are bit-identical whatever the thread count; only
+//! `gemm`'s internal blocking may depend on it.
+
+use std::marker::PhantomData;
+
+use rayon::prelude::*;
+
+use crate::backend::{Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor};
+use crate::real::Real;
+
+/// The CPU backend over element type `E` (`f32` to train, `f64` as the reference).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu<E> {
+    element: PhantomData<E>,
+}
+
+impl<E: Real> Cpu<E> {
+    pub fn new() -> Self {
+        Cpu {
+            element: PhantomData,
+        }
+    }
+}
+
+/// Rows summed per block in column reductions: fixed, so the order of additions is too.
+const BLOCK: usize = 256;
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn sigmoid<E: Real>(x: E) -> E {
+    if x >= E::ZERO {
+        E::ONE / (E::ONE + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (E::ONE + e)
+    }
+}
+
+/// `ln(1 + e^x)` without overflow.
+fn softplus<E: Real>(x: E) -> E {
+    x.max(E::ZERO) + (E::ONE + (-x.abs()).exp()).ln()
+}
+
+fn tensor<E: Real>(rows: usize, cols: usize, data: Vec<E>) -> Tensor<Cpu<E>> {
+    debug_assert_eq!(data.len(), rows * cols);
+    Tensor { rows, cols, data }
+}
+
+fn index<E: Real>(data: Vec<u32>) -> Index<Cpu<E>> {
+    Index {
+        len: data.len(),
+        data,
+    }
+}
+
+/// Sums `f(block of rows)` (each a `cols` vector) over fixed blocks, then the blocks in order.
+fn column_sums<E: Real>(
+    rows: usize,
+    cols: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [E]) + Sync,
+) -> Vec<E> {
+    let partial: Vec<Vec<E>> = (0..rows.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let mut acc = vec![E::ZERO; cols];
+            f(b * BLOCK..((b + 1) * BLOCK).min(rows), &mut acc);
+            acc
+        })
+        .collect();
+    let mut total = vec![E::ZERO; cols];
+    for p in partial {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
+}
+
+/// Mutable rows of a row-major buffer, in parallel (none when there are no columns).
+fn par_rows<E: Send>(data: &mut [E], cols: usize) -> rayon::slice::ChunksMut<'_, E> {
+    data.par_chunks_mut(cols.max(1))
+}
+
+fn check_same(op: &str, a: (usize, usize), b: (usize, usize)) {
+    assert_eq!(a, b, "{op}: shapes {a:?} and {b:?} differ");
+}
+
+fn segment(offsets: &[u32], s: usize) -> std::ops::Range<usize> {
+    offsets[s] as usize..offsets[s + 1] as usize
+}
+
+impl<E: Real> Backend for Cpu<E> {
+    type E = E;
+    type Buf = Vec<E>;
+    type Idx = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!(
+            "cpu ({} threads, {})",
+            rayon::current_num_threads(),
+            std::any::type_name::<E>()
+        )
+    }
+
+    fn upload(&self, host: &[E]) -> Vec<E> {
+        host.to_vec()
+    }
+
+    fn download(&self, buf: &Vec<E>) -> Vec<E> {
+        buf.clone()
+    }
+
+    fn upload_index(&self, host: &[u32]) -> Vec<u32> {
+        host.to_vec()
+    }
+
+    fn download_index(&self, idx: &Vec<u32>) -> Vec<u32> {
+        idx.clone()
+    }
+
+    fn zeros(&self, len: usize) -> Vec<E> {
+        vec![E::ZERO; len]
+    }
+
+    fn copy(&self, buf: &Vec<E>) -> Vec<E> {
+        buf.clone()
+    }
+
+    fn synchronize(&self) {}
+
+    #[allow(unsafe_code)]
+    fn gemm(
+        &self,
+        a: &Tensor<Self>,
+        transpose_a: bool,
+        b: &Tensor<Self>,
+        transpose_b: bool,
+        out: &mut Tensor<Self>,
+        accumulate: bool,
+    ) {
+        let (m, k) = if transpose_a {
+            (a.cols, a.rows)
+        } else {
+            (a.rows, a.cols)
+        };
+        let (k2, n) = if transpose_b {
+            (b.cols, b.rows)
+        } else {
+            (b.rows, b.cols)
+        };
+        assert_eq!(k, k2, "gemm: inner dimensions {k} and {k2} differ");
+        check_same("gemm output", out.shape(), (m, n));
+        assert!(a.data.len() == a.len() && b.data.len() == b.len() && out.data.len() == m * n);
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !accumulate {
+                out.data.fill(E::ZERO);
+            }
+            return;
+        }
+        // Row-major strides of op(a) and op(b): (row stride, column stride).
+        let (a_rs, a_cs) = if transpose_a {
+            (1, a.cols)
+        } else {
+            (a.cols, 1)
+        };
+        let (b_rs, b_cs) = if transpose_b {
+            (1, b.cols)
+        } else {
+            (b.cols, 1)
+        };
+        let parallelism = if m * n * k >= 1 << 18 && rayon::current_num_threads() > 1 {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the pointers cover `a`, `b` and `out` (lengths checked above) and the
+        // strides keep every access inside them: op(a) is m x k, op(b) k x n, out m x n,
+        // each row-major with the strides computed from its own stored shape. `out` is
+        // borrowed mutably, so it aliases neither input. `E` is f32 or f64, which gemm
+        // supports.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.data.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                a.data.as_ptr(),
+                a_cs as isize,
+                a_rs as isize,
+                b.data.as_ptr(),
+                b_cs as isize,
+                b_rs as isize,
+                E::ONE,
+                E::ONE,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+
+    fn add_row(&self, x: &mut Tensor<Self>, row: &Tensor<Self>) {
+        check_same("add_row", row.shape(), (1, x.cols));
+        par_rows(&mut x.data, x.cols).for_each(|r| {
+            for (v, &b) in r.iter_mut().zip(&row.data) {
+                *v += b;
+            }
+        });
+    }
+
+    fn sum_rows(&self, x: &Tensor<Self>) -> Tensor<Self> {
+        let sums = column_sums(x.rows, x.cols, |rows, acc| {
+            for r in rows {
+                for (a, &v) in acc.iter_mut().zip(&x.data[r * x.cols..(r + 1) * x.cols]) {
+                    *a += v;
+                }
+            }
+        });
+        tensor(1, x.cols, sums)
+    }
+
+    fn axpy(&self, alpha: E, x: &Tensor<Self>, y: &mut Tensor<Self>) {
+        check_same("axpy", x.shape(), y.shape());
+        y.data
+            .par_iter_mut()
+            .zip(&x.data)
+            .for_each(|(y, &x)| *y += alpha * x);
+    }
+
+    fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Tensor<Self> {
+        check_same("mul", a.shape(), b.shape());
+        let data = a
+            .data
+            .par_iter()
+            .zip(&b.data)
+            .map(|(&a, &b)| a * b)
+            .collect();
+        tensor(a.rows, a.cols, data)
+    }
+
+    fn activation(&self, act: Activation, x: &Tensor<Self>) -> Tensor<Self> {
+        let f = |v: E| match act {
+            Activation::Relu => v.max(E::ZERO),
+            Activation::Gelu => {
+                let u = E::of(GELU_C) * (v + E::of(GELU_A) * v * v * v);
+                E::of(0.5) * v * (E::ONE + u.tanh())
+            }
+        };
+        tensor(x.rows, x.cols, x.data.par_iter().map(|&v| f(v)).collect())
+    }
+
+    fn activation_backward(
+        &self,
+        act: Activation,
+        x: &Tensor<Self>,
+        dy: &Tensor<Self>,
+    ) -> Tensor<Self> {
+        check_same("activation backward", x.shape(), dy.shape());
+        let f = |v: E, g: E| match act {
+            Activation::Relu => {
+                if v > E::ZERO {
+                    g
+                } else {
+                    E::ZERO
+                }
+            }
+            Activation::Gelu => {
+                let c = E::of(GELU_C);
+                let a = E::of(GELU_A);
+                let t = (c * (v + a * v * v * v)).tanh();
+                let du = c * (E::ONE + E::of(3.0) * a * v * v);
+                g * (E::of(0.5) * (E::ONE + t) + E::of(0.5) * v * (E::ONE - t * t) * du)
+            }
+        };
+        let data = x
+            .data
+            .par_iter()
+            .zip(&dy.data)
+            .map(|(&v, &g)| f(v, g))
+            .collect();
+        tensor(x.rows, x.cols, data)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+        eps: f64,
+    ) -> (Tensor<Self>, Tensor<Self>) {
+        check_same("layer_norm gamma", gamma.shape(), (1, x.cols));
+        check_same("layer_norm beta", beta.shape(), (1, x.cols));
+        let mut y = vec![E::ZERO; x.len()];
+        let mut stats = vec![E::ZERO; x.rows * 2];
+        let n = E::of(x.cols as f64);
+        par_rows(&mut y, x.cols)
+            .zip(stats.par_chunks_mut(2))
+            .enumerate()
+            .for_each(|(r, (out, st))| {
+                let row = &x.data[r * x.cols..(r + 1) * x.cols];
+                let mean = row.iter().copied().sum::<E>() / n;
+                let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<E>() / n;
+                let rstd = E::ONE / (var + E::of(eps)).sqrt();
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = (row[c] - mean) * rstd * gamma.data[c] + beta.data[c];
+                }
+                st[0] = mean;
+                st[1] = rstd;
+            });
+        (tensor(x.rows, x.cols, y), tensor(x.rows, 2, stats))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        stats: &Tensor<Self>,
+        dy: &Tensor<Self>,
+    ) -> (Tensor<Self>, Tensor<Self>, Tensor<Self>) {
+        check_same("layer_norm backward", x.shape(), dy.shape());
+        let cols = x.cols;
+        let n = E::of(cols as f64);
+        let xhat =
+            |r: usize, c: usize| (x.data[r * cols + c] - stats.data[2 * r]) * stats.data[2 * r + 1];
+        let mut dx = vec![E::ZERO; x.len()];
+        par_rows(&mut dx, cols).enumerate().for_each(|(r, out)| {
+            let g = &dy.data[r * cols..(r + 1) * cols];
+            let (mut mean_d, mut mean_dx) = (E::ZERO, E::ZERO);
+            for (c, (&g, &gamma)) in g.iter().zip(&gamma.data).enumerate() {
+                let d = g * gamma;
+                mean_d += d;
+                mean_dx += d * xhat(r, c);
+            }
+            let (mean_d, mean_dx) = (mean_d / n, mean_dx / n);
+            let rstd = stats.data[2 * r + 1];
+            for (c, o) in out.iter_mut().enumerate() {
+                *o = rstd * (g[c] * gamma.data[c] - mean_d - xhat(r, c) * mean_dx);
+            }
+        });
+        let dgamma = column_sums(x.rows, cols, |rows, acc| {
+            for r in rows {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a += dy.data[r * cols + c] * xhat(r, c);
+                }
+            }
+        });
+        let dbeta = self.sum_rows(dy);
+        (tensor(x.rows, cols, dx), tensor(1, cols, dgamma), dbeta)
+    }
+
+    fn dropout_mask(&self, rows: usize, cols: usize, p: f64, seed: u64) -> Tensor<Self> {
+        assert!(
+            (0.0..1.0).contains(&p),
+            "dropout probability {p} is not in [0, 1)"
+        );
+        let keep = E::of(1.0 / (1.0 - p));
+        let base = mix(seed);
+        let data = (0..rows * cols)
+            .into_par_iter()
+            .map(|i| {
+                let u = (mix(base ^ i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+                if u < p { E::ZERO } else { keep }
+            })
+            .collect();
+        tensor(rows, cols, data)
+    }
+
+    fn time_encoding(&self, t: &Tensor<Self>, dims: usize) -> Tensor<Self> {
+        assert_eq!(t.cols, 1, "time_encoding: times must be n x 1");
+        assert!(
+            dims.is_multiple_of(2),
+            "time_encoding: {dims} dims is not even"
+        );
+        let freqs = frequencies::<E>(dims);
+        let mut out = vec![E::ZERO; t.rows * dims];
+        par_rows(&mut out, dims).enumerate().for_each(|(r, row)| {
+            for (k, &w) in freqs.iter().enumerate() {
+                row[2 * k] = (t.data[r] * w).sin();
+                row[2 * k + 1] = (t.data[r] * w).cos();
+            }
+        });
+        tensor(t.rows, dims, out)
+    }
+
+    fn time_encoding_backward(&self, t: &Tensor<Self>, dy: &Tensor<Self>) -> Tensor<Self> {
+        assert_eq!(dy.rows, t.rows, "time_encoding backward: rows differ");
+        let freqs = frequencies::<E>(dy.cols);
+        let data = (0..t.rows)
+            .into_par_iter()
+            .map(|r| {
+                let g = &dy.data[r * dy.cols..(r + 1) * dy.cols];
+                freqs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &w)| {
+                        let a = t.data[r] * w;
+                        (g[2 * k] * a.cos() - g[2 * k + 1] * a.sin()) * w
+                    })
+                    .sum()
+            })
+            .collect();
+        tensor(t.rows, 1, data)
+    }
+
+    fn gather_rows(&self, x: &Tensor<Self>, idx: &Index<Self>) -> Tensor<Self> {
+        let cols = x.cols;
+        let mut out = vec![E::ZERO; idx.len * cols];
+        par_rows(&mut out, cols)
+            .zip(&idx.data)
+            .for_each(|(row, &i)| {
+                let i = i as usize;
+                assert!(i < x.rows, "gather_rows: row {i} of {}", x.rows);
+                row.copy_from_slice(&x.data[i * cols..(i + 1) * cols]);
+            });
+        tensor(idx.len, cols, out)
+    }
+
+    fn scatter_add_rows(&self, dy: &Tensor<Self>, idx: &Index<Self>, rows: usize) -> Tensor<Self> {
+        assert_eq!(
+            dy.rows, idx.len,
+            "scatter_add_rows: {} rows, {} ids",
+            dy.rows, idx.len
+        );
+        let (perm, offsets) = self.group_by(idx, rows);
+        let (out, _) = self.gather_reduce(dy, Some(&perm), &offsets, Reduce::Sum);
+        out
+    }
+
+    fn gather_reduce(
+        &self,
+        x: &Tensor<Self>,
+        idx: Option<&Index<Self>>,
+        offsets: &Index<Self>,
+        reduce: Reduce,
+    ) -> (Tensor<Self>, Option<Index<Self>>) {
+        let (cols, segments) = (x.cols, offsets.len.saturating_sub(1));
+        let offsets = &offsets.data;
+        let source = |j: usize| -> usize {
+            let r = idx.map_or(j, |idx| idx.data[j] as usize);
+            assert!(r < x.rows, "gather_reduce: row {r} of {}", x.rows);
+            r
+        };
+        let mut out = vec![E::ZERO; segments * cols];
+        if reduce == Reduce::Max {
+            let mut arg = vec![u32::MAX; segments * cols];
+            par_rows(&mut out, cols)
+                .zip(par_rows(&mut arg, cols))
+                .enumerate()
+                .for_each(|(s, (row, arg))| {
+                    for j in segment(offsets, s) {
+                        let r = source(j);
+                        let src = &x.data[r * cols..(r + 1) * cols];
+                        for c in 0..cols {
+                            if arg[c] == u32::MAX || src[c] > row[c] {
+                                row[c] = src[c];
+                                arg[c] = r as u32;
+                            }
+                        }
+                    }
+                });
+            return (tensor(segments, cols, out), Some(index(arg)));
+        }
+        let row_of = |j: usize| {
+            let r = source(j);
+            &x.data[r * cols..(r + 1) * cols]
+        };
+        par_rows(&mut out, cols).enumerate().for_each(|(s, row)| {
+            let range = segment(offsets, s);
+            let count = range.len();
+            // Four rows at a time: their cache misses are independent, so they overlap.
+            let mut j = range.start;
+            while j + 4 <= range.end {
+                let (a, b, c, d) = (row_of(j), row_of(j + 1), row_of(j + 2), row_of(j + 3));
+                for ((((o, &a), &b), &c), &d) in row.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+                    *o += (a + b) + (c + d);
+                }
+                j += 4;
+            }
+            for j in j..range.end {
+                for (o, &v) in row.iter_mut().zip(row_of(j)) {
+                    *o += v;
+                }
+            }
+            if reduce == Reduce::Mean && count > 0 {
+                let inv = E::ONE / E::of(count as f64);
+                row.iter_mut().for_each(|o| *o *= inv);
+            }
+        });
+        (tensor(segments, cols, out), None)
+    }
+
+    fn gather_reduce_backward(
+        &self,
+        dy: &Tensor<Self>,
+        x_rows: usize,
+        idx: Option<&Index<Self>>,
+        offsets: &Index<Self>,
+        reduce: Reduce,
+        argmax: Option<&Index<Self>>,
+    ) -> Tensor<Self> {
+        let cols = dy.cols;
+        let mut dx = vec![E::ZERO; x_rows * cols];
+        if reduce == Reduce::Max {
+            let arg = &argmax
+                .expect("gather_reduce backward: max needs its argmax")
+                .data;
+            for (i, (&r, &g)) in arg.iter().zip(&dy.data).enumerate() {
+                if r != u32::MAX {
+                    dx[r as usize * cols + i % cols] += g;
+                }
+            }
+            return tensor(x_rows, cols, dx);
+        }
+        let positions = offsets.data.last().copied().unwrap_or(0) as usize;
+        let segments = offsets.len.saturating_sub(1);
+        // The segment of each position.
+        let mut owner = vec![0u32; positions];
+        for s in 0..segments {
+            owner[segment(&offsets.data, s)].fill(s as u32);
+        }
+        // Each segment's gradient as every one of its positions receives it.
+        let mut dyw = self.copy(&dy.data);
+        if reduce == Reduce::Mean {
+            par_rows(&mut dyw, cols).enumerate().for_each(|(s, row)| {
+                let count = segment(&offsets.data, s).len();
+                if count > 0 {
+                    let inv = E::ONE / E::of(count as f64);
+                    row.iter_mut().for_each(|v| *v *= inv);
+                }
+            });
+        }
+        let dyw = tensor(segments, cols, dyw);
+        match idx {
+            None => {
+                assert!(
+                    positions <= x_rows,
+                    "gather_reduce backward: {positions} positions, {x_rows} rows"
+                );
+                par_rows(&mut dx, cols)
+                    .take(positions)
+                    .enumerate()
+                    .for_each(|(j, row)| {
+                        let s = owner[j] as usize;
+                        row.copy_from_slice(&dyw.data[s * cols..(s + 1) * cols]);
+                    });
+            }
+            Some(idx) => {
+                // Row r sums the gradients of the positions reading it: a gather-reduce
+                // over dyw, grouped by source row, in the same order as gather-then-scatter.
+                let (perm, groups) = self.group_by(idx, x_rows);
+                let sources = index(perm.data.iter().map(|&p| owner[p as usize]).collect());
+                return self
+                    .gather_reduce(&dyw, Some(&sources), &groups, Reduce::Sum)
+                    .0;
+            }
+        }
+        tensor(x_rows, cols, dx)
+    }
+
+    fn group_by(&self, idx: &Index<Self>, rows: usize) -> (Index<Self>, Index<Self>) {
+        let mut offsets = vec![0u32; rows + 1];
+        for &i in &idx.data {
+            assert!((i as usize) < rows, "group_by: id {i} of {rows} rows");
+            offsets[i as usize + 1] += 1;
+        }
+        for r in 0..rows {
+            offsets[r + 1] += offsets[r];
+        }
+        let mut cursor = offsets[..rows].to_vec();
+        let mut perm = vec![0u32; idx.len];
+        for (position, &i) in idx.data.iter().enumerate() {
+            perm[cursor[i as usize] as usize] = position as u32;
+            cursor[i as usize] += 1;
+        }
+        (index(perm), index(offsets))
+    }
+
+    fn coalesce(&self, idx: &Index<Self>, dy: &Tensor<Self>) -> (Index<Self>, Tensor<Self>) {
+        assert_eq!(
+            dy.rows, idx.len,
+            "coalesce: {} rows, {} ids",
+            dy.rows, idx.len
+        );
+        let mut ids = idx.data.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let local: Vec<u32> = idx
+            .data
+            .iter()
+            .map(|i| ids.binary_search(i).unwrap_or_default() as u32)
+            .collect();
+        let sums = self.scatter_add_rows(dy, &index(local), ids.len());
+        (index(ids), sums)
+    }
+
+    fn loss(&self, loss: Loss, pred: &Tensor<Self>, target: &Tensor<Self>) -> (E, Tensor<Self>) {
+        let (rows, cols) = pred.shape();
+        if loss == Loss::SoftmaxCrossEntropy {
+            check_same("softmax cross-entropy labels", target.shape(), (rows, 1));
+            let inv = E::ONE / E::of(rows.max(1) as f64);
+            let mut grad = vec![E::ZERO; pred.len()];
+            let losses: Vec<E> = par_rows(&mut grad, cols)
+                .enumerate()
+                .map(|(r, g)| {
+                    let row = &pred.data[r * cols..(r + 1) * cols];
+                    let label = target.data[r].f64() as usize;
+                    assert!(
+                        label < cols,
+                        "softmax cross-entropy: class {label} of {cols}"
+                    );
+                    let max = row.iter().copied().fold(row[0], E::max);
+                    let sum: E = row.iter().map(|&v| (v - max).exp()).sum();
+                    for (c, o) in g.iter_mut().enumerate() {
+                        let p = (row[c] - max).exp() / sum;
+                        *o = (p - if c == label { E::ONE } else { E::ZERO }) * inv;
+                    }
+                    max + sum.ln() - row[label]
+                })
+                .collect();
+            return (mean(&losses), tensor(rows, cols, grad));
+        }
+        check_same("loss", pred.shape(), target.shape());
+        let inv = E::ONE / E::of(pred.len().max(1) as f64);
+        let (losses, grad): (Vec<E>, Vec<E>) = pred
+            .data
+            .par_iter()
+            .zip(&target.data)
+            .map(|(&p, &t)| match loss {
+                Loss::BceWithLogits => (softplus(p) - p * t, (sigmoid(p) - t) * inv),
+                Loss::L1 => {
+                    let d = p - t;
+                    let sign = if d > E::ZERO {
+                        E::ONE
+                    } else if d < E::ZERO {
+                        -E::ONE
+                    } else {
+                        E::ZERO
+                    };
+                    (d.abs(), sign * inv)
+                }
+                Loss::Huber { delta } => {
+                    let (d, delta) = (p - t, E::of(delta));
+                    if d.abs() <= delta {
+                        (E::of(0.5) * d * d, d * inv)
+                    } else {
+                        let sign = if d > E::ZERO { E::ONE } else { -E::ONE };
+                        (delta * (d.abs() - E::of(0.5) * delta), delta * sign * inv)
+                    }
+                }
+                Loss::Bpr => {
+                    let d = p - t;
+                    (softplus(-d), -sigmoid(-d) * inv)
+                }
+                Loss::SoftmaxCrossEntropy => unreachable!("handled above"),
+            })
+            .unzip();
+        (mean(&losses), tensor(rows, cols, grad))
+    }
+
+    fn adam(
+        &self,
+        config: &AdamConfig,
+        step: u64,
+        param: &mut Tensor<Self>,
+        m: &mut Tensor<Self>,
+        v: &mut Tensor<Self>,
+        grad: &Tensor<Self>,
+        rows: Option<&Index<Self>>,
+    ) {
+        check_same("adam moments", m.shape(), param.shape());
+        check_same("adam moments", v.shape(), param.shape());
+        let step = step.max(1) as i32;
+        let (b1, b2) = (config.beta1, config.beta2);
+        let c1 = E::of(1.0 / (1.0 - b1.powi(step)));
+        let c2 = E::of(1.0 / (1.0 - b2.powi(step)));
+        let (b1, b2, lr, eps, wd) = (
+            E::of(b1),
+            E::of(b2),
+            E::of(config.lr),
+            E::of(config.eps),
+            E::of(config.weight_decay),
+        );
+        let update = |p: &mut E, m: &mut E, v: &mut E, g: E| {
+            *m = b1 * *m + (E::ONE - b1) * g;
+            *v = b2 * *v + (E::ONE - b2) * g * g;
+            let step = (*m * c1) / ((*v * c2).sqrt() + eps);
+            *p -= lr * (step + wd * *p);
+        };
+        match rows {
+            None => {
+                check_same("adam gradient", grad.shape(), param.shape());
+                param
+                    .data
+                    .par_iter_mut()
+                    .zip(m.data.par_iter_mut())
+                    .zip(v.data.par_iter_mut())
+                    .zip(&grad.data)
+                    .for_each(|(((p, m), v), &g)| update(p, m, v, g));
+            }
+            Some(rows) => {
+                let cols = param.cols;
+                check_same("adam sparse gradient", grad.shape(), (rows.len, cols));
+                for (k, &r) in rows.data.iter().enumerate() {
+                    let r = r as usize;
+                    assert!(r < param.rows, "adam: row {r} of {}", param.rows);
+                    let span = r * cols..(r + 1) * cols;
+                    for (((p, m), v), &g) in param.data[span.clone()]
+                        .iter_mut()
+                        .zip(&mut m.data[span.clone()])
+                        .zip(&mut v.data[span])
+                        .zip(&grad.data[k * cols..(k + 1) * cols])
+                    {
+                        update(p, m, v, g);
+                    }
+                }
+            }
+        }
+    }
+}
+
+const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
+const GELU_A: f64 = 0.044_715;
+
+fn frequencies<E: Real>(dims: usize) -> Vec<E> {
+    (0..dims / 2)
+        .map(|k| E::of(10_000f64.powf(-2.0 * k as f64 / dims as f64)))
+        .collect()
+}
+
+/// The mean, summed in order in f64.
+fn mean<E: Real>(values: &[E]) -> E {
+    E::of(values.iter().map(|v| v.f64()).sum::<f64>() / values.len().max(1) as f64)
+}
