@@ -144,7 +144,8 @@ fn benches(c: &mut Criterion) {
                 let h = tape.add(h_self, h_neigh);
                 let h = tape.relu(h);
                 let loss = tape.weighted_sum(h, weights.duplicate(&cpu));
-                tape.backward(loss)
+                // As a training step does (through `Params::step`), hand the gradients back.
+                tape.backward(loss).grads.recycle(&cpu);
             })
         },
     );

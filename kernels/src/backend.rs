@@ -151,6 +151,10 @@ pub trait Backend: Send + Sync + Sized + Debug {
     fn download_index(&self, idx: &Self::Idx) -> Vec<u32>;
     fn zeros(&self, len: usize) -> Self::Buf;
     fn copy(&self, buf: &Self::Buf) -> Self::Buf;
+    /// Takes back a buffer no longer needed, so a later allocation may reuse it.
+    fn recycle(&self, buf: Self::Buf) {
+        drop(buf);
+    }
     /// Waits until every launch queued so far has finished.
     fn synchronize(&self);
 

@@ -3,7 +3,7 @@
 //! summed in sequence), so results are bit-identical whatever the thread count; only
 //! `gemm`'s internal blocking may depend on it.
 
-use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -11,16 +11,44 @@ use crate::backend::{Activation, AdamConfig, Backend, Index, Loss, Reduce, Tenso
 use crate::real::Real;
 
 /// The CPU backend over element type `E` (`f32` to train, `f64` as the reference).
-#[derive(Debug, Default, Clone, Copy)]
+///
+/// It keeps a few large freed buffers (see [`Backend::recycle`]) and hands them out again:
+/// a training step allocates the same big gradients every time, and taking fresh pages
+/// from the kernel for each (zeroing them, unmapping them after) costs more than the
+/// arithmetic. Clones share the pool.
+#[derive(Debug, Default, Clone)]
 pub struct Cpu<E> {
-    element: PhantomData<E>,
+    pool: Arc<Mutex<Vec<Vec<E>>>>,
 }
+
+/// Buffers this large (in elements) or larger are pooled.
+const POOLED: usize = 1 << 18;
+/// At most this many buffers wait in the pool.
+const POOL_SIZE: usize = 16;
 
 impl<E: Real> Cpu<E> {
     pub fn new() -> Self {
         Cpu {
-            element: PhantomData,
+            pool: Arc::default(),
         }
+    }
+
+    /// A zeroed buffer of `len`, from the pool when one of about that size waits there.
+    fn buffer(&self, len: usize) -> Vec<E> {
+        if len >= POOLED {
+            let reused = {
+                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.iter()
+                    .position(|b| b.capacity() >= len && b.capacity() <= 2 * len)
+                    .map(|i| pool.swap_remove(i))
+            };
+            if let Some(mut b) = reused {
+                b.clear();
+                b.par_extend(rayon::iter::repeat_n(E::ZERO, len));
+                return b;
+            }
+        }
+        vec![E::ZERO; len]
     }
 }
 
@@ -125,7 +153,21 @@ impl<E: Real> Backend for Cpu<E> {
     }
 
     fn zeros(&self, len: usize) -> Vec<E> {
-        vec![E::ZERO; len]
+        self.buffer(len)
+    }
+
+    fn recycle(&self, buf: Vec<E>) {
+        if buf.capacity() >= POOLED {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL_SIZE {
+                pool.push(buf);
+            } else if let Some(smallest) = pool.iter_mut().min_by_key(|b| b.capacity()) {
+                // Full: keep the larger buffers, whose fresh pages cost the most.
+                if smallest.capacity() < buf.capacity() {
+                    *smallest = buf;
+                }
+            }
+        }
     }
 
     fn copy(&self, buf: &Vec<E>) -> Vec<E> {
@@ -303,7 +345,7 @@ impl<E: Real> Backend for Cpu<E> {
     ) -> (Tensor<Self>, Tensor<Self>) {
         check_same("layer_norm gamma", gamma.shape(), (1, x.cols));
         check_same("layer_norm beta", beta.shape(), (1, x.cols));
-        let mut y = vec![E::ZERO; x.len()];
+        let mut y = self.buffer(x.len());
         let mut stats = vec![E::ZERO; x.rows * 2];
         let n = E::of(x.cols as f64);
         par_rows(&mut y, x.cols)
@@ -335,7 +377,7 @@ impl<E: Real> Backend for Cpu<E> {
         let n = E::of(cols as f64);
         let xhat =
             |r: usize, c: usize| (x.data[r * cols + c] - stats.data[2 * r]) * stats.data[2 * r + 1];
-        let mut dx = vec![E::ZERO; x.len()];
+        let mut dx = self.buffer(x.len());
         par_rows(&mut dx, cols).enumerate().for_each(|(r, out)| {
             let g = &dy.data[r * cols..(r + 1) * cols];
             let (mut mean_d, mut mean_dx) = (E::ZERO, E::ZERO);
@@ -385,7 +427,7 @@ impl<E: Real> Backend for Cpu<E> {
             "time_encoding: {dims} dims is not even"
         );
         let freqs = frequencies::<E>(dims);
-        let mut out = vec![E::ZERO; t.rows * dims];
+        let mut out = self.buffer(t.rows * dims);
         par_rows(&mut out, dims).enumerate().for_each(|(r, row)| {
             for (k, &w) in freqs.iter().enumerate() {
                 row[2 * k] = (t.data[r] * w).sin();
@@ -417,7 +459,7 @@ impl<E: Real> Backend for Cpu<E> {
 
     fn gather_rows(&self, x: &Tensor<Self>, idx: &Index<Self>) -> Tensor<Self> {
         let cols = x.cols;
-        let mut out = vec![E::ZERO; idx.len * cols];
+        let mut out = self.buffer(idx.len * cols);
         par_rows(&mut out, cols)
             .zip(&idx.data)
             .for_each(|(row, &i)| {
@@ -453,7 +495,7 @@ impl<E: Real> Backend for Cpu<E> {
             assert!(r < x.rows, "gather_reduce: row {r} of {}", x.rows);
             r
         };
-        let mut out = vec![E::ZERO; segments * cols];
+        let mut out = self.buffer(segments * cols);
         if reduce == Reduce::Max {
             let mut arg = vec![u32::MAX; segments * cols];
             par_rows(&mut out, cols)
@@ -512,7 +554,7 @@ impl<E: Real> Backend for Cpu<E> {
         argmax: Option<&Index<Self>>,
     ) -> Tensor<Self> {
         let cols = dy.cols;
-        let mut dx = vec![E::ZERO; x_rows * cols];
+        let mut dx = self.buffer(x_rows * cols);
         if reduce == Reduce::Max {
             let arg = &argmax
                 .expect("gather_reduce backward: max needs its argmax")
@@ -532,7 +574,8 @@ impl<E: Real> Backend for Cpu<E> {
             owner[segment(&offsets.data, s)].fill(s as u32);
         }
         // Each segment's gradient as every one of its positions receives it.
-        let mut dyw = self.copy(&dy.data);
+        let mut dyw = self.buffer(dy.len());
+        dyw.copy_from_slice(&dy.data);
         if reduce == Reduce::Mean {
             par_rows(&mut dyw, cols).enumerate().for_each(|(s, row)| {
                 let count = segment(&offsets.data, s).len();
@@ -611,7 +654,7 @@ impl<E: Real> Backend for Cpu<E> {
         if loss == Loss::SoftmaxCrossEntropy {
             check_same("softmax cross-entropy labels", target.shape(), (rows, 1));
             let inv = E::ONE / E::of(rows.max(1) as f64);
-            let mut grad = vec![E::ZERO; pred.len()];
+            let mut grad = self.buffer(pred.len());
             let losses: Vec<E> = par_rows(&mut grad, cols)
                 .enumerate()
                 .map(|(r, g)| {

@@ -67,8 +67,8 @@ impl<B: Backend> Params<B> {
     }
 
     /// One Adam(W) step over every parameter with a gradient; sparse gradients update
-    /// their rows only.
-    pub fn step(&mut self, backend: &B, grads: &Grads<B>, config: &AdamConfig) {
+    /// their rows only. The gradients' buffers go back to the backend.
+    pub fn step(&mut self, backend: &B, grads: Grads<B>, config: &AdamConfig) {
         self.step += 1;
         for (i, value) in self.values.iter_mut().enumerate() {
             let (m, v) = &mut self.moments[i];
@@ -79,6 +79,7 @@ impl<B: Backend> Params<B> {
                 backend.adam(config, self.step, value, m, v, g, Some(rows));
             }
         }
+        grads.recycle(backend);
     }
 }
 
@@ -532,6 +533,16 @@ impl<'a, B: Backend> Tape<'a, B> {
     }
 }
 
+impl<B: Backend> Grads<B> {
+    /// Hands the gradients' buffers back to the backend for reuse.
+    pub fn recycle(self, backend: &B) {
+        let sparse = self.sparse.into_iter().flatten().map(|(_, t)| t);
+        for t in self.dense.into_iter().flatten().chain(sparse) {
+            backend.recycle(t.data);
+        }
+    }
+}
+
 /// What [`Tape::backward`] found: parameter gradients, and those of watched inputs.
 #[derive(Debug)]
 pub struct Backward<B: Backend> {
@@ -551,8 +562,22 @@ type SparsePart<B> = (Arc<Index<B>>, Tensor<B>);
 
 fn accumulate<B: Backend>(b: &B, slot: &mut Option<Tensor<B>>, g: Tensor<B>) {
     match slot {
-        Some(sum) => b.axpy(B::E::ONE, &g, sum),
+        Some(sum) => {
+            b.axpy(B::E::ONE, &g, sum);
+            b.recycle(g.data);
+        }
         None => *slot = Some(g),
+    }
+}
+
+/// The values a tape recorded go back to the backend when it is dropped.
+impl<B: Backend> Drop for Tape<'_, B> {
+    fn drop(&mut self) {
+        for node in self.nodes.drain(..) {
+            if let Some(value) = node.value {
+                self.backend.recycle(value.data);
+            }
+        }
     }
 }
 

@@ -488,7 +488,7 @@ fn one_thread_repeats_bit_for_bit_and_adam_moves_parameters() {
             };
             params.step(
                 &b,
-                &back.grads,
+                back.grads,
                 &AdamConfig {
                     lr: 0.05,
                     weight_decay: 0.01,
@@ -510,6 +510,23 @@ fn one_thread_repeats_bit_for_bit_and_adam_moves_parameters() {
         "training lowers the loss: {:?}",
         first.0
     );
+}
+
+/// A recycled buffer comes back zeroed, whatever it held.
+#[test]
+fn pooled_buffers_come_back_zeroed() {
+    let b = Cpu::<f32>::new();
+    let len = 1 << 19;
+    let used = Tensor::from_host(&b, len, 1, &vec![7.0; len]);
+    let capacity = used.data.capacity();
+    b.recycle(used.data);
+    let again = Tensor::zeros(&b, len, 1);
+    assert_eq!(
+        again.data.capacity(),
+        capacity,
+        "the pooled buffer is reused"
+    );
+    assert!(again.to_host(&b).iter().all(|&v| v == 0.0));
 }
 
 #[test]
