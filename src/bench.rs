@@ -109,17 +109,14 @@ pub fn run(command: &BenchCommand) -> Result<()> {
             })
             .collect()
     };
-    let chunk = match *chunk {
-        0 => relgraph_sampler::auto_chunk(&fanout.iter().map(|&f| vec![f]).collect::<Vec<_>>()),
-        n => n,
-    };
     let config = SampleConfig {
         fanouts: fanout.clone(),
         strategy,
         seed: 1,
-        chunk,
+        chunk: *chunk,
         ..SampleConfig::default()
     };
+    let chunk = config.chunk_for(&fanout.iter().map(|&f| vec![f]).collect::<Vec<_>>());
     pool.install(|| sample(&graph, &draw(*batch), &config))?;
     let (mut edges, mut nodes_sampled, mut seconds) = (0usize, 0usize, 0.0);
     let mut rates = Vec::with_capacity(*rounds);

@@ -403,8 +403,10 @@ impl<'a, B: Backend> Tape<'a, B> {
                 continue;
             }
             let Some(dy) = grads[i].take() else { continue };
+            // Gradients are computed only for inputs that need them.
+            let wants = |v: Var| self.nodes[v.0].needs_grad;
             let mut give = |v: Var, g: Tensor<B>| {
-                if self.nodes[v.0].needs_grad {
+                if wants(v) {
                     accumulate(b, &mut grads[v.0], g);
                 }
             };
@@ -418,33 +420,39 @@ impl<'a, B: Backend> Tape<'a, B> {
                     transpose_b,
                 } => {
                     let (ta, tb) = (self.value(*a), self.value(*bv));
-                    let mut da = Tensor::zeros(b, ta.rows, ta.cols);
-                    if *transpose_a {
-                        b.gemm(tb, *transpose_b, &dy, true, &mut da, false);
-                    } else {
-                        b.gemm(&dy, false, tb, !*transpose_b, &mut da, false);
+                    if wants(*a) {
+                        let mut da = Tensor::zeros(b, ta.rows, ta.cols);
+                        if *transpose_a {
+                            b.gemm(tb, *transpose_b, &dy, true, &mut da, false);
+                        } else {
+                            b.gemm(&dy, false, tb, !*transpose_b, &mut da, false);
+                        }
+                        give(*a, da);
                     }
-                    let mut db = Tensor::zeros(b, tb.rows, tb.cols);
-                    if *transpose_b {
-                        b.gemm(&dy, true, ta, *transpose_a, &mut db, false);
-                    } else {
-                        b.gemm(ta, !*transpose_a, &dy, false, &mut db, false);
+                    if wants(*bv) {
+                        let mut db = Tensor::zeros(b, tb.rows, tb.cols);
+                        if *transpose_b {
+                            b.gemm(&dy, true, ta, *transpose_a, &mut db, false);
+                        } else {
+                            b.gemm(ta, !*transpose_a, &dy, false, &mut db, false);
+                        }
+                        give(*bv, db);
                     }
-                    give(*a, da);
-                    give(*bv, db);
                 }
                 Op::Linear { x, w, bias } => {
                     let (tx, tw) = (self.value(*x), self.value(*w));
-                    if self.nodes[x.0].needs_grad {
+                    if wants(*x) {
                         let mut dx = Tensor::zeros(b, tx.rows, tx.cols);
                         b.gemm(&dy, false, tw, true, &mut dx, false);
                         give(*x, dx);
                     }
-                    let mut dw = Tensor::zeros(b, tw.rows, tw.cols);
-                    b.gemm(tx, true, &dy, false, &mut dw, false);
-                    give(*w, dw);
-                    if let Some(bias) = bias {
-                        give(*bias, b.sum_rows(&dy));
+                    if wants(*w) {
+                        let mut dw = Tensor::zeros(b, tw.rows, tw.cols);
+                        b.gemm(tx, true, &dy, false, &mut dw, false);
+                        give(*w, dw);
+                    }
+                    if let Some(bias) = bias.filter(|&v| wants(v)) {
+                        give(bias, b.sum_rows(&dy));
                     }
                 }
                 Op::Add(x, y) => {
@@ -452,8 +460,12 @@ impl<'a, B: Backend> Tape<'a, B> {
                     give(*y, dy);
                 }
                 Op::Mul(x, y) => {
-                    give(*x, b.mul(&dy, self.value(*y)));
-                    give(*y, b.mul(&dy, self.value(*x)));
+                    if wants(*x) {
+                        give(*x, b.mul(&dy, self.value(*y)));
+                    }
+                    if wants(*y) {
+                        give(*y, b.mul(&dy, self.value(*x)));
+                    }
                 }
                 Op::Activation(act, x) => {
                     give(*x, b.activation_backward(*act, self.value(*x), &dy))

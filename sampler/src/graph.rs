@@ -32,15 +32,6 @@ pub struct Csr {
 }
 
 impl Csr {
-    /// Neighbors of `node` and their times.
-    pub fn of(&self, node: u32) -> (&[u32], &[i64]) {
-        let (lo, hi) = (
-            self.offsets[node as usize] as usize,
-            self.offsets[node as usize + 1] as usize,
-        );
-        (&self.neighbors[lo..hi], &self.times[lo..hi])
-    }
-
     /// Where `node`'s neighbors lie; empty for nodes added after the build.
     pub fn range(&self, node: u32) -> (usize, usize) {
         match self.offsets.get(node as usize + 1) {

@@ -108,6 +108,17 @@ fn fanout_table(view: &dyn GraphView, config: &SampleConfig) -> Result<Vec<Vec<u
     Ok(table)
 }
 
+impl SampleConfig {
+    /// Seeds per chunk for `fanouts` (per hop, per edge type): `chunk`, or [`auto_chunk`]
+    /// where it is 0.
+    pub fn chunk_for(&self, fanouts: &[Vec<u32>]) -> usize {
+        match self.chunk {
+            0 => auto_chunk(fanouts),
+            n => n,
+        }
+    }
+}
+
 /// Seeds per chunk for these fanouts: up to 64, fewer when a seed's subgraph may be so
 /// large (the bound: the product of the largest fanouts, summed over hops) that a chunk's
 /// dedup tables would outgrow the caches; at [128, 128, 128] it is 2.
@@ -128,10 +139,7 @@ pub fn sample(
 ) -> Result<SubgraphBatch, SampleError> {
     let fanouts = fanout_table(view, config)?;
     let endpoints: Vec<(usize, usize)> = view.edge_types().iter().map(|e| (e.src, e.dst)).collect();
-    let chunk = match config.chunk {
-        0 => auto_chunk(&fanouts),
-        n => n,
-    };
+    let chunk = config.chunk_for(&fanouts);
     // One job on the pool for the whole call: the parallel steps inside then run on its
     // workers without a hand-off from the caller's thread each time.
     rayon::scope(|_| {
