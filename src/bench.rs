@@ -1,5 +1,7 @@
 //! `relgraph bench`: measured throughput of the hot paths on real or generated data.
 
+mod train;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -12,46 +14,59 @@ use serde_json::json;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
+    /// Model training and inference: seeds/s of the default model on a generated
+    /// users / products / transactions graph (the PyG reference's shape).
+    Train(train::TrainBenchArgs),
     /// Temporal neighbor sampling: graph build rate, seeds/s, sampled edges/s, bytes/edge.
-    Sample {
-        /// The database directory.
-        #[arg(long)]
-        data: PathBuf,
-        /// The seed table (default: the table with the most rows that has a primary key).
-        #[arg(long)]
-        table: Option<String>,
-        /// Neighbors per node and edge type, per hop.
-        #[arg(long, value_delimiter = ',', default_value = "128,64")]
-        fanout: Vec<u32>,
-        /// Seeds per batch.
-        #[arg(long, default_value_t = 512)]
-        batch: usize,
-        /// Batches to time per round (after one warm-up batch).
-        #[arg(long, default_value_t = 100)]
-        batches: usize,
-        /// Timed rounds; the report gives the median round and the range.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Seeds sampled together in one batched pass (the unit of parallel work); 0: from
-        /// the fanouts, up to 64.
-        #[arg(long, default_value_t = 0)]
-        chunk: usize,
-        /// Threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// `uniform` or `recent`.
-        #[arg(long, default_value = "uniform")]
-        strategy: String,
-        /// Anchor times: `random` over the data's time range, or `last` (all history visible).
-        #[arg(long, default_value = "random")]
-        anchor: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Sample(SampleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SampleArgs {
+    /// The database directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// The seed table (default: the table with the most rows that has a primary key).
+    #[arg(long)]
+    table: Option<String>,
+    /// Neighbors per node and edge type, per hop.
+    #[arg(long, value_delimiter = ',', default_value = "128,64")]
+    fanout: Vec<u32>,
+    /// Seeds per batch.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Batches to time per round (after one warm-up batch).
+    #[arg(long, default_value_t = 100)]
+    batches: usize,
+    /// Timed rounds; the report gives the median round and the range.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seeds sampled together in one batched pass (the unit of parallel work); 0: from
+    /// the fanouts, up to 64.
+    #[arg(long, default_value_t = 0)]
+    chunk: usize,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// `uniform` or `recent`.
+    #[arg(long, default_value = "uniform")]
+    strategy: String,
+    /// Anchor times: `random` over the data's time range, or `last` (all history visible).
+    #[arg(long, default_value = "random")]
+    anchor: String,
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(command: &BenchCommand) -> Result<()> {
-    let BenchCommand::Sample {
+    match command {
+        BenchCommand::Sample(args) => sample_bench(args),
+        BenchCommand::Train(args) => train::run(args),
+    }
+}
+
+fn sample_bench(args: &SampleArgs) -> Result<()> {
+    let SampleArgs {
         data,
         table,
         fanout,
@@ -63,7 +78,7 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         anchor,
         chunk,
         json,
-    } = command;
+    } = args;
     let strategy = match strategy.as_str() {
         "uniform" => Strategy::Uniform,
         "recent" => Strategy::Recent,

@@ -6,6 +6,8 @@ mod generate;
 mod inspect;
 mod labels;
 mod pql;
+mod predict;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +58,49 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Train a model for a query: metrics beside the best simple baseline, saved to --out.
+    Train {
+        query: String,
+        #[command(flatten)]
+        data: pql::DataArgs,
+        /// The model directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        config: train::ConfigArgs,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score a saved model again on the splits it was trained with.
+    Evaluate {
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Predict with a saved model for every entity the query selects at one anchor time.
+    Predict {
+        query: String,
+        /// The model directory (`relgraph train --out`).
+        #[arg(long)]
+        model: PathBuf,
+        /// --anchor TIME: when to predict (default: the data's last timestamp).
+        #[command(flatten)]
+        data: pql::DataArgs,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "parquet")]
+        format: predict::Format,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Write the training table of a query (entity key, anchor_time, label, split) to Parquet.
     Labels {
         query: String,
@@ -76,6 +121,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The first Ctrl-C asks training to stop and save; a second one exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if train::STOP.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+    });
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Generate { kind } => generate::run(&kind),
@@ -88,6 +139,28 @@ fn main() -> ExitCode {
         Command::Pql { command } => pql::run(&command),
         Command::Bench { command } => bench::run(&command),
         Command::Labels { query, data, out } => labels::run(&query, &data, &out),
+        Command::Train {
+            query,
+            data,
+            out,
+            config,
+            json,
+        } => train::run_train(&query, &data, &config, &out, json),
+        Command::Evaluate {
+            model,
+            data,
+            schema,
+            threads,
+            json,
+        } => train::run_evaluate(&model, &data, schema.as_deref(), threads, json),
+        Command::Predict {
+            query,
+            model,
+            data,
+            out,
+            format,
+            threads,
+        } => predict::run(&query, &model, &data, &out, format, threads),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,7 +87,7 @@ pub fn label_all(db: &Database, plan: &TaskPlan) -> Result<Labels> {
     Ok(build(plan, db, &entities, &LocalFacts { db })?)
 }
 
-fn entity_rows(db: &Database, plan: &TaskPlan) -> Result<Vec<usize>> {
+pub fn entity_rows(db: &Database, plan: &TaskPlan) -> Result<Vec<usize>> {
     let table = &db.tables[plan.task.entity_table];
     let Some(ids) = &plan.task.ids else {
         return Ok((0..table.num_rows()).collect());

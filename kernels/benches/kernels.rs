@@ -14,7 +14,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use rayon::prelude::*;
-use relgraph_kernels::{Backend, Cpu, Index, Params, Reduce, Tape, Tensor};
+use relgraph_kernels::{Activation, Backend, Cpu, Index, Params, Reduce, Tape, Tensor};
 
 const C: usize = 128;
 
@@ -73,6 +73,29 @@ fn benches(c: &mut Criterion) {
         })
     });
     drop(big);
+
+    // Row-wise kernels on an encoder-sized activation (65,536 x 128).
+    let ones = Tensor::from_host(&cpu, 1, C, &vec![1.0; C]);
+    let zeros = Tensor::zeros(&cpu, 1, C);
+    group.throughput(Throughput::Bytes((a.len() * 4) as u64));
+    group.bench_function("layer norm forward 65536x128 (bytes)", |bench| {
+        bench.iter(|| {
+            let (y, stats) = cpu.layer_norm(&a, &ones, &zeros, 1e-5);
+            cpu.recycle(y.data);
+            stats
+        })
+    });
+    let (_, stats) = cpu.layer_norm(&a, &ones, &zeros, 1e-5);
+    group.bench_function("layer norm backward 65536x128 (bytes)", |bench| {
+        bench.iter(|| {
+            let (dx, dg, db) = cpu.layer_norm_backward(&a, &ones, &stats, &out);
+            cpu.recycle(dx.data);
+            (dg, db)
+        })
+    });
+    group.bench_function("relu 65536x128 (bytes)", |bench| {
+        bench.iter(|| cpu.recycle(cpu.activation(Activation::Relu, &a).data))
+    });
 
     // 512 seeds x 128 neighbors, then 64 each: the two hops of a [128, 64] batch.
     let seeds = 512;

@@ -22,9 +22,10 @@ pub struct Cpu<E> {
 }
 
 /// Buffers this large (in elements) or larger are pooled.
-const POOLED: usize = 1 << 18;
-/// At most this many buffers wait in the pool.
-const POOL_SIZE: usize = 16;
+const POOLED: usize = 1 << 16;
+/// The pool holds at most this many elements in all (4 GiB of f32): about the peak
+/// working set of a step, which it then stops asking the kernel for again.
+const POOL_BUDGET: usize = 1 << 30;
 
 impl<E: Real> Cpu<E> {
     pub fn new() -> Self {
@@ -33,27 +34,63 @@ impl<E: Real> Cpu<E> {
         }
     }
 
-    /// A zeroed buffer of `len`, from the pool when one of about that size waits there.
-    fn buffer(&self, len: usize) -> Vec<E> {
+    /// An empty buffer with room for `len`: the smallest pooled one that fits (and is
+    /// not more than twice as large), else a new one.
+    fn reserve(&self, len: usize) -> Vec<E> {
         if len >= POOLED {
-            let reused = {
-                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-                pool.iter()
-                    .position(|b| b.capacity() >= len && b.capacity() <= 2 * len)
-                    .map(|i| pool.swap_remove(i))
-            };
-            if let Some(mut b) = reused {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let best = (0..pool.len())
+                .filter(|&i| pool[i].capacity() >= len && pool[i].capacity() <= 2 * len)
+                .min_by_key(|&i| pool[i].capacity());
+            if let Some(i) = best {
+                let mut b = pool.swap_remove(i);
                 b.clear();
-                b.par_extend(rayon::iter::repeat_n(E::ZERO, len));
                 return b;
             }
         }
-        vec![E::ZERO; len]
+        Vec::with_capacity(len)
+    }
+
+    /// `items` collected into a pooled buffer.
+    fn collect(&self, items: impl IndexedParallelIterator<Item = E>) -> Vec<E> {
+        let mut b = self.reserve(items.len());
+        b.par_extend(items);
+        b
+    }
+
+    /// A zeroed buffer of `len`, from the pool when one of about that size waits there.
+    fn buffer(&self, len: usize) -> Vec<E> {
+        if len < POOLED {
+            return vec![E::ZERO; len];
+        }
+        let mut b = self.reserve(len);
+        b.par_extend(rayon::iter::repeat_n(E::ZERO, len));
+        b
     }
 }
 
 /// Rows summed per block in column reductions: fixed, so the order of additions is too.
 const BLOCK: usize = 256;
+/// Rows handled by one parallel task in row-wise kernels.
+const ROWS_PER_TASK: usize = 64;
+
+/// `sum(a[i] * b[i])` in a fixed order that vectorises: eight interleaved partial sums,
+/// then those.
+fn lane_dot<E: Real>(a: &[E], b: &[E]) -> E {
+    let mut lanes = [E::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    for (k, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        lanes[k] += x * y;
+    }
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+}
 
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -137,7 +174,9 @@ impl<E: Real> Backend for Cpu<E> {
     }
 
     fn upload(&self, host: &[E]) -> Vec<E> {
-        host.to_vec()
+        let mut b = self.reserve(host.len());
+        b.extend_from_slice(host);
+        b
     }
 
     fn download(&self, buf: &Vec<E>) -> Vec<E> {
@@ -157,21 +196,28 @@ impl<E: Real> Backend for Cpu<E> {
     }
 
     fn recycle(&self, buf: Vec<E>) {
-        if buf.capacity() >= POOLED {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < POOL_SIZE {
-                pool.push(buf);
-            } else if let Some(smallest) = pool.iter_mut().min_by_key(|b| b.capacity()) {
-                // Full: keep the larger buffers, whose fresh pages cost the most.
-                if smallest.capacity() < buf.capacity() {
-                    *smallest = buf;
-                }
-            }
+        if buf.capacity() < POOLED {
+            return;
         }
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held: usize = pool.iter().map(Vec::capacity).sum();
+        // Over budget: drop the smallest buffers, whose fresh pages cost the least.
+        while held + buf.capacity() > POOL_BUDGET {
+            let Some(i) = (0..pool.len()).min_by_key(|&i| pool[i].capacity()) else {
+                return;
+            };
+            if pool[i].capacity() >= buf.capacity() {
+                return;
+            }
+            held -= pool.swap_remove(i).capacity();
+        }
+        pool.push(buf);
     }
 
     fn copy(&self, buf: &Vec<E>) -> Vec<E> {
-        buf.clone()
+        let mut b = self.reserve(buf.len());
+        b.extend_from_slice(buf);
+        b
     }
 
     fn synchronize(&self) {}
@@ -284,12 +330,7 @@ impl<E: Real> Backend for Cpu<E> {
 
     fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Tensor<Self> {
         check_same("mul", a.shape(), b.shape());
-        let data = a
-            .data
-            .par_iter()
-            .zip(&b.data)
-            .map(|(&a, &b)| a * b)
-            .collect();
+        let data = self.collect(a.data.par_iter().zip(&b.data).map(|(&a, &b)| a * b));
         tensor(a.rows, a.cols, data)
     }
 
@@ -301,7 +342,11 @@ impl<E: Real> Backend for Cpu<E> {
                 E::of(0.5) * v * (E::ONE + u.tanh())
             }
         };
-        tensor(x.rows, x.cols, x.data.par_iter().map(|&v| f(v)).collect())
+        tensor(
+            x.rows,
+            x.cols,
+            self.collect(x.data.par_iter().map(|&v| f(v))),
+        )
     }
 
     fn activation_backward(
@@ -327,12 +372,7 @@ impl<E: Real> Backend for Cpu<E> {
                 g * (E::of(0.5) * (E::ONE + t) + E::of(0.5) * v * (E::ONE - t * t) * du)
             }
         };
-        let data = x
-            .data
-            .par_iter()
-            .zip(&dy.data)
-            .map(|(&v, &g)| f(v, g))
-            .collect();
+        let data = self.collect(x.data.par_iter().zip(&dy.data).map(|(&v, &g)| f(v, g)));
         tensor(x.rows, x.cols, data)
     }
 
@@ -345,22 +385,29 @@ impl<E: Real> Backend for Cpu<E> {
     ) -> (Tensor<Self>, Tensor<Self>) {
         check_same("layer_norm gamma", gamma.shape(), (1, x.cols));
         check_same("layer_norm beta", beta.shape(), (1, x.cols));
+        let cols = x.cols.max(1);
         let mut y = self.buffer(x.len());
         let mut stats = vec![E::ZERO; x.rows * 2];
         let n = E::of(x.cols as f64);
-        par_rows(&mut y, x.cols)
-            .zip(stats.par_chunks_mut(2))
+        y.par_chunks_mut(cols * ROWS_PER_TASK)
+            .zip(stats.par_chunks_mut(2 * ROWS_PER_TASK))
             .enumerate()
-            .for_each(|(r, (out, st))| {
-                let row = &x.data[r * x.cols..(r + 1) * x.cols];
-                let mean = row.iter().copied().sum::<E>() / n;
-                let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<E>() / n;
-                let rstd = E::ONE / (var + E::of(eps)).sqrt();
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = (row[c] - mean) * rstd * gamma.data[c] + beta.data[c];
+            .for_each(|(block, (out, st))| {
+                let first = block * ROWS_PER_TASK;
+                let ones = vec![E::ONE; cols];
+                for (i, (o, st)) in out.chunks_mut(cols).zip(st.chunks_mut(2)).enumerate() {
+                    let row = &x.data[(first + i) * cols..(first + i + 1) * cols];
+                    let mean = lane_dot(row, &ones) / n;
+                    for (o, &v) in o.iter_mut().zip(row) {
+                        *o = v - mean;
+                    }
+                    let rstd = E::ONE / (lane_dot(o, o) / n + E::of(eps)).sqrt();
+                    for ((o, &g), &b) in o.iter_mut().zip(&gamma.data).zip(&beta.data) {
+                        *o = *o * rstd * g + b;
+                    }
+                    st[0] = mean;
+                    st[1] = rstd;
                 }
-                st[0] = mean;
-                st[1] = rstd;
             });
         (tensor(x.rows, x.cols, y), tensor(x.rows, 2, stats))
     }
@@ -373,34 +420,48 @@ impl<E: Real> Backend for Cpu<E> {
         dy: &Tensor<Self>,
     ) -> (Tensor<Self>, Tensor<Self>, Tensor<Self>) {
         check_same("layer_norm backward", x.shape(), dy.shape());
-        let cols = x.cols;
-        let n = E::of(cols as f64);
-        let xhat =
-            |r: usize, c: usize| (x.data[r * cols + c] - stats.data[2 * r]) * stats.data[2 * r + 1];
+        let cols = x.cols.max(1);
+        let n = E::of(x.cols as f64);
         let mut dx = self.buffer(x.len());
-        par_rows(&mut dx, cols).enumerate().for_each(|(r, out)| {
-            let g = &dy.data[r * cols..(r + 1) * cols];
-            let (mut mean_d, mut mean_dx) = (E::ZERO, E::ZERO);
-            for (c, (&g, &gamma)) in g.iter().zip(&gamma.data).enumerate() {
-                let d = g * gamma;
-                mean_d += d;
-                mean_dx += d * xhat(r, c);
-            }
-            let (mean_d, mean_dx) = (mean_d / n, mean_dx / n);
-            let rstd = stats.data[2 * r + 1];
-            for (c, o) in out.iter_mut().enumerate() {
-                *o = rstd * (g[c] * gamma.data[c] - mean_d - xhat(r, c) * mean_dx);
-            }
-        });
+        dx.par_chunks_mut(cols * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let first = block * ROWS_PER_TASK;
+                let (mut xhat, mut d) = (vec![E::ZERO; cols], vec![E::ZERO; cols]);
+                let ones = vec![E::ONE; cols];
+                for (i, o) in out.chunks_mut(cols).enumerate() {
+                    let r = first + i;
+                    let (mean, rstd) = (stats.data[2 * r], stats.data[2 * r + 1]);
+                    let row = &x.data[r * cols..(r + 1) * cols];
+                    let g = &dy.data[r * cols..(r + 1) * cols];
+                    for (((h, d), &v), (&g, &w)) in xhat
+                        .iter_mut()
+                        .zip(&mut d)
+                        .zip(row)
+                        .zip(g.iter().zip(&gamma.data))
+                    {
+                        *h = (v - mean) * rstd;
+                        *d = g * w;
+                    }
+                    let mean_d = lane_dot(&d, &ones) / n;
+                    let mean_dx = lane_dot(&d, &xhat) / n;
+                    for ((o, &d), &h) in o.iter_mut().zip(&d).zip(&xhat) {
+                        *o = rstd * (d - mean_d - h * mean_dx);
+                    }
+                }
+            });
         let dgamma = column_sums(x.rows, cols, |rows, acc| {
             for r in rows {
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a += dy.data[r * cols + c] * xhat(r, c);
+                let (mean, rstd) = (stats.data[2 * r], stats.data[2 * r + 1]);
+                let row = &x.data[r * cols..(r + 1) * cols];
+                let g = &dy.data[r * cols..(r + 1) * cols];
+                for ((a, &g), &v) in acc.iter_mut().zip(g).zip(row) {
+                    *a += g * ((v - mean) * rstd);
                 }
             }
         });
         let dbeta = self.sum_rows(dy);
-        (tensor(x.rows, cols, dx), tensor(1, cols, dgamma), dbeta)
+        (tensor(x.rows, x.cols, dx), tensor(1, x.cols, dgamma), dbeta)
     }
 
     fn dropout_mask(&self, rows: usize, cols: usize, p: f64, seed: u64) -> Tensor<Self> {
@@ -410,13 +471,10 @@ impl<E: Real> Backend for Cpu<E> {
         );
         let keep = E::of(1.0 / (1.0 - p));
         let base = mix(seed);
-        let data = (0..rows * cols)
-            .into_par_iter()
-            .map(|i| {
-                let u = (mix(base ^ i as u64) >> 11) as f64 / (1u64 << 53) as f64;
-                if u < p { E::ZERO } else { keep }
-            })
-            .collect();
+        let data = self.collect((0..rows * cols).into_par_iter().map(|i| {
+            let u = (mix(base ^ i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+            if u < p { E::ZERO } else { keep }
+        }));
         tensor(rows, cols, data)
     }
 

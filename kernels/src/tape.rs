@@ -100,6 +100,7 @@ enum Op<B: Backend> {
     },
     Add(Var, Var),
     Mul(Var, Var),
+    Reshape(Var),
     Activation(Activation, Var),
     LayerNorm {
         x: Var,
@@ -247,6 +248,20 @@ impl<'a, B: Backend> Tape<'a, B> {
         let mut out = ta.duplicate(self.backend);
         self.backend.axpy(B::E::ONE, tb, &mut out);
         self.push(Some(out), Op::Add(a, b), &[a, b])
+    }
+
+    /// The same values, row-major, as a `rows x cols` matrix.
+    pub fn reshape(&mut self, x: Var, rows: usize, cols: usize) -> Var {
+        let t = self.value(x);
+        assert_eq!(
+            t.len(),
+            rows * cols,
+            "reshape of {:?} to {rows} x {cols}",
+            t.shape()
+        );
+        let mut out = t.duplicate(self.backend);
+        (out.rows, out.cols) = (rows, cols);
+        self.push(Some(out), Op::Reshape(x), &[x])
     }
 
     pub fn mul(&mut self, a: Var, b: Var) -> Var {
@@ -410,9 +425,16 @@ impl<'a, B: Backend> Tape<'a, B> {
                     accumulate(b, &mut grads[v.0], g);
                 }
             };
-            match &node.op {
-                Op::Input => grads[i] = Some(dy),
-                Op::Param(id) => accumulate(b, &mut dense[id.0], dy),
+            // What is left of `dy` once the op's backward has read it, for reuse.
+            let spent: Option<Tensor<B>> = match &node.op {
+                Op::Input => {
+                    grads[i] = Some(dy);
+                    None
+                }
+                Op::Param(id) => {
+                    accumulate(b, &mut dense[id.0], dy);
+                    None
+                }
                 Op::Gemm {
                     a,
                     transpose_a,
@@ -438,6 +460,7 @@ impl<'a, B: Backend> Tape<'a, B> {
                         }
                         give(*bv, db);
                     }
+                    Some(dy)
                 }
                 Op::Linear { x, w, bias } => {
                     let (tx, tw) = (self.value(*x), self.value(*w));
@@ -454,10 +477,18 @@ impl<'a, B: Backend> Tape<'a, B> {
                     if let Some(bias) = bias.filter(|&v| wants(v)) {
                         give(bias, b.sum_rows(&dy));
                     }
+                    Some(dy)
                 }
                 Op::Add(x, y) => {
                     give(*x, dy.duplicate(b));
                     give(*y, dy);
+                    None
+                }
+                Op::Reshape(x) => {
+                    let mut dx = dy;
+                    (dx.rows, dx.cols) = self.value(*x).shape();
+                    give(*x, dx);
+                    None
                 }
                 Op::Mul(x, y) => {
                     if wants(*x) {
@@ -466,9 +497,11 @@ impl<'a, B: Backend> Tape<'a, B> {
                     if wants(*y) {
                         give(*y, b.mul(&dy, self.value(*x)));
                     }
+                    Some(dy)
                 }
                 Op::Activation(act, x) => {
-                    give(*x, b.activation_backward(*act, self.value(*x), &dy))
+                    give(*x, b.activation_backward(*act, self.value(*x), &dy));
+                    Some(dy)
                 }
                 Op::LayerNorm {
                     x,
@@ -481,11 +514,19 @@ impl<'a, B: Backend> Tape<'a, B> {
                     give(*x, dx);
                     give(*gamma, dgamma);
                     give(*beta, dbeta);
+                    Some(dy)
                 }
-                Op::Dropout { x, mask } => give(*x, b.mul(&dy, mask)),
-                Op::TimeEncoding(t) => give(*t, b.time_encoding_backward(self.value(*t), &dy)),
+                Op::Dropout { x, mask } => {
+                    give(*x, b.mul(&dy, mask));
+                    Some(dy)
+                }
+                Op::TimeEncoding(t) => {
+                    give(*t, b.time_encoding_backward(self.value(*t), &dy));
+                    Some(dy)
+                }
                 Op::Gather { x, idx } => {
                     give(*x, b.scatter_add_rows(&dy, idx, self.value(*x).rows));
+                    Some(dy)
                 }
                 Op::GatherReduce {
                     x,
@@ -504,15 +545,20 @@ impl<'a, B: Backend> Tape<'a, B> {
                         argmax.as_ref(),
                     );
                     give(*x, dx);
+                    Some(dy)
                 }
                 Op::Embedding { table, ids, bags } => {
                     let rows = match bags {
                         None => dy,
                         Some((offsets, reduce)) => {
-                            b.gather_reduce_backward(&dy, ids.len, None, offsets, *reduce, None)
+                            let rows = b
+                                .gather_reduce_backward(&dy, ids.len, None, offsets, *reduce, None);
+                            b.recycle(dy.data);
+                            rows
                         }
                     };
                     sparse[table.0].push((ids.clone(), rows));
+                    None
                 }
                 Op::Loss {
                     pred,
@@ -529,12 +575,17 @@ impl<'a, B: Backend> Tape<'a, B> {
                         give(*target, dn);
                     }
                     give(*pred, dp);
+                    Some(dy)
                 }
                 Op::WeightedSum { x, weights } => {
                     let mut dx = Tensor::zeros(b, weights.rows, weights.cols);
                     b.axpy(dy.to_host(b)[0], weights, &mut dx);
                     give(*x, dx);
+                    Some(dy)
                 }
+            };
+            if let Some(dy) = spent {
+                b.recycle(dy.data);
             }
         }
         let sparse = sparse.into_iter().map(|parts| coalesce(b, parts)).collect();

@@ -176,9 +176,10 @@ fn dense_ops_match_finite_differences() {
             "add and mul",
             vec![random(&mut rng, m, n), random(&mut rng, m, n)],
             p,
-            &|t, v| {
+            &move |t, v| {
                 let s = t.add(v[0], v[1]);
-                t.mul(s, v[1])
+                let s = t.mul(s, v[1]);
+                t.reshape(s, n, m)
             },
             &mut rng,
         );

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use arrow::array::{Array, TimestampSecondArray};
 use rayon::prelude::*;
 use relgraph_common::Database;
-use relgraph_common::pql::bound::{BoundExpr, ColumnId, Target, TaskType, Value};
+use relgraph_common::pql::bound::{AggSpec, BoundExpr, ColumnId, Target, TaskType, Value};
 use relgraph_common::pql::{Split, Splits, TaskPlan};
 use relgraph_common::schema::DType;
 
@@ -211,22 +211,9 @@ pub fn build(
     facts: &dyn FactSource,
 ) -> Result<Labels, LabelError> {
     let task = &plan.task;
-    let aggs: Vec<(Linked, RowValues)> = task
-        .aggregates
-        .iter()
-        .map(|spec| {
-            let linked = facts.linked(spec, entities)?;
-            let values = facts.row_values(spec, &linked);
-            Ok((linked, values))
-        })
-        .collect::<Result<_, LabelError>>()?;
+    let aggs = link_all(&task.aggregates, entities, facts)?;
     let entity = &db.tables[task.entity_table];
-    let times = entity
-        .schema
-        .time_column
-        .as_ref()
-        .and_then(|c| entity.column(c))
-        .and_then(|a| a.as_any().downcast_ref::<TimestampSecondArray>());
+    let times = time_of(db, task.entity_table);
     let key = entity.batch.column(task.entity_key);
     let key_dtype = entity.schema.columns[task.entity_key].dtype;
     let static_splits: Option<Vec<Split>> = match (&plan.splits, times) {
@@ -287,6 +274,109 @@ pub fn build(
         }
     }
     Ok(out)
+}
+
+fn link_all(
+    specs: &[AggSpec],
+    entities: &[usize],
+    facts: &dyn FactSource,
+) -> Result<Vec<(Linked, RowValues)>, LabelError> {
+    specs
+        .iter()
+        .map(|spec| {
+            let linked = facts.linked(spec, entities)?;
+            let values = facts.row_values(spec, &linked);
+            Ok((linked, values))
+        })
+        .collect()
+}
+
+/// The rows of `entities` to score at `anchor`: those that exist then and whose WHERE
+/// holds on the past. Their targets are not looked at (PQL.md §3: at prediction time
+/// every entity is scored).
+pub fn select(
+    plan: &TaskPlan,
+    db: &Database,
+    entities: &[usize],
+    facts: &dyn FactSource,
+    anchor: i64,
+) -> Result<Vec<usize>, LabelError> {
+    let aggs = link_all(&plan.task.aggregates, entities, facts)?;
+    let times = time_of(db, plan.task.entity_table);
+    Ok((0..entities.len())
+        .into_par_iter()
+        .filter(|&position| {
+            let row = entities[position];
+            if times.is_some_and(|t| t.is_valid(row) && t.value(row) > anchor) {
+                return false;
+            }
+            let env = EntityEnv {
+                db,
+                row,
+                position,
+                anchor,
+                plan,
+                aggs: &aggs,
+            };
+            plan.task.filter.as_ref().is_none_or(|f| holds(f, &env))
+        })
+        .map(|position| entities[position])
+        .collect())
+}
+
+/// For each example of `labels`, its target computed on the past (windows shifted back
+/// so that the target window ends at the anchor): the baseline "the entity's past value of the same
+/// aggregation" (PQL.md §4), as a number (a condition gives 0 or 1). `None` where it is
+/// undefined, or where the target is not an aggregation over time.
+pub fn past_values(
+    plan: &TaskPlan,
+    db: &Database,
+    labels: &Labels,
+    facts: &dyn FactSource,
+) -> Result<Vec<Option<f64>>, LabelError> {
+    let (Target::Expr(target), Some(window)) = (&plan.task.target, plan.window) else {
+        return Ok(vec![None; labels.len()]);
+    };
+    let mut shifted = plan.clone();
+    let mut used = Vec::new();
+    target.aggregates(&mut |i| used.push(i));
+    for &i in &used {
+        let w = &mut shifted.task.aggregates[i].window;
+        w.start = w.start.map(|s| s - window.end);
+        w.end -= window.end;
+    }
+    let mut entities = labels.entities.clone();
+    entities.sort_unstable();
+    entities.dedup();
+    let aggs = link_all(&shifted.task.aggregates, &entities, facts)?;
+    Ok((0..labels.len())
+        .into_par_iter()
+        .map(|i| {
+            let row = labels.entities[i];
+            let env = EntityEnv {
+                db,
+                row,
+                position: entities.binary_search(&row).ok()?,
+                anchor: labels.anchors[i],
+                plan: &shifted,
+                aggs: &aggs,
+            };
+            match eval(target, &env) {
+                Value::Bool(b) => Some(f64::from(u8::from(b))),
+                v => v.as_f64(),
+            }
+        })
+        .collect())
+}
+
+fn time_of(db: &Database, table: usize) -> Option<&TimestampSecondArray> {
+    let table = &db.tables[table];
+    table
+        .schema
+        .time_column
+        .as_ref()
+        .and_then(|c| table.column(c))
+        .and_then(|a| a.as_any().downcast_ref::<TimestampSecondArray>())
 }
 
 fn holds(e: &BoundExpr, env: &EntityEnv<'_>) -> bool {

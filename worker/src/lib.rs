@@ -18,3 +18,4 @@
 //! ```
 
 pub mod label;
+pub mod model;

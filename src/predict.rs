@@ -1,0 +1,286 @@
+//! `relgraph predict`: a saved model's predictions for every entity a query selects at
+//! one anchor time, written as Parquet or CSV.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow::array::{
+    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampSecondArray, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use relgraph_common::pql::{self, PlanOptions};
+use relgraph_common::time::format_timestamp;
+use relgraph_common::{Database, pql::plan::time_range};
+use relgraph_worker::model::{self, Output, TargetCode};
+
+use crate::pql::{DataArgs, ensure_parent, entity_rows, plan_query};
+use crate::train::{load_model, set_threads};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Parquet,
+    Csv,
+}
+
+pub fn run(
+    query: &str,
+    model_dir: &Path,
+    data: &DataArgs,
+    out: &Path,
+    format: Format,
+    threads: Option<usize>,
+) -> Result<()> {
+    set_threads(threads);
+    let db = Database::load(&data.data, data.schema.as_deref())?;
+    let (model, prepared, trained) = load_model(model_dir, &db)?;
+    let anchor = match data.anchor.as_slice() {
+        [] => time_range(&db, 0..db.tables.len())
+            .map(|r| r.1)
+            .ok_or_else(|| anyhow!("the data holds no timestamps: give --anchor"))?,
+        [one] => relgraph_common::time::parse_timestamp(one).ok_or_else(|| {
+            anyhow!("--anchor: `{one}` is not a timestamp (YYYY-MM-DD[ HH:MM:SS])")
+        })?,
+        _ => bail!("predict scores one anchor time; give --anchor once"),
+    };
+    let plan = plan_query(
+        &db,
+        query,
+        &PlanOptions {
+            step: None,
+            anchors: vec![anchor],
+        },
+    )?;
+    let t = &plan.task;
+    if t.task != trained.task.task
+        || t.target != trained.task.target
+        || t.entity_table != trained.task.entity_table
+    {
+        bail!(
+            "this query asks something else than the model was trained for ({}); predict may change WHERE and FOR ... IN only",
+            model.manifest.query
+        );
+    }
+    let batch = predictions(&db, &plan, &model, &prepared, anchor)?;
+    ensure_parent(out)?;
+    match format {
+        Format::Parquet => {
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
+            writer.write(&batch)?;
+            writer.close()?;
+        }
+        Format::Csv => write_csv(&batch, out)?,
+    }
+    println!(
+        "scored {} entities at {} -> {} ({} rows)",
+        batch.num_rows() / rows_per_entity(&model.manifest.target),
+        format_timestamp(anchor),
+        out.display(),
+        batch.num_rows()
+    );
+    Ok(())
+}
+
+/// Rows each entity gets in the output.
+fn rows_per_entity(code: &TargetCode) -> usize {
+    match code {
+        TargetCode::Ranking { k, .. } => (*k).max(1),
+        TargetCode::Forecast { steps, .. } => (*steps).max(1),
+        _ => 1,
+    }
+}
+
+/// The predictions of `model` for the entities `plan` selects at `anchor`.
+pub fn predictions(
+    db: &Database,
+    plan: &pql::TaskPlan,
+    model: &model::Model,
+    prepared: &model::Prepared,
+    anchor: i64,
+) -> Result<RecordBatch> {
+    let entities = entity_rows(db, plan)?;
+    let (rows, output) = model::predict(model, prepared, db, plan, &entities, anchor)?;
+    to_batch(db, plan, &rows, anchor, &output, &model.manifest.target)
+}
+
+fn to_batch(
+    db: &Database,
+    plan: &pql::TaskPlan,
+    rows: &[usize],
+    anchor: i64,
+    output: &Output,
+    code: &TargetCode,
+) -> Result<RecordBatch> {
+    let entity = &db.tables[plan.task.entity_table];
+    let keys = model::fit::keys(db, plan.task.entity_table);
+    let key_name = entity.schema.columns[plan.task.entity_key].name.clone();
+    // Rows of the output: (entity position, extra columns).
+    let mut entity_of: Vec<usize> = Vec::new();
+    let mut columns: Vec<(Field, ArrayRef)> = Vec::new();
+    match (output, code) {
+        (Output::Probs(p), _) => {
+            entity_of.extend(0..rows.len());
+            columns.push((
+                Field::new("prob", DataType::Float64, false),
+                Arc::new(Float64Array::from(p.clone())),
+            ));
+        }
+        (Output::Values(v), _) => {
+            entity_of.extend(0..rows.len());
+            columns.push((
+                Field::new("value", DataType::Float64, false),
+                Arc::new(Float64Array::from(v.clone())),
+            ));
+        }
+        (Output::Classes(p), TargetCode::Multiclass { classes }) => {
+            entity_of.extend(0..rows.len());
+            let best: Vec<usize> = p
+                .iter()
+                .map(|q| {
+                    (0..q.len())
+                        .max_by(|&a, &b| q[a].total_cmp(&q[b]).then(b.cmp(&a)))
+                        .unwrap_or(0)
+                })
+                .collect();
+            let names = StringArray::from_iter_values(
+                best.iter()
+                    .map(|&c| classes.get(c).map_or("", String::as_str)),
+            );
+            let probs = Float64Array::from_iter_values(best.iter().zip(p).map(|(&c, q)| q[c]));
+            columns.push((Field::new("class", DataType::Utf8, false), Arc::new(names)));
+            columns.push((
+                Field::new("prob", DataType::Float64, false),
+                Arc::new(probs),
+            ));
+        }
+        (Output::Series(s), _) => {
+            let (mut steps, mut values) = (Vec::new(), Vec::new());
+            for (e, series) in s.iter().enumerate() {
+                for (k, v) in series.iter().enumerate() {
+                    entity_of.push(e);
+                    steps.push(k as u32 + 1);
+                    values.push(*v);
+                }
+            }
+            columns.push((
+                Field::new("step", DataType::UInt32, false),
+                Arc::new(UInt32Array::from(steps)),
+            ));
+            columns.push((
+                Field::new("value", DataType::Float64, false),
+                Arc::new(Float64Array::from(values)),
+            ));
+        }
+        (Output::Ranked(ranked, scores), TargetCode::Ranking { items, .. }) => {
+            let (mut item, mut rank, mut score) = (Vec::new(), Vec::new(), Vec::new());
+            for (e, (r, s)) in ranked.iter().zip(scores).enumerate() {
+                for (k, (&i, &v)) in r.top.iter().zip(s).enumerate() {
+                    entity_of.push(e);
+                    item.push(items[i as usize].clone());
+                    rank.push(k as u32 + 1);
+                    score.push(v);
+                }
+            }
+            columns.push((
+                Field::new("item", DataType::Utf8, false),
+                Arc::new(StringArray::from(item)),
+            ));
+            columns.push((
+                Field::new("rank", DataType::UInt32, false),
+                Arc::new(UInt32Array::from(rank)),
+            ));
+            columns.push((
+                Field::new("score", DataType::Float64, false),
+                Arc::new(Float64Array::from(score)),
+            ));
+        }
+        _ => bail!("the model's output does not match its task"),
+    }
+    let key: ArrayRef = Arc::new(StringArray::from_iter_values(
+        entity_of.iter().map(|&e| keys[rows[e]].as_str()),
+    ));
+    let anchors: ArrayRef = Arc::new(TimestampSecondArray::from(vec![anchor; entity_of.len()]));
+    let mut fields = vec![
+        Field::new(key_name, DataType::Utf8, false),
+        Field::new(
+            "anchor_time",
+            DataType::Timestamp(TimeUnit::Second, None),
+            false,
+        ),
+    ];
+    let mut arrays = vec![key, anchors];
+    for (f, a) in columns {
+        fields.push(f);
+        arrays.push(a);
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// One cell as text.
+fn cell(column: &ArrayRef, r: usize) -> String {
+    let any = column.as_any();
+    if let Some(s) = any.downcast_ref::<StringArray>() {
+        s.value(r).to_string()
+    } else if let Some(f) = any.downcast_ref::<Float64Array>() {
+        f.value(r).to_string()
+    } else if let Some(u) = any.downcast_ref::<UInt32Array>() {
+        u.value(r).to_string()
+    } else if let Some(t) = any.downcast_ref::<TimestampSecondArray>() {
+        format_timestamp(t.value(r))
+    } else {
+        String::new()
+    }
+}
+
+fn write_csv(batch: &RecordBatch, out: &Path) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let names: Vec<&str> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    w.write_record(&names)?;
+    for r in 0..batch.num_rows() {
+        w.write_record(batch.columns().iter().map(|c| cell(c, r)))?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// The first `n` rows as an aligned text table (numbers to 4 decimals).
+pub fn preview(batch: &RecordBatch, n: usize) -> String {
+    let schema = batch.schema();
+    let mut rows: Vec<Vec<String>> =
+        vec![schema.fields().iter().map(|f| f.name().clone()).collect()];
+    for r in 0..batch.num_rows().min(n) {
+        rows.push(
+            batch
+                .columns()
+                .iter()
+                .map(|c| match c.as_any().downcast_ref::<Float64Array>() {
+                    Some(f) => format!("{:.4}", f.value(r)),
+                    None => cell(c, r),
+                })
+                .collect(),
+        );
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        out.push_str("    ");
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,248 @@
+//! `relgraph train` and `relgraph evaluate`: a model for a PQL question, its metrics
+//! beside the best simple baseline, and the same scoring of a saved model again.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use relgraph_common::Database;
+use relgraph_common::pql::{PlanOptions, TaskPlan};
+use relgraph_worker::model::metrics::Metrics;
+use relgraph_worker::model::{self, Assessment, Prepared, Progress, TrainConfig, TrainReport};
+use serde_json::json;
+
+use crate::pql::{DataArgs, label_all, plan_query, prepare};
+
+/// Set by Ctrl-C: training stops after the current step and saves what it has.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Hyper-parameters a flag can override (the rest: `--config FILE`).
+#[derive(Debug, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// A TOML file of hyper-parameters (see README, "Model").
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub max_steps_per_epoch: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// Neighbors per hop, e.g. `128,64` (one per layer).
+    #[arg(long, value_delimiter = ',')]
+    pub fanouts: Option<Vec<u32>>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Threads for sampling and kernels (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ConfigArgs {
+    pub fn config(&self) -> Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                TrainConfig::from_toml(&text).with_context(|| format!("in {}", p.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = &self.$f { c.$f = v.clone(); })* };
+        }
+        set!(epochs, max_steps_per_epoch, batch_size, lr, channels, seed);
+        if let Some(f) = &self.fanouts {
+            c.layers = f.len();
+            c.fanouts = f.clone();
+        }
+        c.check()?;
+        Ok(c)
+    }
+}
+
+/// Sizes rayon's pool once per process (`None`: all cores).
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        // Fails only if the pool was already built, which keeps the first size.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
+fn progress_bar(enabled: bool) -> impl FnMut(&Progress) {
+    let mut last = Instant::now();
+    move |p: &Progress| {
+        let end = p.step == p.steps;
+        if !enabled || (!end && last.elapsed().as_millis() < 200) {
+            return;
+        }
+        last = Instant::now();
+        let width = 30;
+        let filled = p.step * width / p.steps.max(1);
+        eprint!(
+            "\repoch {}/{} [{}{}] {}/{} steps  loss {:.4}  {:.0} seeds/s ",
+            p.epoch,
+            p.epochs,
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            p.step,
+            p.steps,
+            p.loss,
+            p.seeds_per_second
+        );
+        if end {
+            eprintln!();
+        }
+    }
+}
+
+/// The metrics of one split as `name value (baseline b, lift)` lines.
+pub fn metrics_text(model: &Metrics, baseline: &Metrics) -> String {
+    let mut out = String::new();
+    for (name, value) in model {
+        let b = baseline.get(name).copied().unwrap_or(f64::NAN);
+        out.push_str(&format!(
+            "    {name:<13} {value:>9.4}   baseline {b:>9.4}   {:+.4}\n",
+            value - b
+        ));
+    }
+    out
+}
+
+pub fn assessment_text(a: &Assessment) -> String {
+    format!(
+        "{} — val {} / test {} examples ({} train); baseline: {}\n  val\n{}  test\n{}",
+        a.task_type,
+        a.examples.val,
+        a.examples.test,
+        a.examples.train,
+        a.baseline.name,
+        metrics_text(&a.metrics.val, &a.baseline.val),
+        metrics_text(&a.metrics.test, &a.baseline.test),
+    )
+}
+
+/// The `--json` object of `train`.
+pub fn report_json(a: &Assessment, r: &TrainReport) -> serde_json::Value {
+    json!({
+        "task_type": a.task_type,
+        "metrics": a.metrics,
+        "baseline": a.baseline,
+        "epochs": r.epochs,
+        "best_epoch": r.best_epoch,
+        "train_seconds": r.train_seconds,
+        "seeds_per_second": r.seeds_per_second,
+        "interrupted": r.interrupted,
+        "examples": a.examples,
+    })
+}
+
+/// A trained and saved model, the data it was prepared with, and its report.
+pub struct Trained {
+    pub model: model::Model,
+    pub data: Prepared,
+    pub assessment: Assessment,
+    pub report: TrainReport,
+}
+
+/// Trains a model for `query` on the database `db` and saves it to `out`.
+pub fn train_on(
+    db: &Database,
+    query: &str,
+    plan: &TaskPlan,
+    config: &TrainConfig,
+    out: &Path,
+    show_progress: bool,
+) -> Result<Trained> {
+    let labels = label_all(db, plan)?;
+    let mut bar = progress_bar(show_progress && std::io::stderr().is_terminal());
+    let (mut model, data, assessment, report) =
+        model::fit(db, query, plan, &labels, config, &STOP, &mut bar)?;
+    model.manifest.report = json!({
+        "assessment": assessment,
+        "training": report,
+    });
+    model::save(&model, out)?;
+    Ok(Trained {
+        model,
+        data,
+        assessment,
+        report,
+    })
+}
+
+pub fn run_train(
+    query: &str,
+    data: &DataArgs,
+    config: &ConfigArgs,
+    out: &Path,
+    json: bool,
+) -> Result<()> {
+    set_threads(config.threads);
+    let config = config.config()?;
+    let (db, plan) = prepare(query, data)?;
+    let Trained {
+        assessment, report, ..
+    } = train_on(&db, query, &plan, &config, out, true)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report_json(&assessment, &report))?
+        );
+        return Ok(());
+    }
+    print!("{}", assessment_text(&assessment));
+    println!(
+        "  {} epochs (best {}), {:.1} s, {:.0} seeds/s{}; saved to {}",
+        report.epochs,
+        report.best_epoch,
+        report.train_seconds,
+        report.seeds_per_second,
+        if report.interrupted {
+            ", interrupted"
+        } else {
+            ""
+        },
+        out.display()
+    );
+    Ok(())
+}
+
+/// Loads a saved model for the database at `data`.
+pub fn load_model(dir: &Path, db: &Database) -> Result<(model::Model, Prepared, TaskPlan)> {
+    let manifest = model::read_manifest(dir)?;
+    let mut plan = plan_query(db, &manifest.query, &PlanOptions::default())?;
+    plan.splits = manifest.splits.splits();
+    let data = Prepared::new(db, &manifest.codes)?;
+    let rows = model::fit::item_rows(db, &manifest.target);
+    let model = model::load(dir, &data, rows)?;
+    Ok((model, data, plan))
+}
+
+pub fn run_evaluate(
+    dir: &Path,
+    data: &Path,
+    schema: Option<&Path>,
+    threads: Option<usize>,
+    json: bool,
+) -> Result<()> {
+    set_threads(threads);
+    let db = Database::load(data, schema)?;
+    let (model, prepared, plan) = load_model(dir, &db)?;
+    let labels = label_all(&db, &plan)?;
+    let assessment = model::assess(&model, &prepared, &db, &plan, &labels)?;
+    if json {
+        println!("{}", serde_json::to_string(&assessment)?);
+    } else {
+        print!("{}", assessment_text(&assessment));
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! The relational GNN (ARCHITECTURE.md §5) and its training, evaluation and prediction.
+//!
+//! - [`features`]: column encoders by semantic type, fitted on the data and saved.
+//! - [`batch`]: a sampled subgraph laid out for one forward pass.
+//! - [`net`]: per-table encoders, relative-time encoding, heterogeneous SAGE layers and
+//!   the task heads, as calls on a kernels [`Tape`](relgraph_kernels::Tape).
+//! - [`task`]: labels as targets, outputs as predictions, metrics and baselines.
+//! - [`trainer`]: minibatch training with a loader thread, validation, early stopping.
+//! - [`checkpoint`]: the saved model's format.
+//! - [`fit`]: one task end to end, and scoring a saved model again.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod features;
+pub mod fit;
+pub mod metrics;
+pub mod net;
+pub mod task;
+pub mod trainer;
+
+pub use checkpoint::{Manifest, load, read_manifest, save};
+pub use config::TrainConfig;
+pub use fit::{Assessment, assess, fit, predict};
+pub use task::{Output, TargetCode};
+pub use trainer::{Model, ModelError, Prepared, Progress, TrainReport};

@@ -1,0 +1,286 @@
+//! The saved model: a directory with two files.
+//!
+//! - `model.json`, the [`Manifest`]: `"format": "relgraph-model"`, `"version": 1`, the
+//!   query, every hyper-parameter, the column encoders fitted on the data, the target
+//!   code (class names, item keys, regression scaling), the split anchors, the tables and
+//!   edge types the network was built for, each parameter's name and shape, the
+//!   checksum of `params.bin`, and the training report.
+//! - `params.bin`: the parameters in manifest order, little-endian: the magic
+//!   `RGPARAMS`, a u32 version (1), a u32 count, then per parameter u64 rows, u64 cols
+//!   and rows x cols f32 values, row-major. Its FNV-1a 64 hash is the manifest's
+//!   `checksum`.
+//!
+//! Files are written beside their final names and renamed, so a crash never leaves a
+//! half-written model; loading checks format, version, checksum and every shape.
+
+use std::path::Path;
+
+use relgraph_common::pql::Splits;
+use relgraph_kernels::{Params, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::config::TrainConfig;
+use super::features::TableCode;
+use super::net::{Head, Net};
+use super::task::TargetCode;
+use super::trainer::{Backend, Model, ModelError, Prepared};
+
+pub const FORMAT: &str = "relgraph-model";
+pub const VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"RGPARAMS";
+
+/// The anchors of the splits the model was trained and evaluated on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoredSplits {
+    Temporal {
+        train: Vec<i64>,
+        val: i64,
+        test: i64,
+    },
+    Static {
+        anchor: i64,
+        by_time: bool,
+    },
+}
+
+impl StoredSplits {
+    pub fn of(splits: &Splits) -> Option<Self> {
+        match splits {
+            Splits::Temporal { train, val, test } => Some(StoredSplits::Temporal {
+                train: train.clone(),
+                val: *val,
+                test: *test,
+            }),
+            Splits::Static { anchor, by_time } => Some(StoredSplits::Static {
+                anchor: *anchor,
+                by_time: *by_time,
+            }),
+            Splits::Given(_) => None,
+        }
+    }
+
+    pub fn splits(&self) -> Splits {
+        match self {
+            StoredSplits::Temporal { train, val, test } => Splits::Temporal {
+                train: train.clone(),
+                val: *val,
+                test: *test,
+            },
+            StoredSplits::Static { anchor, by_time } => Splits::Static {
+                anchor: *anchor,
+                by_time: *by_time,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamShape {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub query: String,
+    pub task: String,
+    pub entity_table: String,
+    pub tables: Vec<String>,
+    pub edge_types: Vec<String>,
+    pub config: TrainConfig,
+    pub codes: Vec<TableCode>,
+    pub target: TargetCode,
+    pub splits: StoredSplits,
+    #[serde(default)]
+    pub params: Vec<ParamShape>,
+    #[serde(default)]
+    pub checksum: String,
+    #[serde(default)]
+    pub report: serde_json::Value,
+}
+
+fn fnv(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Checkpoint {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+impl Manifest {
+    /// The network this manifest describes, over `data`'s graph, with fresh parameters.
+    pub fn net(&self, backend: &Backend, params: &mut Params<Backend>, data: &Prepared) -> Net {
+        let table = |name: &str| {
+            data.graph
+                .tables
+                .iter()
+                .position(|t| t == name)
+                .unwrap_or(0)
+        };
+        let head = match &self.target {
+            TargetCode::Ranking {
+                table: t, items, ..
+            } => Head::Ranking {
+                items: items.len(),
+                table: table(t),
+            },
+            code => Head::Linear {
+                outputs: code.outputs(),
+            },
+        };
+        let names: Vec<String> = data
+            .graph
+            .edge_types
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        Net::new(
+            backend,
+            params,
+            &self.codes,
+            &names,
+            &data.endpoints,
+            table(&self.entity_table),
+            head,
+            &self.config,
+        )
+    }
+
+    /// Checks that `data` has the tables and edge types the network was built for.
+    pub fn check(&self, data: &Prepared) -> Result<(), ModelError> {
+        let edges: Vec<&str> = data
+            .graph
+            .edge_types
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        if data.graph.tables != self.tables {
+            return Err(ModelError::Mismatch(format!(
+                "the model has tables [{}], the data [{}]",
+                self.tables.join(", "),
+                data.graph.tables.join(", ")
+            )));
+        }
+        if edges != self.edge_types {
+            return Err(ModelError::Mismatch(format!(
+                "the model has links [{}], the data [{}]",
+                self.edge_types.join(", "),
+                edges.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Writes `model` (parameters first, then the manifest naming their checksum).
+pub fn save(model: &Model, dir: &Path) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(model.params.values.len() as u32).to_le_bytes());
+    let mut shapes = Vec::new();
+    for (name, t) in model.params.names.iter().zip(&model.params.values) {
+        bytes.extend_from_slice(&(t.rows as u64).to_le_bytes());
+        bytes.extend_from_slice(&(t.cols as u64).to_le_bytes());
+        for v in t.to_host(&model.backend) {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        shapes.push(ParamShape {
+            name: name.clone(),
+            rows: t.rows,
+            cols: t.cols,
+        });
+    }
+    let mut manifest = model.manifest.clone();
+    manifest.params = shapes;
+    manifest.checksum = fnv(&bytes);
+    write_atomic(&dir.join("params.bin"), &bytes)?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| io(dir, e))?;
+    write_atomic(&dir.join("model.json"), &json)
+}
+
+/// Reads a model's manifest.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, ModelError> {
+    let path = dir.join("model.json");
+    let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| io(&path, e))?;
+    if manifest.format != FORMAT || manifest.version != VERSION {
+        return Err(io(
+            &path,
+            format!(
+                "format {} version {}; this relgraph reads {FORMAT} version {VERSION}",
+                manifest.format, manifest.version
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Loads the model in `dir` for `data`, mapping its items to the data's item rows.
+pub fn load(dir: &Path, data: &Prepared, item_rows: Vec<u32>) -> Result<Model, ModelError> {
+    let manifest = read_manifest(dir)?;
+    manifest.check(data)?;
+    let path = dir.join("params.bin");
+    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    if fnv(&bytes) != manifest.checksum {
+        return Err(io(
+            &path,
+            "checksum mismatch: the file is damaged or from another model",
+        ));
+    }
+    let mut model = super::trainer::init(manifest, data, item_rows);
+    let mut at = 16usize;
+    let short = || io(&path, "ends early");
+    if bytes.len() < at || &bytes[..8] != MAGIC {
+        return Err(io(&path, "not a relgraph parameter file"));
+    }
+    let backend = &model.backend;
+    for (t, shape) in model.params.values.iter_mut().zip(&model.manifest.params) {
+        let word = |at: usize| -> Result<u64, ModelError> {
+            let b = bytes.get(at..at + 8).ok_or_else(short)?;
+            Ok(u64::from_le_bytes(b.try_into().map_err(|_| short())?))
+        };
+        let (rows, cols) = (word(at)? as usize, word(at + 8)? as usize);
+        if (rows, cols) != (t.rows, t.cols) || (rows, cols) != (shape.rows, shape.cols) {
+            return Err(io(
+                &path,
+                format!(
+                    "parameter `{}` is {rows} x {cols}, the network needs {} x {}",
+                    shape.name, t.rows, t.cols
+                ),
+            ));
+        }
+        at += 16;
+        let raw = bytes.get(at..at + rows * cols * 4).ok_or_else(short)?;
+        let values: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        *t = Tensor::from_host(backend, rows, cols, &values);
+        at += rows * cols * 4;
+    }
+    if model.params.values.len() != model.manifest.params.len() || at != bytes.len() {
+        return Err(io(&path, "parameter count differs from the manifest"));
+    }
+    Ok(model)
+}

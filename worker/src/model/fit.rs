@@ -1,0 +1,270 @@
+//! The whole loop for one PQL task: labels in, a trained model and an honest report out
+//! ([`fit`]); the same scoring of a saved model against its stored splits
+//! ([`assess`]); and the entities and anchors a prediction scores ([`predict`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+
+use relgraph_common::Database;
+use relgraph_common::pql::bound::{Target, TaskType};
+use relgraph_common::pql::{Split, TaskPlan};
+use serde::Serialize;
+
+use super::checkpoint::{FORMAT, Manifest, StoredSplits, VERSION};
+use super::config::TrainConfig;
+use super::features::{EncoderOptions, TableCode};
+use super::metrics::{self, Metrics};
+use super::task::{self, Output, TargetCode, Targets};
+use super::trainer::{self, Examples, Model, ModelError, Prepared, Progress, TrainReport};
+use crate::label::{self, Labels, LocalFacts, key_text, value_at};
+
+/// One split's metrics, the model's and the best baseline's.
+#[derive(Clone, Debug, Serialize)]
+pub struct Assessment {
+    pub task_type: String,
+    pub metrics: SplitMetrics,
+    pub baseline: BaselineMetrics,
+    pub examples: ExampleCounts,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SplitMetrics {
+    pub val: Metrics,
+    pub test: Metrics,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BaselineMetrics {
+    pub name: String,
+    pub val: Metrics,
+    pub test: Metrics,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ExampleCounts {
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+}
+
+/// The keys of a table's rows, as text.
+pub fn keys(db: &Database, table: usize) -> Vec<String> {
+    let t = &db.tables[table];
+    let Some(pk) = t
+        .schema
+        .primary_key
+        .as_ref()
+        .and_then(|k| t.schema.column_index(k))
+    else {
+        return (0..t.num_rows()).map(|r| r.to_string()).collect();
+    };
+    let dtype = t.schema.columns[pk].dtype;
+    (0..t.num_rows())
+        .map(|r| key_text(&value_at(t.batch.column(pk), dtype, r)))
+        .collect()
+}
+
+/// For each of a model's item keys, the data's row with that key (`u32::MAX` if none).
+pub fn item_rows(db: &Database, code: &TargetCode) -> Vec<u32> {
+    let TargetCode::Ranking { table, items, .. } = code else {
+        return Vec::new();
+    };
+    let Some(t) = db.tables.iter().position(|x| x.name() == table) else {
+        return vec![u32::MAX; items.len()];
+    };
+    let index: HashMap<String, u32> = keys(db, t)
+        .into_iter()
+        .enumerate()
+        .map(|(r, k)| (k, r as u32))
+        .collect();
+    items
+        .iter()
+        .map(|k| index.get(k).copied().unwrap_or(u32::MAX))
+        .collect()
+}
+
+fn split_examples(labels: &Labels, targets: &Targets, split: Split) -> (Examples, Vec<usize>) {
+    let idx: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels.splits[i] == split)
+        .collect();
+    let examples = Examples {
+        rows: idx.iter().map(|&i| labels.entities[i] as u32).collect(),
+        anchors: idx.iter().map(|&i| labels.anchors[i]).collect(),
+        targets: targets.select(&idx),
+    };
+    (examples, idx)
+}
+
+/// Trains a model for `plan` on `labels`, then scores it and the baselines on the
+/// validation and test splits.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    db: &Database,
+    query: &str,
+    plan: &TaskPlan,
+    labels: &Labels,
+    config: &TrainConfig,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(Model, Prepared, Assessment, TrainReport), ModelError> {
+    config.check()?;
+    let options = EncoderOptions {
+        max_vocab: config.max_vocab,
+        text_buckets: config.text_buckets,
+    };
+    let target_column = match &plan.task.target {
+        Target::Column(c, _) => Some(*c),
+        _ => None,
+    };
+    let codes = (0..db.tables.len())
+        .map(|t| {
+            let skip: Vec<usize> = target_column
+                .filter(|c| c.table == t)
+                .map(|c| c.column)
+                .into_iter()
+                .collect();
+            TableCode::fit(db, t, &skip, options)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = Prepared::new(db, &codes)?;
+    let train_mask: Vec<bool> = labels.splits.iter().map(|&s| s == Split::Train).collect();
+    let items = match plan.task.task {
+        TaskType::Ranking { items, .. } => Some((db.tables[items].name(), keys(db, items))),
+        _ => None,
+    };
+    let target = TargetCode::fit(&plan.task.task, labels, &train_mask, items)?;
+    let splits = StoredSplits::of(&plan.splits).ok_or_else(|| {
+        ModelError::Mismatch("training needs split anchors, not given ones".into())
+    })?;
+    let manifest = Manifest {
+        format: FORMAT.to_string(),
+        version: VERSION,
+        query: query.to_string(),
+        task: plan.task.task.name().to_string(),
+        entity_table: db.tables[plan.task.entity_table].name().to_string(),
+        tables: data.graph.tables.clone(),
+        edge_types: data
+            .graph
+            .edge_types
+            .iter()
+            .map(|e| e.name.clone())
+            .collect(),
+        config: config.clone(),
+        codes,
+        target,
+        splits,
+        params: Vec::new(),
+        checksum: String::new(),
+        report: serde_json::Value::Null,
+    };
+    let rows = item_rows(db, &manifest.target);
+    let mut model = trainer::init(manifest, &data, rows);
+    let targets = model.manifest.target.targets(&labels.labels)?;
+    let (train, _) = split_examples(labels, &targets, Split::Train);
+    let (val, _) = split_examples(labels, &targets, Split::Val);
+    let report = trainer::train(&mut model, &data, &train, &val, stop, progress)?;
+    let assessment = assess(&model, &data, db, plan, labels)?;
+    Ok((model, data, assessment, report))
+}
+
+/// The model's and the baselines' metrics on the validation and test examples of
+/// `labels`; the baseline shown is the one best on validation.
+pub fn assess(
+    model: &Model,
+    data: &Prepared,
+    db: &Database,
+    plan: &TaskPlan,
+    labels: &Labels,
+) -> Result<Assessment, ModelError> {
+    let code = &model.manifest.target;
+    let targets = code.targets(&labels.labels)?;
+    let past = label::past_values(plan, db, labels, &LocalFacts { db })
+        .map_err(|e| ModelError::Mismatch(e.to_string()))?;
+    let (train, _) = split_examples(labels, &targets, Split::Train);
+    let mut out = Assessment {
+        task_type: plan.task.task.name().to_string(),
+        metrics: SplitMetrics::default(),
+        baseline: BaselineMetrics {
+            name: String::new(),
+            val: Metrics::new(),
+            test: Metrics::new(),
+        },
+        examples: ExampleCounts {
+            train: train.rows.len(),
+            ..ExampleCounts::default()
+        },
+    };
+    let mut candidates: Vec<(String, Metrics, Metrics)> = Vec::new();
+    for split in [Split::Val, Split::Test] {
+        let (examples, idx) = split_examples(labels, &targets, split);
+        let metrics = model.evaluate(data, &examples)?;
+        let past: Vec<Option<f64>> = idx.iter().map(|&i| past[i]).collect();
+        let has_past = past.iter().any(Option::is_some);
+        let baselines = match (code, &examples.targets) {
+            (TargetCode::Ranking { items, .. }, Targets::Items(rel)) => {
+                let order = task::popularity(items.len(), &train.targets);
+                vec![task::Baseline {
+                    name: "most popular items",
+                    output: task::popular_output(&order, code.k(), rel),
+                }]
+            }
+            _ => task::baselines(
+                code,
+                &train.targets,
+                has_past.then_some(&past[..]),
+                idx.len(),
+            ),
+        };
+        for (b, baseline) in baselines.iter().enumerate() {
+            let m = task::evaluate(code, &baseline.output, &examples.targets);
+            if split == Split::Val {
+                candidates.push((baseline.name.to_string(), m, Metrics::new()));
+            } else if let Some(c) = candidates.get_mut(b) {
+                c.2 = m;
+            }
+        }
+        match split {
+            Split::Val => {
+                out.metrics.val = metrics;
+                out.examples.val = idx.len();
+            }
+            _ => {
+                out.metrics.test = metrics;
+                out.examples.test = idx.len();
+            }
+        }
+    }
+    let best = candidates.into_iter().reduce(|a, b| {
+        let (name, larger) = metrics::primary(&a.1);
+        let (x, y) = (a.1.get(name).copied(), b.1.get(name).copied());
+        let b_better = match (x, y) {
+            (Some(x), Some(y)) if y.is_finite() => {
+                !x.is_finite() || (larger && y > x) || (!larger && y < x)
+            }
+            _ => false,
+        };
+        if b_better { b } else { a }
+    });
+    if let Some((name, val, test)) = best {
+        out.baseline = BaselineMetrics { name, val, test };
+    }
+    Ok(out)
+}
+
+/// The model's output for the entities `plan` selects at `anchor` (rows of the entity
+/// table), in row order.
+pub fn predict(
+    model: &Model,
+    data: &Prepared,
+    db: &Database,
+    plan: &TaskPlan,
+    entities: &[usize],
+    anchor: i64,
+) -> Result<(Vec<usize>, Output), ModelError> {
+    let rows = label::select(plan, db, entities, &LocalFacts { db }, anchor)
+        .map_err(|e| ModelError::Mismatch(e.to_string()))?;
+    let seeds: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+    let anchors = vec![anchor; seeds.len()];
+    let output = model.infer(data, &seeds, &anchors, None)?;
+    Ok((rows, output))
+}

@@ -1,0 +1,579 @@
+//! Training and inference: [`Prepared`] data (the graph and encoded columns), the
+//! [`Model`] (network, parameters, and the manifest that saves it), [`train`] with
+//! minibatches sampled on a loader thread while the step runs, validation each epoch,
+//! early stopping and the best parameters kept, and [`Model::infer`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use relgraph_common::Database;
+use relgraph_kernels::{AdamConfig, Cpu, Loss, Params, Tape, Tensor};
+use relgraph_sampler::{GraphError, HeteroGraph, SampleConfig, SampleError, Seed};
+
+use super::batch::ModelBatch;
+use super::checkpoint::Manifest;
+use super::config::{ConfigError, RegressionLoss, TrainConfig};
+use super::features::{FeatureError, TableCode, TableFeatures};
+use super::metrics::{self, Metrics, Ranked};
+use super::net::{Head, Net};
+use super::task::{Output, TargetCode, Targets, TaskError, evaluate};
+
+/// The backend models train on.
+pub type Backend = Cpu<f32>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Sample(#[from] SampleError),
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("model {path}: {problem}")]
+    Checkpoint { path: String, problem: String },
+    #[error("the model does not fit this data: {0}")]
+    Mismatch(String),
+}
+
+/// A database ready for the model: its graph and every table's encoded columns.
+#[derive(Debug)]
+pub struct Prepared {
+    pub graph: HeteroGraph,
+    pub features: Vec<TableFeatures>,
+    pub endpoints: Vec<(usize, usize)>,
+}
+
+impl Prepared {
+    pub fn new(db: &Database, codes: &[TableCode]) -> Result<Self, ModelError> {
+        let graph = HeteroGraph::from_database(db)?;
+        let features = codes
+            .iter()
+            .map(|c| c.apply(db))
+            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = graph.edge_types.iter().map(|e| (e.src, e.dst)).collect();
+        Ok(Prepared {
+            graph,
+            features,
+            endpoints,
+        })
+    }
+}
+
+/// Examples of one split: entity rows, anchors, and (for evaluation) their targets.
+#[derive(Clone, Debug)]
+pub struct Examples {
+    pub rows: Vec<u32>,
+    pub anchors: Vec<i64>,
+    pub targets: Targets,
+}
+
+/// A trained (or loaded) model.
+#[derive(Debug)]
+pub struct Model {
+    pub manifest: Manifest,
+    pub net: Net,
+    pub params: Params<Backend>,
+    pub backend: Backend,
+    /// Ranking: the current item table row of each item embedding (`u32::MAX` if gone).
+    pub item_rows: Vec<u32>,
+}
+
+/// Where training is, for a progress bar.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f64,
+    pub seeds_per_second: f64,
+}
+
+/// One epoch's record.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub loss: f64,
+    pub val: Metrics,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainReport {
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub steps: u64,
+    pub train_seconds: f64,
+    pub seeds_per_second: f64,
+    pub interrupted: bool,
+    pub history: Vec<EpochLog>,
+}
+
+/// Runs `make(j)` for `j` in `0..jobs` on a loader thread, two jobs ahead, and hands
+/// each result to `consume` in order; `consume` returning `false` stops both.
+fn pipeline<T: Send>(
+    jobs: usize,
+    make: impl Fn(usize) -> Result<T, ModelError> + Sync,
+    mut consume: impl FnMut(usize, T) -> Result<bool, ModelError>,
+) -> Result<(), ModelError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel(2);
+        let make = &make;
+        scope.spawn(move || {
+            for j in 0..jobs {
+                if tx.send(make(j)).is_err() {
+                    break;
+                }
+            }
+        });
+        for (j, item) in rx.into_iter().enumerate() {
+            if !consume(j, item?)? {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A training batch: the forward pass's layout and what the loss compares against.
+struct Step {
+    batch: ModelBatch,
+    target: Vec<f32>,
+    cols: usize,
+    /// Ranking: candidate item embeddings and their table rows.
+    candidates: Option<(Vec<u32>, Vec<u32>)>,
+}
+
+/// What building a batch needs from a model (borrowed apart from its parameters, so
+/// the loader thread can build the next batch while the step updates them).
+struct Loader<'a> {
+    config: &'a TrainConfig,
+    target: &'a TargetCode,
+    item_rows: &'a [u32],
+    entity: usize,
+    items: Option<usize>,
+}
+
+impl<'a> Loader<'a> {
+    fn new(manifest: &'a Manifest, net: &Net, item_rows: &'a [u32]) -> Self {
+        Loader {
+            config: &manifest.config,
+            target: &manifest.target,
+            item_rows,
+            entity: net.entity_table,
+            items: match net.head {
+                Head::Ranking { table, .. } => Some(table),
+                Head::Linear { .. } => None,
+            },
+        }
+    }
+
+    fn batch(
+        &self,
+        data: &Prepared,
+        rows: &[u32],
+        anchors: &[i64],
+        seed: u64,
+    ) -> Result<ModelBatch, ModelError> {
+        let seeds: Vec<Seed> = rows
+            .iter()
+            .zip(anchors)
+            .map(|(&node, &anchor)| Seed {
+                table: self.entity,
+                node,
+                anchor,
+            })
+            .collect();
+        let config = SampleConfig {
+            fanouts: self.config.fanouts.clone(),
+            strategy: self.config.strategy()?,
+            seed,
+            ..SampleConfig::default()
+        };
+        Ok(ModelBatch::build(
+            &data.graph,
+            &data.features,
+            &seeds,
+            &config,
+            self.config.layers,
+            self.items,
+        )?)
+    }
+
+    fn step_inputs(
+        &self,
+        data: &Prepared,
+        train: &Examples,
+        idx: &[usize],
+        seed: u64,
+    ) -> Result<Step, ModelError> {
+        let rows: Vec<u32> = idx.iter().map(|&i| train.rows[i]).collect();
+        let anchors: Vec<i64> = idx.iter().map(|&i| train.anchors[i]).collect();
+        let batch = self.batch(data, &rows, &anchors, seed)?;
+        let code = self.target;
+        let (target, cols, candidates) = match &train.targets {
+            Targets::Binary(t) => (
+                idx.iter().map(|&i| f32::from(u8::from(t[i]))).collect(),
+                1,
+                None,
+            ),
+            Targets::Number(t) => {
+                let v: Vec<f64> = idx.iter().map(|&i| t[i]).collect();
+                (code.encode_numbers(&v), 1, None)
+            }
+            Targets::Series(t) => {
+                let v: Vec<f64> = idx.iter().flat_map(|&i| t[i].iter().copied()).collect();
+                (code.encode_numbers(&v), code.outputs(), None)
+            }
+            Targets::Class(t) => (
+                idx.iter().map(|&i| t[i].unwrap_or(0) as f32).collect(),
+                1,
+                None,
+            ),
+            Targets::Items(t) => {
+                let mut rng = Pcg64Mcg::seed_from_u64(seed);
+                let positives: Vec<u32> = idx
+                    .iter()
+                    .map(|&i| t[i][rng.random_range(0..t[i].len())])
+                    .collect();
+                let items = self.item_rows.len() as u32;
+                let mut candidates: Vec<u32> = if items as usize <= self.config.negatives {
+                    (0..items).collect()
+                } else {
+                    let mut c: Vec<u32> = (0..self.config.negatives)
+                        .map(|_| rng.random_range(0..items))
+                        .chain(positives.iter().copied())
+                        .collect();
+                    c.sort_unstable();
+                    c.dedup();
+                    c
+                };
+                candidates.retain(|&i| self.item_rows[i as usize] != u32::MAX);
+                let target = positives
+                    .iter()
+                    .map(|p| candidates.binary_search(p).unwrap_or(0) as f32)
+                    .collect();
+                let rows = candidates
+                    .iter()
+                    .map(|&i| self.item_rows[i as usize])
+                    .collect();
+                (target, 1, Some((candidates, rows)))
+            }
+        };
+        Ok(Step {
+            batch,
+            target,
+            cols,
+            candidates,
+        })
+    }
+}
+
+impl Model {
+    fn loader(&self) -> Loader<'_> {
+        Loader::new(&self.manifest, &self.net, &self.item_rows)
+    }
+
+    /// The model's output for the examples (`relevant`: each example's relevant items,
+    /// for the rank of the first one in a ranking).
+    pub fn infer(
+        &self,
+        data: &Prepared,
+        rows: &[u32],
+        anchors: &[i64],
+        relevant: Option<&[Vec<u32>]>,
+    ) -> Result<Output, ModelError> {
+        let code = &self.manifest.target;
+        let items = self.item_rows.len();
+        let size = match code {
+            // Keep a batch's score matrix near 16 M entries.
+            TargetCode::Ranking { .. } => (1 << 24) / items.max(1),
+            _ => self.manifest.config.batch_size,
+        }
+        .clamp(1, self.manifest.config.batch_size);
+        let chunks: Vec<(usize, usize)> = (0..rows.len())
+            .step_by(size)
+            .map(|lo| (lo, (lo + size).min(rows.len())))
+            .collect();
+        let seed = mix(self.manifest.config.seed, 0x5EED);
+        let mut raw: Vec<f32> = Vec::new();
+        let mut ranked = Vec::new();
+        let mut scores = Vec::new();
+        let all: Vec<u32> = (0..items as u32).collect();
+        let (live, live_rows): (Vec<u32>, Vec<u32>) = all
+            .iter()
+            .zip(&self.item_rows)
+            .filter(|(_, r)| **r != u32::MAX)
+            .map(|(&i, &r)| (i, r))
+            .unzip();
+        let loader = self.loader();
+        pipeline(
+            chunks.len(),
+            |j| {
+                let (lo, hi) = chunks[j];
+                loader.batch(data, &rows[lo..hi], &anchors[lo..hi], mix(seed, j as u64))
+            },
+            |j, batch| {
+                let mut tape = Tape::new(&self.backend, &self.params);
+                let (seeds, out) = self.net.seeds(&mut tape, &batch, &data.endpoints);
+                if items == 0 {
+                    let y = self.net.predict(&mut tape, seeds);
+                    raw.extend(tape.value(y).to_host(&self.backend));
+                    return Ok(true);
+                }
+                let s = self
+                    .net
+                    .score_items(&mut tape, (seeds, &out), &batch, &live, &live_rows);
+                let matrix = tape.value(s).to_host(&self.backend);
+                let (lo, hi) = chunks[j];
+                let k = code.k();
+                for (r, row) in matrix.chunks(live.len().max(1)).enumerate().take(hi - lo) {
+                    let rel = relevant.map(|rel| rel[lo + r].as_slice()).unwrap_or(&[]);
+                    let (list, top) = top_k(row, &live, k, rel);
+                    ranked.push(list);
+                    scores.push(top);
+                }
+                Ok(true)
+            },
+        )?;
+        Ok(match code {
+            TargetCode::Ranking { .. } => Output::Ranked(ranked, scores),
+            _ => code.decode(&raw, rows.len()),
+        })
+    }
+
+    /// The task's metrics on `examples`.
+    pub fn evaluate(&self, data: &Prepared, examples: &Examples) -> Result<Metrics, ModelError> {
+        let relevant = match &examples.targets {
+            Targets::Items(t) => Some(t.as_slice()),
+            _ => None,
+        };
+        let output = self.infer(data, &examples.rows, &examples.anchors, relevant)?;
+        Ok(evaluate(&self.manifest.target, &output, &examples.targets))
+    }
+
+    fn snapshot(&self) -> Vec<Vec<f32>> {
+        self.params
+            .values
+            .iter()
+            .map(|t| t.to_host(&self.backend))
+            .collect()
+    }
+
+    fn restore(&mut self, snapshot: &[Vec<f32>]) {
+        for (t, v) in self.params.values.iter_mut().zip(snapshot) {
+            *t = Tensor::from_host(&self.backend, t.rows, t.cols, v);
+        }
+    }
+}
+
+/// One optimiser step; returns the batch's loss.
+fn step(
+    (net, params, b): (&Net, &mut Params<Backend>, &Backend),
+    code: &TargetCode,
+    config: &TrainConfig,
+    data: &Prepared,
+    step: &Step,
+    adam: &AdamConfig,
+) -> f64 {
+    let (grads, value) = {
+        let mut tape = Tape::new(b, params);
+        let (seeds, out) = net.seeds(&mut tape, &step.batch, &data.endpoints);
+        let pred = match &step.candidates {
+            Some((c, rows)) => net.score_items(&mut tape, (seeds, &out), &step.batch, c, rows),
+            None => net.predict(&mut tape, seeds),
+        };
+        let n = step.target.len() / step.cols;
+        let target = tape.input(Tensor::from_host(b, n, step.cols, &step.target));
+        let loss = match code {
+            TargetCode::Binary => Loss::BceWithLogits,
+            TargetCode::Regression { .. } => match config.regression_loss {
+                RegressionLoss::L1 => Loss::L1,
+                RegressionLoss::Huber => Loss::Huber { delta: 1.0 },
+            },
+            TargetCode::Forecast { .. } => Loss::L1,
+            TargetCode::Multiclass { .. } | TargetCode::Ranking { .. } => Loss::SoftmaxCrossEntropy,
+        };
+        let l = tape.loss(loss, pred, target);
+        let value = f64::from(tape.value(l).to_host(b)[0]);
+        (tape.backward(l).grads, value)
+    };
+    params.step(b, grads, adam);
+    value
+}
+
+/// The top `k` of `scores` (over items `ids`) with their scores, and the rank of the best
+/// relevant item.
+fn top_k(scores: &[f32], ids: &[u32], k: usize, relevant: &[u32]) -> (Ranked, Vec<f64>) {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    let k = k.min(order.len());
+    let by_score = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    if k < order.len() {
+        order.select_nth_unstable_by(k, by_score);
+        order.truncate(k);
+    }
+    order.sort_by(by_score);
+    let best = ids
+        .iter()
+        .zip(scores)
+        .filter(|(i, _)| relevant.contains(i))
+        .map(|(_, &s)| s)
+        .fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
+    let first_relevant = best.map(|b| 1 + scores.iter().filter(|&&s| s > b).count());
+    (
+        Ranked {
+            top: order.iter().map(|&i| ids[i]).collect(),
+            first_relevant,
+        },
+        order.iter().map(|&i| f64::from(scores[i])).collect(),
+    )
+}
+
+/// A fresh model for `manifest` (its parameters initialised from the config's seed).
+pub fn init(manifest: Manifest, data: &Prepared, item_rows: Vec<u32>) -> Model {
+    let backend = Backend::new();
+    let mut params = Params::default();
+    let net = manifest.net(&backend, &mut params, data);
+    Model {
+        manifest,
+        net,
+        params,
+        backend,
+        item_rows,
+    }
+}
+
+/// Trains `model` on `train`, validating on `val` after each epoch; keeps the parameters
+/// of the best validation epoch. `stop` (set by Ctrl-C) ends training after the current
+/// step, with the best parameters so far.
+pub fn train(
+    model: &mut Model,
+    data: &Prepared,
+    train: &Examples,
+    val: &Examples,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainReport, ModelError> {
+    let config = model.manifest.config.clone();
+    let adam = AdamConfig {
+        lr: config.lr,
+        weight_decay: config.weight_decay,
+        ..AdamConfig::default()
+    };
+    // Ranking examples without a known item teach nothing.
+    let usable: Vec<usize> = (0..train.rows.len())
+        .filter(|&i| !matches!(&train.targets, Targets::Items(t) if t[i].is_empty()))
+        .collect();
+    if usable.is_empty() {
+        return Err(TaskError::NoTraining.into());
+    }
+    let started = Instant::now();
+    let mut report = TrainReport {
+        epochs: 0,
+        best_epoch: 0,
+        steps: 0,
+        train_seconds: 0.0,
+        seeds_per_second: 0.0,
+        interrupted: false,
+        history: Vec::new(),
+    };
+    let mut best: Option<(f64, Vec<Vec<f32>>)> = None;
+    let mut seeds_seen = 0usize;
+    let mut stepping = 0.0;
+    for epoch in 1..=config.epochs {
+        let epoch_started = Instant::now();
+        let mut order = usable.clone();
+        order.shuffle(&mut Pcg64Mcg::seed_from_u64(mix(config.seed, epoch as u64)));
+        let steps = order
+            .len()
+            .div_ceil(config.batch_size)
+            .min(config.max_steps_per_epoch);
+        let batches: Vec<&[usize]> = order.chunks(config.batch_size).take(steps).collect();
+        let (mut loss_sum, mut done) = (0.0, 0usize);
+        let seed = mix(config.seed, epoch as u64);
+        {
+            let Model {
+                manifest,
+                net,
+                params,
+                backend,
+                item_rows,
+            } = &mut *model;
+            let loader = Loader::new(manifest, net, item_rows);
+            pipeline(
+                batches.len(),
+                |j| loader.step_inputs(data, train, batches[j], mix(seed, j as u64)),
+                |j, inputs| {
+                    let t = Instant::now();
+                    let loss = step(
+                        (net, params, backend),
+                        &manifest.target,
+                        &config,
+                        data,
+                        &inputs,
+                        &adam,
+                    );
+                    stepping += t.elapsed().as_secs_f64();
+                    loss_sum += loss;
+                    done += 1;
+                    seeds_seen += batches[j].len();
+                    report.steps += 1;
+                    progress(&Progress {
+                        epoch,
+                        epochs: config.epochs,
+                        step: done,
+                        steps,
+                        loss: loss_sum / done as f64,
+                        seeds_per_second: seeds_seen as f64 / stepping.max(1e-9),
+                    });
+                    Ok(!stop.load(Ordering::Relaxed))
+                },
+            )?;
+        }
+        report.epochs = epoch;
+        if stop.load(Ordering::Relaxed) {
+            report.interrupted = true;
+            break;
+        }
+        let metrics = model.evaluate(data, val)?;
+        let (name, larger) = metrics::primary(&metrics);
+        let value = metrics.get(name).copied().unwrap_or(f64::NAN);
+        report.history.push(EpochLog {
+            epoch,
+            loss: loss_sum / done.max(1) as f64,
+            val: metrics,
+            seconds: epoch_started.elapsed().as_secs_f64(),
+        });
+        let better = match &best {
+            None => true,
+            Some((b, _)) => value.is_finite() && if larger { value > *b } else { value < *b },
+        };
+        if better {
+            best = Some((value, model.snapshot()));
+            report.best_epoch = epoch;
+        } else if epoch - report.best_epoch >= config.patience {
+            break;
+        }
+    }
+    if let Some((_, snapshot)) = &best {
+        model.restore(snapshot);
+    }
+    report.train_seconds = started.elapsed().as_secs_f64();
+    report.seeds_per_second = seeds_seen as f64 / stepping.max(1e-9);
+    Ok(report)
+}
