@@ -378,11 +378,7 @@ fn timestamps(
     Ok(values.iter().collect())
 }
 
-fn texts(
-    array: &ArrayRef,
-    table: &str,
-    column: &str,
-) -> Result<Vec<Option<String>>, FeatureError> {
+fn texts(array: &ArrayRef, table: &str, column: &str) -> Result<Vec<Option<String>>, FeatureError> {
     let cast = cast(array, &DataType::Utf8).map_err(|e| problem(table, column, e.to_string()))?;
     let values = cast
         .as_any()
