@@ -330,10 +330,7 @@ pub fn pick_cumulative(rng: &mut Pcg64Mcg, cumulative: &[f64]) -> usize {
 
 /// The RNG of stream `stream` for a seed: independent streams, stable across versions.
 pub fn stream_rng(seed: u64, stream: u64) -> Pcg64Mcg {
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    Pcg64Mcg::seed_from_u64(z ^ (z >> 31))
+    Pcg64Mcg::seed_from_u64(relgraph_common::hash::combine(seed, stream))
 }
 
 /// What a generation run wrote.

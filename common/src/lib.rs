@@ -16,6 +16,7 @@
 
 pub mod database;
 pub mod error;
+pub mod hash;
 pub mod infer;
 pub mod pql;
 pub mod schema;

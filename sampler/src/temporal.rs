@@ -11,6 +11,8 @@ use rustc_hash::FxHashMap;
 
 use crate::batch::SubgraphBatch;
 use crate::graph::STATIC;
+use relgraph_common::hash::mix;
+
 use crate::view::{GraphView, Neighbor, Request, Strategy};
 
 /// A seed: node `node` of table `table`, seen at time `anchor`.
@@ -54,12 +56,6 @@ fn relative(anchor: i64, time: i64) -> i64 {
     } else {
         anchor - time
     }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 fn draw_seed(base: u64, seed: u64, hop: usize, edge_type: usize, node: u32) -> u64 {

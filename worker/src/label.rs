@@ -166,10 +166,7 @@ impl Env for EntityEnv<'_> {
 
 /// Stable split of an entity for static targets: by key hash, 80/10/10.
 fn hash_split(key: &Value) -> Split {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key_text(key).bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = relgraph_common::hash::fnv1a(key_text(key).bytes(), relgraph_common::hash::FNV_BASIS);
     match h % 10 {
         0 => Split::Test,
         1 => Split::Val,

@@ -106,10 +106,7 @@ pub struct Manifest {
 }
 
 fn fnv(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = relgraph_common::hash::fnv1a(bytes.iter().copied(), relgraph_common::hash::FNV_BASIS);
     format!("{h:016x}")
 }
 

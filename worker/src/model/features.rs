@@ -22,6 +22,7 @@ use arrow::array::{Array, ArrayRef, Float64Array, StringArray, TimestampSecondAr
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use relgraph_common::Database;
+use relgraph_common::hash::{FNV_BASIS, fnv1a};
 use relgraph_common::schema::SType;
 use relgraph_common::time::{DAY, civil_from_days};
 use serde::{Deserialize, Serialize};
@@ -470,26 +471,18 @@ fn bag(strings: &[Option<String>], mut ids: impl FnMut(&str, &mut Vec<u32>)) -> 
     out
 }
 
-fn fnv(bytes: impl Iterator<Item = u8>, mut h: u64) -> u64 {
-    for b in bytes {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// Hashes of the lower-cased words of `s` and of each pair of adjacent words.
 fn tokens(s: &str, mut emit: impl FnMut(u64)) {
-    const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     let mut previous: Option<u64> = None;
     for word in s
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
     {
         let lower = word.to_lowercase();
-        let h = fnv(lower.bytes(), BASIS);
+        let h = fnv1a(lower.bytes(), FNV_BASIS);
         emit(h);
         if let Some(p) = previous {
-            emit(fnv(h.to_le_bytes().into_iter(), p ^ 0x9e37_79b9));
+            emit(fnv1a(h.to_le_bytes(), p ^ 0x9e37_79b9));
         }
         previous = Some(h);
     }

@@ -11,6 +11,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
+use relgraph_common::hash::combine;
 use relgraph_kernels::{AdamConfig, Cpu, Loss, Params, Tape, Tensor};
 use relgraph_sampler::{GraphError, HeteroGraph, SampleConfig, SampleError, Seed};
 
@@ -141,13 +142,6 @@ fn pipeline<T: Send>(
         }
         Ok(())
     })
-}
-
-fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// A training batch: the forward pass's layout and what the loss compares against.
@@ -310,7 +304,7 @@ impl Model {
             .step_by(size)
             .map(|lo| (lo, (lo + size).min(rows.len())))
             .collect();
-        let seed = mix(self.manifest.config.seed, 0x5EED);
+        let seed = combine(self.manifest.config.seed, 0x5EED);
         let mut raw: Vec<f32> = Vec::new();
         let mut ranked = Vec::new();
         let mut scores = Vec::new();
@@ -326,7 +320,12 @@ impl Model {
             chunks.len(),
             |j| {
                 let (lo, hi) = chunks[j];
-                loader.batch(data, &rows[lo..hi], &anchors[lo..hi], mix(seed, j as u64))
+                loader.batch(
+                    data,
+                    &rows[lo..hi],
+                    &anchors[lo..hi],
+                    combine(seed, j as u64),
+                )
             },
             |j, batch| {
                 let mut tape = Tape::new(&self.backend, &self.params);
@@ -498,14 +497,17 @@ pub fn train(
     for epoch in 1..=config.epochs {
         let epoch_started = Instant::now();
         let mut order = usable.clone();
-        order.shuffle(&mut Pcg64Mcg::seed_from_u64(mix(config.seed, epoch as u64)));
+        order.shuffle(&mut Pcg64Mcg::seed_from_u64(combine(
+            config.seed,
+            epoch as u64,
+        )));
         let steps = order
             .len()
             .div_ceil(config.batch_size)
             .min(config.max_steps_per_epoch);
         let batches: Vec<&[usize]> = order.chunks(config.batch_size).take(steps).collect();
         let (mut loss_sum, mut done) = (0.0, 0usize);
-        let seed = mix(config.seed, epoch as u64);
+        let seed = combine(config.seed, epoch as u64);
         {
             let Model {
                 manifest,
@@ -517,7 +519,7 @@ pub fn train(
             let loader = Loader::new(manifest, net, item_rows);
             pipeline(
                 batches.len(),
-                |j| loader.step_inputs(data, train, batches[j], mix(seed, j as u64)),
+                |j| loader.step_inputs(data, train, batches[j], combine(seed, j as u64)),
                 |j, inputs| {
                     let t = Instant::now();
                     let loss = step(
