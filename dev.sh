@@ -10,7 +10,8 @@ bash scripts/setup.sh
 case "${1:-}" in
   demo)
     shift
-    exec cargo run --quiet -- demo "$@"
+    # Release: the demo trains six models, twice as fast as in the dev build.
+    exec cargo run --release --quiet -- demo "$@"
     ;;
   test)
     cargo fmt --all -- --check

@@ -109,7 +109,7 @@ fn metric(report: &Value, which: &str, split: &str, name: &str) -> f64 {
 }
 
 #[test]
-fn regression_beats_the_mean_and_the_past_value() {
+fn regression_and_forecasts_beat_their_baselines() {
     let w = World::retail();
     let r = w.train(
         "PREDICT COUNT(ORDERS.*, 0, 30, days) FOR EACH CUSTOMERS.CUSTOMER_ID WHERE COUNT(ORDERS.*, -30, 0, days) > 0",
@@ -127,6 +127,20 @@ fn regression_beats_the_mean_and_the_past_value() {
     assert!(
         model <= 0.9 * baseline,
         "MAE {model} vs baseline {baseline}"
+    );
+    let f = w.train(
+        "PREDICT COUNT(ORDERS.*, 0, 30, days) FORECAST 3 TIMEFRAMES FOR EACH CUSTOMERS.CUSTOMER_ID",
+        &w.data(),
+        "forecast",
+    );
+    assert_eq!(f["task_type"], "forecasting");
+    let (model, baseline) = (
+        metric(&f, "model", "test", "mae"),
+        metric(&f, "baseline", "test", "mae"),
+    );
+    assert!(
+        model <= 0.9 * baseline,
+        "forecast MAE {model} vs baseline {baseline}"
     );
 }
 

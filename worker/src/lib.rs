@@ -1,7 +1,8 @@
 //! The worker (ARCHITECTURE.md §3, §5, §8). Built so far: the label engine ([`label`]),
 //! which turns a planned PQL task into its training table, one partition of entities at
-//! a time. The partition store, Flight data plane, model, trainer and scorer come with
-//! later issues.
+//! a time; and the model ([`model`]): column encoders, the relational GNN, its trainer,
+//! evaluation against baselines, checkpoints and prediction, on one machine. The
+//! partition store and the Flight data plane come with later issues.
 //!
 //! ```no_run
 //! use relgraph_common::{Database, pql};

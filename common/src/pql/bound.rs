@@ -222,7 +222,7 @@ impl TaskType {
             TaskType::Binary => "BCE",
             TaskType::Regression | TaskType::Forecast { .. } => "L1",
             TaskType::Multiclass => "cross-entropy",
-            TaskType::Ranking { .. } => "BPR",
+            TaskType::Ranking { .. } => "sampled softmax",
         }
     }
 
