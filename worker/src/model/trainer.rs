@@ -517,11 +517,12 @@ pub fn train(
                 item_rows,
             } = &mut *model;
             let loader = Loader::new(manifest, net, item_rows);
+            // Wall time, waits for the loader included.
+            let clock = Instant::now();
             pipeline(
                 batches.len(),
                 |j| loader.step_inputs(data, train, batches[j], combine(seed, j as u64)),
                 |j, inputs| {
-                    let t = Instant::now();
                     let loss = step(
                         (net, params, backend),
                         &manifest.target,
@@ -530,7 +531,6 @@ pub fn train(
                         &inputs,
                         &adam,
                     );
-                    stepping += t.elapsed().as_secs_f64();
                     loss_sum += loss;
                     done += 1;
                     seeds_seen += batches[j].len();
@@ -541,11 +541,13 @@ pub fn train(
                         step: done,
                         steps,
                         loss: loss_sum / done as f64,
-                        seeds_per_second: seeds_seen as f64 / stepping.max(1e-9),
+                        seeds_per_second: seeds_seen as f64
+                            / (stepping + clock.elapsed().as_secs_f64()).max(1e-9),
                     });
                     Ok(!stop.load(Ordering::Relaxed))
                 },
             )?;
+            stepping += clock.elapsed().as_secs_f64();
         }
         report.epochs = epoch;
         if stop.load(Ordering::Relaxed) {
