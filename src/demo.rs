@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use relgraph_common::Database;
 use relgraph_common::pql::PlanOptions;
-use relgraph_common::pql::plan::time_range;
 use relgraph_common::time::format_timestamp;
 use relgraph_worker::model::TrainConfig;
 
 use crate::generate::{self, Promotions, PromotionsSize, Retail, RetailSize, World};
 use crate::pql::plan_query;
-use crate::predict::{predictions, preview};
+use crate::predict::{last_timestamp, predictions, preview};
 use crate::train::{Trained, assessment_text, train_on};
 
 #[derive(Debug, clap::Args)]
@@ -154,7 +153,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             "  {} epochs, {:.1} s, {:.0} seeds/s",
             report.epochs, report.train_seconds, report.seeds_per_second
         );
-        let anchor = time_range(db, 0..db.tables.len()).map_or(0, |r| r.1);
+        let anchor = last_timestamp(db).unwrap_or(0);
         let asked = other_form.unwrap_or(query);
         let predict = plan_query(
             db,
@@ -164,7 +163,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 anchors: vec![anchor],
             },
         )?;
-        let batch = predictions(db, &predict, &model, &data, anchor)?;
+        let (_, batch) = predictions(db, &plan, &predict, &model, &data, anchor)?;
         println!(
             "$ relgraph predict \"{asked}\" --model {} --data {} --out predictions.parquet\n  at {}:",
             model_dir.display(),

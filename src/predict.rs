@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use relgraph_common::pql::{self, PlanOptions};
 use relgraph_common::time::format_timestamp;
 use relgraph_common::{Database, pql::plan::time_range};
-use relgraph_worker::model::{self, Output, TargetCode};
+use relgraph_worker::model::{self, Output, TargetCode, metrics};
 
 use crate::pql::{DataArgs, ensure_parent, entity_rows, plan_query};
 use crate::train::{load_model, set_threads};
@@ -35,8 +35,7 @@ pub fn run(
     let db = Database::load(&data.data, data.schema.as_deref())?;
     let (model, prepared, trained) = load_model(model_dir, &db)?;
     let anchor = match data.anchor.as_slice() {
-        [] => time_range(&db, 0..db.tables.len())
-            .map(|r| r.1)
+        [] => last_timestamp(&db)
             .ok_or_else(|| anyhow!("the data holds no timestamps: give --anchor"))?,
         [one] => relgraph_common::time::parse_timestamp(one).ok_or_else(|| {
             anyhow!("--anchor: `{one}` is not a timestamp (YYYY-MM-DD[ HH:MM:SS])")
@@ -51,17 +50,7 @@ pub fn run(
             anchors: vec![anchor],
         },
     )?;
-    let t = &plan.task;
-    if t.task != trained.task.task
-        || t.target != trained.task.target
-        || t.entity_table != trained.task.entity_table
-    {
-        bail!(
-            "this query asks something else than the model was trained for ({}); predict may change WHERE and FOR ... IN only",
-            model.manifest.query
-        );
-    }
-    let batch = predictions(&db, &plan, &model, &prepared, anchor)?;
+    let (entities, batch) = predictions(&db, &trained, &plan, &model, &prepared, anchor)?;
     ensure_parent(out)?;
     match format {
         Format::Parquet => {
@@ -75,7 +64,7 @@ pub fn run(
     }
     println!(
         "scored {} entities at {} -> {} ({} rows)",
-        batch.num_rows() / rows_per_entity(&model.manifest.target),
+        entities,
         format_timestamp(anchor),
         out.display(),
         batch.num_rows()
@@ -83,26 +72,33 @@ pub fn run(
     Ok(())
 }
 
-/// Rows each entity gets in the output.
-fn rows_per_entity(code: &TargetCode) -> usize {
-    match code {
-        TargetCode::Ranking { k, .. } => (*k).max(1),
-        TargetCode::Forecast { steps, .. } => (*steps).max(1),
-        _ => 1,
-    }
+/// The data's last timestamp: where predictions look from unless told otherwise.
+pub fn last_timestamp(db: &Database) -> Option<i64> {
+    time_range(db, 0..db.tables.len()).map(|r| r.1)
 }
 
-/// The predictions of `model` for the entities `plan` selects at `anchor`.
+/// The predictions of `model` (trained for `trained`) for the entities `plan` selects at
+/// `anchor`, and how many entities that is. `plan` may differ from `trained` in WHERE
+/// and `FOR ... IN` only.
 pub fn predictions(
     db: &Database,
+    trained: &pql::TaskPlan,
     plan: &pql::TaskPlan,
     model: &model::Model,
     prepared: &model::Prepared,
     anchor: i64,
-) -> Result<RecordBatch> {
+) -> Result<(usize, RecordBatch)> {
+    let (t, m) = (&plan.task, &trained.task);
+    if t.task != m.task || t.target != m.target || t.entity_table != m.entity_table {
+        bail!(
+            "this query asks something else than the model was trained for ({}); predict may change WHERE and FOR ... IN only",
+            model.manifest.query
+        );
+    }
     let entities = entity_rows(db, plan)?;
     let (rows, output) = model::predict(model, prepared, db, plan, &entities, anchor)?;
-    to_batch(db, plan, &rows, anchor, &output, &model.manifest.target)
+    let batch = to_batch(db, plan, &rows, anchor, &output, &model.manifest.target)?;
+    Ok((rows.len(), batch))
 }
 
 fn to_batch(
@@ -136,14 +132,7 @@ fn to_batch(
         }
         (Output::Classes(p), TargetCode::Multiclass { classes }) => {
             entity_of.extend(0..rows.len());
-            let best: Vec<usize> = p
-                .iter()
-                .map(|q| {
-                    (0..q.len())
-                        .max_by(|&a, &b| q[a].total_cmp(&q[b]).then(b.cmp(&a)))
-                        .unwrap_or(0)
-                })
-                .collect();
+            let best: Vec<usize> = p.iter().map(|q| metrics::argmax(q)).collect();
             let names = StringArray::from_iter_values(
                 best.iter()
                     .map(|&c| classes.get(c).map_or("", String::as_str)),

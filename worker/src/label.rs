@@ -321,18 +321,19 @@ pub fn select(
         .collect())
 }
 
-/// For each example of `labels`, its target computed on the past (windows shifted back
-/// so that the target window ends at the anchor): the baseline "the entity's past value of the same
-/// aggregation" (PQL.md §4), as a number (a condition gives 0 or 1). `None` where it is
-/// undefined, or where the target is not an aggregation over time.
+/// For each example (`rows[i]` of the entity table at `anchors[i]`), its target computed
+/// on the past (windows shifted back so that the target window ends at the anchor): the
+/// baseline "the entity's past value of the same aggregation" (PQL.md §4), as a number
+/// (a condition gives 0 or 1). `None` where it is undefined, or where the target is not
+/// an aggregation over time.
 pub fn past_values(
     plan: &TaskPlan,
     db: &Database,
-    labels: &Labels,
+    (rows, anchors): (&[usize], &[i64]),
     facts: &dyn FactSource,
 ) -> Result<Vec<Option<f64>>, LabelError> {
     let (Target::Expr(target), Some(window)) = (&plan.task.target, plan.window) else {
-        return Ok(vec![None; labels.len()]);
+        return Ok(vec![None; rows.len()]);
     };
     let mut shifted = plan.clone();
     let mut used = Vec::new();
@@ -342,19 +343,19 @@ pub fn past_values(
         w.start = w.start.map(|s| s - window.end);
         w.end -= window.end;
     }
-    let mut entities = labels.entities.clone();
+    let mut entities = rows.to_vec();
     entities.sort_unstable();
     entities.dedup();
     let aggs = link_all(&shifted.task.aggregates, &entities, facts)?;
-    Ok((0..labels.len())
+    Ok((0..rows.len())
         .into_par_iter()
         .map(|i| {
-            let row = labels.entities[i];
+            let row = rows[i];
             let env = EntityEnv {
                 db,
                 row,
                 position: entities.binary_search(&row).ok()?,
-                anchor: labels.anchors[i],
+                anchor: anchors[i],
                 plan: &shifted,
                 aggs: &aggs,
             };

@@ -178,8 +178,6 @@ pub fn assess(
 ) -> Result<Assessment, ModelError> {
     let code = &model.manifest.target;
     let targets = code.targets(&labels.labels)?;
-    let past = label::past_values(plan, db, labels, &LocalFacts { db })
-        .map_err(|e| ModelError::Mismatch(e.to_string()))?;
     let (train, _) = split_examples(labels, &targets, Split::Train);
     let mut out = Assessment {
         task_type: plan.task.task.name().to_string(),
@@ -198,7 +196,10 @@ pub fn assess(
     for split in [Split::Val, Split::Test] {
         let (examples, idx) = split_examples(labels, &targets, split);
         let metrics = model.evaluate(data, &examples)?;
-        let past: Vec<Option<f64>> = idx.iter().map(|&i| past[i]).collect();
+        // Past values of this split's examples only (training examples need none).
+        let rows: Vec<usize> = idx.iter().map(|&i| labels.entities[i]).collect();
+        let past = label::past_values(plan, db, (&rows, &examples.anchors), &LocalFacts { db })
+            .map_err(|e| ModelError::Mismatch(e.to_string()))?;
         let has_past = past.iter().any(Option::is_some);
         let baselines = match (code, &examples.targets) {
             (TargetCode::Ranking { items, .. }, Targets::Items(rel)) => {

@@ -141,19 +141,19 @@ pub fn regression(pred: &[f64], truth: &[f64]) -> Metrics {
     m
 }
 
+/// The predicted class of per-class probabilities: the most probable, the first on ties.
+pub fn argmax(probs: &[f64]) -> usize {
+    (0..probs.len())
+        .max_by(|&a, &b| probs[a].total_cmp(&probs[b]).then(b.cmp(&a)))
+        .unwrap_or(0)
+}
+
 /// Multiclass from per-class probabilities (`probs[i]` over `classes` classes); a
 /// true class of `None` is one never seen in training (never predicted right).
 pub fn multiclass(probs: &[Vec<f64>], truth: &[Option<usize>], classes: usize) -> Metrics {
     let mut m = Metrics::new();
     let n = truth.len().max(1) as f64;
-    let predicted: Vec<usize> = probs
-        .iter()
-        .map(|p| {
-            (0..p.len())
-                .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
-                .unwrap_or(0)
-        })
-        .collect();
+    let predicted: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
     let correct = predicted
         .iter()
         .zip(truth)
