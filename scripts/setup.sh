@@ -15,3 +15,12 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# RocksDB's Rust bindings are generated at build time and need libclang (no clang binary).
+if ! ldconfig -p 2>/dev/null | grep -q 'libclang-[0-9.]*\.so\|libclang\.so'; then
+  echo "setup: installing libclang (RocksDB's bindings need it)"
+  sudo_cmd=""
+  if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -q
+  $sudo_cmd apt-get install -y -q libclang1-14 libclang-common-14-dev
+fi

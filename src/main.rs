@@ -1,6 +1,7 @@
 //! `relgraph`: the one binary. Each subcommand group lives in its own file.
 
 mod bench;
+mod cluster;
 mod demo;
 mod generate;
 mod inspect;
@@ -68,9 +69,22 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         config: train::ConfigArgs,
+        #[command(flatten)]
+        cluster: cluster::SubmitArgs,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a coordinator (Raft metadata, scheduler, admin API).
+    Coordinator(cluster::CoordinatorArgs),
+    /// Run a worker that trains the jobs a coordinator assigns it.
+    Worker(cluster::WorkerArgs),
+    /// A coordinator and N workers in one process.
+    Local(cluster::LocalArgs),
+    /// Inspect and steer a running cluster.
+    Admin {
+        #[command(subcommand)]
+        command: cluster::AdminCommand,
     },
     /// Score a saved model again on the splits it was trained with.
     Evaluate {
@@ -144,8 +158,19 @@ fn main() -> ExitCode {
             data,
             out,
             config,
+            cluster,
             json,
-        } => train::run_train(&query, &data, &config, &out, json),
+        } => {
+            if cluster.coordinator.is_empty() {
+                train::run_train(&query, &data, &config, &out, json)
+            } else {
+                cluster::run_submit(&query, &data, &config, &out, &cluster, json)
+            }
+        }
+        Command::Coordinator(args) => cluster::run_coordinator(&args),
+        Command::Worker(args) => cluster::run_worker(&args),
+        Command::Local(args) => cluster::run_local(&args),
+        Command::Admin { command } => cluster::run_admin(&command),
         Command::Evaluate {
             model,
             data,

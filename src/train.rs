@@ -9,8 +9,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use relgraph_common::Database;
 use relgraph_common::pql::{PlanOptions, TaskPlan};
+use relgraph_worker::label::Labels;
 use relgraph_worker::model::metrics::Metrics;
-use relgraph_worker::model::{self, Assessment, Prepared, Progress, TrainConfig, TrainReport};
+use relgraph_worker::model::{
+    self, Assessment, Prepared, Progress, Session, TrainConfig, TrainReport,
+};
 use serde_json::json;
 
 use crate::pql::{DataArgs, label_all, plan_query, prepare};
@@ -164,13 +167,43 @@ pub fn train_on(
 ) -> Result<Trained> {
     let labels = label_all(db, plan)?;
     let mut bar = progress_bar(show_progress && std::io::stderr().is_terminal());
-    let (mut model, data, assessment, report) =
-        model::fit(db, query, plan, &labels, config, &STOP, &mut bar)?;
+    let session = Session {
+        stop: &STOP,
+        progress: &mut bar,
+        resume: None,
+        on_epoch: &mut |_| Ok(()),
+    };
+    fit_and_save(db, query, plan, &labels, config, out, session)
+}
+
+/// Saves a model with its assessment and training report in its manifest.
+pub fn save_trained(
+    model: &mut model::Model,
+    assessment: &Assessment,
+    report: &TrainReport,
+    out: &Path,
+) -> Result<()> {
     model.manifest.report = json!({
         "assessment": assessment,
         "training": report,
     });
-    model::save(&model, out)?;
+    Ok(model::save(model, out)?)
+}
+
+/// Fits a model on labelled data and saves it (with its assessment and training report)
+/// to `out`.
+pub fn fit_and_save(
+    db: &Database,
+    query: &str,
+    plan: &TaskPlan,
+    labels: &Labels,
+    config: &TrainConfig,
+    out: &Path,
+    session: Session<'_>,
+) -> Result<Trained> {
+    let (mut model, data, assessment, report) =
+        model::fit(db, query, plan, labels, config, session)?;
+    save_trained(&mut model, &assessment, &report, out)?;
     Ok(Trained {
         model,
         data,

@@ -1,5 +1,23 @@
-//! The coordinator (ARCHITECTURE.md §7): Raft metadata (raft-rs), membership, placement,
-//! the job scheduler and the admin gRPC API.
+//! The coordinator (ARCHITECTURE.md §7): Raft metadata (raft-rs) persisted in RocksDB,
+//! membership, worker leases, the job scheduler and the admin gRPC API.
 //!
-//! Not built yet: this crate is a member of the workspace so that the dependency
-//! direction (`coordinator` never depends on `worker`) is fixed from the start.
+//! - [`store`]: the Raft log, hard state and snapshots in RocksDB.
+//! - [`state`]: the replicated state machine (workers, tables, jobs, models).
+//! - [`core`]: one replica driven synchronously (`tick`, `step`, `propose`, `ready`).
+//! - [`node`]: a replica on its own thread; [`service`]: it on the network (Raft
+//!   transport and admin API over tonic, leases, scheduler); [`client`]: the admin API
+//!   with leader redirects; [`auth`]: bearer tokens.
+
+pub mod auth;
+pub mod client;
+pub mod core;
+pub mod metrics;
+pub mod node;
+pub mod service;
+pub mod state;
+pub mod store;
+
+/// A slog logger that drops raft-rs's log lines (relgraph logs through `tracing`).
+pub fn quiet_logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}

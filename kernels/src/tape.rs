@@ -48,6 +48,9 @@ pub struct Grads<B: Backend> {
     pub sparse: Vec<Option<(Index<B>, Tensor<B>)>>,
 }
 
+/// One parameter's Adam moments (first, second) on the host.
+pub type Moments<E> = (Vec<E>, Vec<E>);
+
 impl<B: Backend> Params<B> {
     pub fn add(&mut self, backend: &B, name: &str, value: Tensor<B>) -> ParamId {
         let zeros = || Tensor::zeros(backend, value.rows, value.cols);
@@ -64,6 +67,25 @@ impl<B: Backend> Params<B> {
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    /// The optimiser's state: steps taken and each parameter's Adam moments (host copies).
+    pub fn optimizer_state(&self, backend: &B) -> (u64, Vec<Moments<B::E>>) {
+        let moments = self
+            .moments
+            .iter()
+            .map(|(m, v)| (m.to_host(backend), v.to_host(backend)))
+            .collect();
+        (self.step, moments)
+    }
+
+    /// Restores what [`Params::optimizer_state`] returned (same parameters, same shapes).
+    pub fn set_optimizer_state(&mut self, backend: &B, step: u64, moments: &[Moments<B::E>]) {
+        self.step = step;
+        for ((m, v), (hm, hv)) in self.moments.iter_mut().zip(moments) {
+            *m = Tensor::from_host(backend, m.rows, m.cols, hm);
+            *v = Tensor::from_host(backend, v.rows, v.cols, hv);
+        }
     }
 
     /// One Adam(W) step over every parameter with a gradient; sparse gradients update

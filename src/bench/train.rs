@@ -13,6 +13,7 @@ use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
 use relgraph_common::pql::{PlanOptions, Split};
 use relgraph_common::time::{DAY, days_from_civil, format_timestamp};
+use relgraph_worker::model::Session;
 use relgraph_worker::model::{self, TrainConfig};
 use serde_json::json;
 
@@ -119,8 +120,19 @@ pub fn run(args: &TrainBenchArgs) -> Result<()> {
             marks.push((p.step, Instant::now()));
         }
     };
-    let (trained, data, _, report) =
-        model::fit(&db, query, &plan, &labels, &config, &stop, &mut record)?;
+    let (trained, data, _, report) = model::fit(
+        &db,
+        query,
+        &plan,
+        &labels,
+        &config,
+        Session {
+            stop: &stop,
+            progress: &mut record,
+            resume: None,
+            on_epoch: &mut |_| Ok(()),
+        },
+    )?;
     let (steps, seconds) = match marks.as_slice() {
         [(a, ta), (b, tb)] => (b - a, (*tb - *ta).as_secs_f64()),
         _ => (report.steps as usize, report.train_seconds),

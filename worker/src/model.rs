@@ -19,8 +19,8 @@ pub mod net;
 pub mod task;
 pub mod trainer;
 
-pub use checkpoint::{Manifest, load, read_manifest, save};
+pub use checkpoint::{Manifest, load, load_train_state, read_manifest, save, save_train_state};
 pub use config::TrainConfig;
 pub use fit::{Assessment, assess, fit, predict};
 pub use task::{Output, TargetCode};
-pub use trainer::{Model, ModelError, Prepared, Progress, TrainReport};
+pub use trainer::{Model, ModelError, Prepared, Progress, Session, TrainReport, TrainState};

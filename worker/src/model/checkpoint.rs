@@ -281,3 +281,77 @@ pub fn load(dir: &Path, data: &Prepared, item_rows: Vec<u32>) -> Result<Model, M
     }
     Ok(model)
 }
+
+const STATE_MAGIC: &[u8; 8] = b"RGSTATE1";
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    state: super::trainer::TrainState,
+    checksum: String,
+}
+
+/// Writes a training state (`train_state.json` + `train_state.bin`: for each parameter
+/// its current values, best values, and Adam moments, as f32 little-endian blocks).
+pub fn save_train_state(state: &super::trainer::TrainState, dir: &Path) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut bytes = STATE_MAGIC.to_vec();
+    let mut block = |v: &[f32]| {
+        bytes.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        for x in v {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+    };
+    for (i, p) in state.params.iter().enumerate() {
+        block(p);
+        block(state.best.get(i).map_or(&[][..], Vec::as_slice));
+        let (m, v) = &state.moments[i];
+        block(m);
+        block(v);
+    }
+    let file = StateFile {
+        state: state.clone(),
+        checksum: fnv(&bytes),
+    };
+    write_atomic(&dir.join("train_state.bin"), &bytes)?;
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| io(dir, e))?;
+    write_atomic(&dir.join("train_state.json"), &json)
+}
+
+/// Reads what [`save_train_state`] wrote, checking its checksum.
+pub fn load_train_state(dir: &Path) -> Result<super::trainer::TrainState, ModelError> {
+    let path = dir.join("train_state.json");
+    let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let file: StateFile = serde_json::from_slice(&text).map_err(|e| io(&path, e))?;
+    let path = dir.join("train_state.bin");
+    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    if fnv(&bytes) != file.checksum || bytes.get(..8) != Some(&STATE_MAGIC[..]) {
+        return Err(io(
+            &path,
+            "checksum mismatch: the file is damaged or from another run",
+        ));
+    }
+    let mut at = 8usize;
+    let mut state = file.state;
+    while at < bytes.len() {
+        let mut block = || f32_block(&bytes, &mut at).ok_or_else(|| io(&path, "ends early"));
+        let (params, best, m, v) = (block()?, block()?, block()?, block()?);
+        state.params.push(params);
+        if state.best_value.is_some() {
+            state.best.push(best);
+        }
+        state.moments.push((m, v));
+    }
+    Ok(state)
+}
+
+/// A length-prefixed block of f32 at `at`, moving `at` past it.
+fn f32_block(bytes: &[u8], at: &mut usize) -> Option<Vec<f32>> {
+    let n = u64::from_le_bytes(bytes.get(*at..*at + 8)?.try_into().ok()?) as usize;
+    let body = bytes.get(*at + 8..(*at + 8).checked_add(n.checked_mul(4)?)?)?;
+    *at += 8 + 4 * n;
+    Some(
+        body.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}

@@ -3,7 +3,6 @@
 //! ([`assess`]); and the entities and anchors a prediction scores ([`predict`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 
 use relgraph_common::Database;
 use relgraph_common::pql::bound::{Target, TaskType};
@@ -15,7 +14,7 @@ use super::config::TrainConfig;
 use super::features::{EncoderOptions, TableCode};
 use super::metrics::{self, Metrics};
 use super::task::{self, Output, TargetCode, Targets};
-use super::trainer::{self, Examples, Model, ModelError, Prepared, Progress, TrainReport};
+use super::trainer::{self, Examples, Model, ModelError, Prepared, Session, TrainReport};
 use crate::label::{self, Labels, LocalFacts, key_text, value_at};
 
 /// One split's metrics, the model's and the best baseline's.
@@ -104,8 +103,7 @@ pub fn fit(
     plan: &TaskPlan,
     labels: &Labels,
     config: &TrainConfig,
-    stop: &AtomicBool,
-    progress: &mut dyn FnMut(&Progress),
+    session: Session<'_>,
 ) -> Result<(Model, Prepared, Assessment, TrainReport), ModelError> {
     config.check()?;
     let options = EncoderOptions {
@@ -162,7 +160,7 @@ pub fn fit(
     let targets = model.manifest.target.targets(&labels.labels)?;
     let (train, _) = split_examples(labels, &targets, Split::Train);
     let (val, _) = split_examples(labels, &targets, Split::Val);
-    let report = trainer::train(&mut model, &data, &train, &val, stop, progress)?;
+    let report = trainer::train(&mut model, &data, &train, &val, session)?;
     let assessment = assess(&model, &data, db, plan, labels)?;
     Ok((model, data, assessment, report))
 }

@@ -99,7 +99,7 @@ pub struct Progress {
 }
 
 /// One epoch's record.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EpochLog {
     pub epoch: usize,
     pub loss: f64,
@@ -117,6 +117,30 @@ pub struct TrainReport {
     pub interrupted: bool,
     pub history: Vec<EpochLog>,
 }
+
+/// Where training stands after a finished epoch. Training continued from it goes on
+/// exactly as if it had not stopped: an epoch's batches depend only on the seed and the
+/// epoch number, and the optimiser's moments come along.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    pub epoch: usize,
+    pub steps: u64,
+    pub best_epoch: usize,
+    pub best_value: Option<f64>,
+    pub history: Vec<EpochLog>,
+    pub adam_steps: u64,
+    /// Current and best parameters and the Adam moments, in parameter order.
+    #[serde(skip)]
+    pub params: Vec<Vec<f32>>,
+    #[serde(skip)]
+    pub best: Vec<Vec<f32>>,
+    #[serde(skip)]
+    pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Called after every epoch with the state to resume from (to checkpoint it); an error
+/// stops training.
+pub type OnEpoch<'a> = &'a mut dyn FnMut(&TrainState) -> Result<(), ModelError>;
 
 /// Runs `make(j)` for `j` in `0..jobs` on a loader thread, two jobs ahead, and hands
 /// each result to `consume` in order; `consume` returning `false` stops both.
@@ -457,17 +481,40 @@ pub fn init(manifest: Manifest, data: &Prepared, item_rows: Vec<u32>) -> Model {
     }
 }
 
+/// How a training run starts and what it reports.
+pub struct Session<'a> {
+    /// Ends training after the current step, with the best parameters so far (Ctrl-C,
+    /// a cancelled job).
+    pub stop: &'a AtomicBool,
+    pub progress: &'a mut dyn FnMut(&Progress),
+    /// Continue from this state instead of from scratch.
+    pub resume: Option<TrainState>,
+    pub on_epoch: OnEpoch<'a>,
+}
+
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("resume", &self.resume.as_ref().map(|r| r.epoch))
+            .finish()
+    }
+}
+
 /// Trains `model` on `train`, validating on `val` after each epoch; keeps the parameters
-/// of the best validation epoch. `stop` (set by Ctrl-C) ends training after the current
-/// step, with the best parameters so far.
+/// of the best validation epoch.
 pub fn train(
     model: &mut Model,
     data: &Prepared,
     train: &Examples,
     val: &Examples,
-    stop: &AtomicBool,
-    progress: &mut dyn FnMut(&Progress),
+    session: Session<'_>,
 ) -> Result<TrainReport, ModelError> {
+    let Session {
+        stop,
+        progress,
+        resume,
+        on_epoch,
+    } = session;
     let config = model.manifest.config.clone();
     let adam = AdamConfig {
         lr: config.lr,
@@ -492,9 +539,32 @@ pub fn train(
         history: Vec::new(),
     };
     let mut best: Option<(f64, Vec<Vec<f32>>)> = None;
+    let mut first_epoch = 1;
+    if let Some(r) = resume {
+        if r.params.len() != model.params.values.len() || r.moments.len() != r.params.len() {
+            return Err(ModelError::Mismatch(format!(
+                "the training state holds {} parameters; the model has {}",
+                r.params.len(),
+                model.params.values.len()
+            )));
+        }
+        model.restore(&r.params);
+        model
+            .params
+            .set_optimizer_state(&model.backend, r.adam_steps, &r.moments);
+        best = r.best_value.map(|v| (v, r.best));
+        report.best_epoch = r.best_epoch;
+        report.epochs = r.epoch;
+        report.steps = r.steps;
+        report.history = r.history;
+        first_epoch = r.epoch + 1;
+        if report.epochs > 0 && report.epochs - report.best_epoch >= config.patience {
+            first_epoch = usize::MAX;
+        }
+    }
     let mut seeds_seen = 0usize;
     let mut stepping = 0.0;
-    for epoch in 1..=config.epochs {
+    for epoch in first_epoch..=config.epochs {
         let epoch_started = Instant::now();
         let mut order = usable.clone();
         order.shuffle(&mut Pcg64Mcg::seed_from_u64(combine(
@@ -570,7 +640,20 @@ pub fn train(
         if better {
             best = Some((value, model.snapshot()));
             report.best_epoch = epoch;
-        } else if epoch - report.best_epoch >= config.patience {
+        }
+        let (adam_steps, moments) = model.params.optimizer_state(&model.backend);
+        on_epoch(&TrainState {
+            epoch,
+            steps: report.steps,
+            best_epoch: report.best_epoch,
+            best_value: best.as_ref().map(|b| b.0),
+            history: report.history.clone(),
+            adam_steps,
+            params: model.snapshot(),
+            best: best.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
+            moments,
+        })?;
+        if epoch - report.best_epoch >= config.patience {
             break;
         }
     }

@@ -1,0 +1,259 @@
+//! The replicated state machine: every coordinator applies the same committed commands in
+//! the same order to its [`ClusterState`]. `apply` is a pure function of the state and
+//! the command (times come inside the command), so replicas cannot diverge; the network
+//! harness in the tests checks it.
+
+use relgraph_proto::cluster::{ClusterState, Job, JobState, Model, TableInfo, Worker, command::Op};
+
+pub use relgraph_proto::cluster::Command;
+
+/// What a command did, handed back to whoever proposed it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    Worker(Worker),
+    Job(Job),
+    Done,
+}
+
+/// Why a command changed nothing (the state is as before).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    #[error("job {0} does not exist")]
+    NoJob(u64),
+    #[error("worker {0} is not registered")]
+    NoWorker(u64),
+    #[error("job {job} is {state}; it cannot change any more")]
+    Finished { job: u64, state: &'static str },
+    #[error(
+        "job {job}: the report is from attempt {attempt} on worker {worker}, but the job now \
+         runs as attempt {current} on worker {current_worker}"
+    )]
+    Stale {
+        job: u64,
+        worker: u64,
+        attempt: u32,
+        current: u32,
+        current_worker: u64,
+    },
+    #[error("worker {0} is not alive")]
+    DeadWorker(u64),
+    #[error("the command is empty")]
+    Empty,
+}
+
+/// The name operators see for a job state.
+pub fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Unspecified => "unspecified",
+        JobState::Pending => "pending",
+        JobState::Ingest => "ingest",
+        JobState::Label => "label",
+        JobState::Train => "train",
+        JobState::Ready => "ready",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+pub fn is_finished(s: JobState) -> bool {
+    matches!(s, JobState::Ready | JobState::Failed | JobState::Cancelled)
+}
+
+fn job_mut(state: &mut ClusterState, id: u64) -> Result<&mut Job, Rejected> {
+    let job = state.jobs.get_mut(&id).ok_or(Rejected::NoJob(id))?;
+    if is_finished(job.state()) {
+        return Err(Rejected::Finished {
+            job: id,
+            state: state_name(job.state()),
+        });
+    }
+    Ok(job)
+}
+
+pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejected> {
+    let now = cmd.now_ms;
+    match cmd.op.as_ref().ok_or(Rejected::Empty)? {
+        Op::Noop(_) => Ok(Applied::Done),
+        Op::RegisterWorker(r) => {
+            state.next_worker += 1;
+            let w = Worker {
+                id: state.next_worker,
+                addr: r.addr.clone(),
+                capacity: r.capacity,
+                alive: true,
+                registered_ms: now,
+                lost_ms: 0,
+            };
+            state.workers.insert(w.id, w.clone());
+            Ok(Applied::Worker(w))
+        }
+        Op::WorkerLost(l) => {
+            let w = state
+                .workers
+                .get_mut(&l.worker)
+                .ok_or(Rejected::NoWorker(l.worker))?;
+            w.alive = false;
+            w.lost_ms = now;
+            let w = w.clone();
+            // Its jobs go back to the scheduler; the next attempt resumes from the last
+            // checkpoint.
+            for job in state.jobs.values_mut() {
+                if job.worker == l.worker && !is_finished(job.state()) {
+                    job.worker = 0;
+                    job.updated_ms = now;
+                }
+            }
+            Ok(Applied::Worker(w))
+        }
+        Op::SubmitJob(s) => {
+            if !s.request_id.is_empty()
+                && let Some(job) = state.jobs.values().find(|j| j.request_id == s.request_id)
+            {
+                return Ok(Applied::Job(job.clone()));
+            }
+            state.next_job += 1;
+            let job = Job {
+                id: state.next_job,
+                query: s.query.clone(),
+                data_dir: s.data_dir.clone(),
+                config_toml: s.config_toml.clone(),
+                output_dir: s.output_dir.clone(),
+                request_id: s.request_id.clone(),
+                state: JobState::Pending.into(),
+                submitted_ms: now,
+                updated_ms: now,
+                ..Job::default()
+            };
+            state.jobs.insert(job.id, job.clone());
+            Ok(Applied::Job(job))
+        }
+        Op::AssignJob(a) => {
+            match state.workers.get(&a.worker) {
+                Some(w) if w.alive => {}
+                Some(_) => return Err(Rejected::DeadWorker(a.worker)),
+                None => return Err(Rejected::NoWorker(a.worker)),
+            }
+            let job = job_mut(state, a.job)?;
+            job.worker = a.worker;
+            job.attempt += 1;
+            job.updated_ms = now;
+            Ok(Applied::Job(job.clone()))
+        }
+        Op::CancelJob(c) => {
+            let job = job_mut(state, c.job)?;
+            job.set_state(JobState::Cancelled);
+            job.worker = 0;
+            job.updated_ms = now;
+            Ok(Applied::Job(job.clone()))
+        }
+        Op::JobProgress(p) => {
+            let job = job_mut(state, p.job)?;
+            if job.worker != p.worker || job.attempt != p.attempt {
+                return Err(Rejected::Stale {
+                    job: p.job,
+                    worker: p.worker,
+                    attempt: p.attempt,
+                    current: job.attempt,
+                    current_worker: job.worker,
+                });
+            }
+            job.set_state(p.state());
+            job.epoch = p.epoch;
+            job.step = p.step;
+            if !p.checkpoint.is_empty() {
+                job.checkpoint = p.checkpoint.clone();
+                job.checkpoint_step = p.checkpoint_step;
+            }
+            job.error = p.error.clone();
+            job.updated_ms = now;
+            if is_finished(p.state()) {
+                job.worker = 0;
+            }
+            let mut job = job.clone();
+            if p.state() == JobState::Ready {
+                state.next_model += 1;
+                let model = Model {
+                    id: state.next_model,
+                    job: job.id,
+                    query: job.query.clone(),
+                    path: p.model_path.clone(),
+                    metrics_json: p.metrics_json.clone(),
+                    created_ms: now,
+                };
+                job.model = model.id;
+                state.models.insert(model.id, model);
+                state.jobs.insert(job.id, job.clone());
+            }
+            for t in &p.tables {
+                state.tables.insert(
+                    t.name.clone(),
+                    TableInfo {
+                        job: job.id,
+                        ..t.clone()
+                    },
+                );
+            }
+            Ok(Applied::Job(job))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relgraph_proto::cluster::{AssignJob, JobProgress, RegisterWorker, SubmitJob, WorkerLost};
+
+    fn cmd(op: Op) -> Command {
+        Command {
+            now_ms: 7,
+            op: Some(op),
+        }
+    }
+
+    #[test]
+    fn a_lost_worker_hands_its_job_to_a_new_attempt_and_old_reports_are_refused() {
+        let mut s = ClusterState::default();
+        for addr in ["a", "b"] {
+            apply(
+                &mut s,
+                &cmd(Op::RegisterWorker(RegisterWorker {
+                    addr: addr.into(),
+                    capacity: 1,
+                })),
+            )
+            .expect("applies");
+        }
+        apply(&mut s, &cmd(Op::SubmitJob(SubmitJob::default()))).expect("applies");
+        apply(&mut s, &cmd(Op::AssignJob(AssignJob { job: 1, worker: 1 }))).expect("applies");
+        let report = |worker, attempt, step| {
+            cmd(Op::JobProgress(JobProgress {
+                job: 1,
+                worker,
+                attempt,
+                state: JobState::Train.into(),
+                step,
+                checkpoint: format!("ck{step}"),
+                checkpoint_step: step,
+                ..JobProgress::default()
+            }))
+        };
+        apply(&mut s, &report(1, 1, 10)).expect("applies");
+        apply(&mut s, &cmd(Op::WorkerLost(WorkerLost { worker: 1 }))).expect("applies");
+        assert_eq!(s.jobs[&1].worker, 0);
+        assert_eq!(
+            apply(&mut s, &cmd(Op::AssignJob(AssignJob { job: 1, worker: 1 }))),
+            Err(Rejected::DeadWorker(1))
+        );
+        apply(&mut s, &cmd(Op::AssignJob(AssignJob { job: 1, worker: 2 }))).expect("applies");
+        let job = &s.jobs[&1];
+        assert_eq!((job.worker, job.attempt, job.checkpoint_step), (2, 2, 10));
+        let before = s.clone();
+        assert!(matches!(
+            apply(&mut s, &report(1, 1, 20)),
+            Err(Rejected::Stale { .. })
+        ));
+        assert_eq!(s, before);
+        apply(&mut s, &report(2, 2, 20)).expect("applies");
+        assert_eq!(s.jobs[&1].checkpoint, "ck20");
+    }
+}

@@ -1,0 +1,141 @@
+//! `relgraph train ... --coordinator ADDR`: submits a training job to a running cluster
+//! and follows it to its end. Ctrl-C stops following, not the job.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use relgraph_coordinator::client::AdminClient;
+use relgraph_coordinator::state::{is_finished, state_name};
+use relgraph_proto::cluster::{JobRequest, JobState, SubmitJob};
+use serde_json::{Value, json};
+
+use super::admin::job_json;
+use crate::pql::DataArgs;
+use crate::train::{ConfigArgs, STOP};
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Submit to this cluster (any coordinator; repeatable) instead of training here.
+    #[arg(long)]
+    pub coordinator: Vec<String>,
+    #[arg(long, env = "RELGRAPH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+pub fn run(
+    query: &str,
+    data: &DataArgs,
+    config: &ConfigArgs,
+    out: &Path,
+    submit: &SubmitArgs,
+    json: bool,
+) -> Result<()> {
+    if data.schema.is_some() || data.step.is_some() || !data.anchor.is_empty() {
+        bail!(
+            "--schema, --step and --anchor are not supported with --coordinator yet; a cluster \
+             job reads DATA/schema.toml and uses the query's default anchors"
+        );
+    }
+    if config.threads.is_some() {
+        bail!("--threads is a worker setting in a cluster (worker config `threads`)");
+    }
+    let toml = toml::to_string(&config.config()?).context("cannot encode the training config")?;
+    let data_dir = std::fs::canonicalize(&data.data)
+        .with_context(|| format!("data directory {}", data.data.display()))?;
+    let out = std::path::absolute(out)?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let request = SubmitJob {
+        request_id: format!("{}-{nanos}", std::process::id()),
+        query: query.to_string(),
+        data_dir: data_dir.display().to_string(),
+        config_toml: toml,
+        output_dir: out.display().to_string(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = AdminClient::new(submit.coordinator.clone(), submit.token.clone());
+        let fail = |s: tonic::Status| anyhow!("{}", s.message());
+        // A retried submission carries the same request id, so it cannot run twice.
+        let job = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.submit(r).await }
+            })
+            .await
+            .map_err(fail)?;
+        let id = job.id;
+        if !json {
+            eprintln!("submitted job {id}");
+        }
+        let mut last = String::new();
+        let job = loop {
+            if STOP.load(Ordering::Relaxed) {
+                eprintln!("stopped following; job {id} goes on (relgraph admin jobs)");
+                return Ok(());
+            }
+            let job = client
+                .call(|mut c| async move { c.get_job(JobRequest { job: id }).await })
+                .await
+                .map_err(fail)?;
+            let line = format!(
+                "job {id}: {} (worker {}, attempt {}, epoch {}, step {})",
+                state_name(job.state()),
+                job.worker,
+                job.attempt,
+                job.epoch,
+                job.step
+            );
+            if line != last && !json {
+                eprintln!("{line}");
+                last = line;
+            }
+            if is_finished(job.state()) {
+                break job;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        match job.state() {
+            JobState::Ready => {
+                let models = client
+                    .call(|mut c| async move {
+                        c.models(relgraph_proto::cluster::ListRequest { current: true })
+                            .await
+                    })
+                    .await
+                    .map_err(fail)?;
+                let metrics = models
+                    .models
+                    .iter()
+                    .find(|m| m.id == job.model)
+                    .and_then(|m| serde_json::from_str::<Value>(&m.metrics_json).ok())
+                    .unwrap_or(Value::Null);
+                if json {
+                    println!("{}", json!({"job": job_json(&job), "report": metrics}));
+                } else {
+                    println!(
+                        "job {id} ready: model {} saved to {}",
+                        job.model, job.output_dir
+                    );
+                    for split in ["val", "test"] {
+                        if let Some(m) = metrics["metrics"][split].as_object() {
+                            let parts: Vec<String> = m
+                                .iter()
+                                .map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or(f64::NAN)))
+                                .collect();
+                            println!("  {split}: {}", parts.join(", "));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            JobState::Cancelled => bail!("job {id} was cancelled"),
+            _ => bail!("job {id} failed: {}", job.error),
+        }
+    })
+}

@@ -1,0 +1,330 @@
+//! A worker node: registers with the coordinators, heartbeats to the leader, runs the
+//! jobs the leader assigns to it (on their own threads), and reports their progress and
+//! checkpoints. A job it no longer holds (cancelled, or reassigned after this worker was
+//! declared lost) is stopped; a reassigned job resumes from its last checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use relgraph_coordinator::client::AdminClient;
+use relgraph_proto::cluster::{
+    HeartbeatRequest, Job, JobProgress, JobState, RegisterWorker, TableInfo,
+};
+use relgraph_worker::model::{self, Progress, Session, TrainConfig, TrainState};
+use tokio::sync::mpsc;
+use tonic::Code;
+
+use crate::pql::{DataArgs, label_all, prepare};
+use crate::train::{report_json, save_trained};
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Coordinator addresses (any of them; calls follow the leader).
+    #[serde(default)]
+    pub coordinators: Vec<String>,
+    /// Threads for sampling and kernels (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Where `/metrics` is served (its address is the one the worker registers).
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:0".into()
+}
+
+fn default_heartbeat_ms() -> u64 {
+    500
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            coordinators: Vec::new(),
+            threads: None,
+            token: None,
+            metrics_listen: default_metrics_listen(),
+            heartbeat_ms: default_heartbeat_ms(),
+        }
+    }
+}
+
+struct Running {
+    attempt: u32,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+pub struct Worker {
+    config: WorkerConfig,
+    addr: String,
+}
+
+impl Worker {
+    pub fn new(config: WorkerConfig, addr: String) -> Self {
+        Worker { config, addr }
+    }
+
+    pub async fn run(self) -> Result<()> {
+        let mut client =
+            AdminClient::new(self.config.coordinators.clone(), self.config.token.clone());
+        let (tx, mut reports) = mpsc::unbounded_channel::<JobProgress>();
+        let mut running: HashMap<u64, Running> = HashMap::new();
+        let mut id: Option<u64> = None;
+        let mut beat = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    running.retain(|_, r| !r.thread.is_finished());
+                    let worker = match id {
+                        Some(w) => w,
+                        None => {
+                            let req = RegisterWorker {
+                                addr: self.addr.clone(),
+                                capacity: rayon::current_num_threads() as u32,
+                            };
+                            let w = client
+                                .call(|mut c| { let req = req.clone(); async move { c.register(req).await } })
+                                .await;
+                            match w {
+                                Ok(w) => {
+                                    println!("worker registered as {}", w.id);
+                                    id = Some(w.id);
+                                    w.id
+                                }
+                                Err(e) => {
+                                    tracing::warn!("cannot register: {}", e.message());
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    let reply = client
+                        .call(|mut c| async move { c.heartbeat(HeartbeatRequest { worker }).await })
+                        .await;
+                    match reply {
+                        Ok(reply) => reconcile(&mut running, worker, reply.jobs, &tx),
+                        Err(s) if s.code() == Code::NotFound => {
+                            tracing::warn!("{}; stopping my jobs", s.message());
+                            for r in running.values() {
+                                r.stop.store(true, Ordering::Relaxed);
+                            }
+                            id = None;
+                        }
+                        Err(s) => tracing::warn!("heartbeat: {}", s.message()),
+                    }
+                }
+                Some(p) = reports.recv() => {
+                    let (job, terminal) = (p.job, state_is_terminal(p.state()));
+                    loop {
+                        let r = client.call(|mut c| { let p = p.clone(); async move { c.report(p).await } }).await;
+                        match r {
+                            Ok(_) => break,
+                            Err(s) if matches!(s.code(), Code::Aborted | Code::NotFound) => {
+                                // Not ours any more: cancelled or moved elsewhere.
+                                tracing::warn!(job, "{}", s.message());
+                                if let Some(r) = running.get(&job) {
+                                    r.stop.store(true, Ordering::Relaxed);
+                                }
+                                break;
+                            }
+                            Err(s) if terminal => {
+                                tracing::warn!(job, "final report not delivered yet: {}", s.message());
+                            }
+                            Err(s) => {
+                                tracing::warn!(job, "progress report lost: {}", s.message());
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn state_is_terminal(s: JobState) -> bool {
+    matches!(s, JobState::Ready | JobState::Failed)
+}
+
+/// Starts the jobs the leader gave this worker and stops the ones it took away.
+fn reconcile(
+    running: &mut HashMap<u64, Running>,
+    worker: u64,
+    jobs: Vec<Job>,
+    tx: &mpsc::UnboundedSender<JobProgress>,
+) {
+    let held: HashMap<u64, u32> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
+    for (job, r) in running.iter() {
+        if held.get(job) != Some(&r.attempt) {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    for job in jobs {
+        if running
+            .get(&job.id)
+            .is_some_and(|r| r.attempt == job.attempt)
+        {
+            continue;
+        }
+        if let Some(old) = running.get(&job.id)
+            && !old.thread.is_finished()
+        {
+            // The old attempt is still winding down; start the new one next beat.
+            continue;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (attempt, id) = (job.attempt, job.id);
+        let (stop2, tx) = (stop.clone(), tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("job-{id}"))
+            .spawn(move || run_job(&job, worker, &stop2, &tx));
+        match thread {
+            Ok(thread) => {
+                running.insert(
+                    id,
+                    Running {
+                        attempt,
+                        stop,
+                        thread,
+                    },
+                );
+            }
+            Err(e) => tracing::error!(job = id, "cannot start a job thread: {e}"),
+        }
+    }
+}
+
+/// Runs one attempt of a training job to its end, reporting as it goes.
+fn run_job(job: &Job, worker: u64, stop: &AtomicBool, tx: &mpsc::UnboundedSender<JobProgress>) {
+    let report = |p: JobProgress| {
+        let _ = tx.send(JobProgress {
+            job: job.id,
+            worker,
+            attempt: job.attempt,
+            ..p
+        });
+    };
+    match train_job(job, stop, &report) {
+        Ok(Some((model_path, metrics_json))) => report(JobProgress {
+            state: JobState::Ready.into(),
+            model_path,
+            metrics_json,
+            ..JobProgress::default()
+        }),
+        Ok(None) => {}
+        Err(e) => report(JobProgress {
+            state: JobState::Failed.into(),
+            error: format!("{e:#}"),
+            ..JobProgress::default()
+        }),
+    }
+}
+
+fn train_job(
+    job: &Job,
+    stop: &AtomicBool,
+    report: &dyn Fn(JobProgress),
+) -> Result<Option<(String, String)>> {
+    let stage = |state: JobState, epoch: u32, step: u64| JobProgress {
+        state: state.into(),
+        epoch,
+        step,
+        ..JobProgress::default()
+    };
+    report(stage(JobState::Ingest, 0, 0));
+    let data = DataArgs {
+        data: PathBuf::from(&job.data_dir),
+        schema: None,
+        step: None,
+        anchor: Vec::new(),
+    };
+    let (db, plan) = prepare(&job.query, &data)?;
+    let tables = db
+        .tables
+        .iter()
+        .map(|t| TableInfo {
+            name: t.name().to_string(),
+            rows: t.num_rows() as u64,
+            columns: t.schema.columns.len() as u32,
+            primary_key: t.schema.primary_key.clone().unwrap_or_default(),
+            time_column: t.schema.time_column.clone().unwrap_or_default(),
+            foreign_keys: t
+                .schema
+                .foreign_keys
+                .iter()
+                .map(|f| format!("{} -> {}", f.column, f.references))
+                .collect(),
+            job: job.id,
+        })
+        .collect();
+    report(JobProgress {
+        tables,
+        ..stage(JobState::Label, 0, 0)
+    });
+    let labels = label_all(&db, &plan)?;
+    let config = TrainConfig::from_toml(&job.config_toml).context("the job's training config")?;
+    let out = PathBuf::from(&job.output_dir);
+    let resume: Option<TrainState> = if job.checkpoint.is_empty() {
+        None
+    } else {
+        Some(model::load_train_state(Path::new(&job.checkpoint))?)
+    };
+    let start = resume
+        .as_ref()
+        .map_or((0, 0), |r| (r.epoch as u32, r.steps));
+    if resume.is_some() {
+        println!(
+            "job {} attempt {}: resuming from {} (epoch {})",
+            job.id, job.attempt, job.checkpoint, start.0
+        );
+    }
+    report(stage(JobState::Train, start.0, start.1));
+    let mut last = Instant::now();
+    let mut progress = |p: &Progress| {
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            report(stage(
+                JobState::Train,
+                p.epoch as u32,
+                start.1 + p.step as u64,
+            ));
+        }
+    };
+    let mut on_epoch = |s: &TrainState| {
+        let dir = out.join("checkpoints").join(format!("epoch-{}", s.epoch));
+        model::save_train_state(s, &dir)?;
+        report(JobProgress {
+            checkpoint: dir.display().to_string(),
+            checkpoint_step: s.steps,
+            ..stage(JobState::Train, s.epoch as u32, s.steps)
+        });
+        Ok(())
+    };
+    let session = Session {
+        stop,
+        progress: &mut progress,
+        resume,
+        on_epoch: &mut on_epoch,
+    };
+    let (mut model, _, assessment, trained) =
+        model::fit(&db, &job.query, &plan, &labels, &config, session)?;
+    if stop.load(Ordering::Relaxed) {
+        // Stopped: this attempt no longer owns the job; write nothing.
+        return Ok(None);
+    }
+    save_trained(&mut model, &assessment, &trained, &out)?;
+    let metrics = report_json(&assessment, &trained);
+    Ok(Some((out.display().to_string(), metrics.to_string())))
+}

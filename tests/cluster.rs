@@ -1,0 +1,333 @@
+//! End-to-end tests of the cluster: real `relgraph coordinator` and `relgraph worker`
+//! processes on 127.0.0.1 with ports picked by the OS, killed with SIGKILL mid-flight.
+//! Every wait is bounded; every process is killed when its handle drops.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TOKEN: &str = "s3cret-token";
+const CHURN: &str = "PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID WHERE COUNT(ORDERS.*, -90, 0, days) > 0";
+
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn start(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+            .args(args)
+            .env("RELGRAPH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start relgraph");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            name: name.to_string(),
+        }
+    }
+
+    /// The first stdout line containing `needle`, within `secs`.
+    fn line(&self, needle: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: no line with {needle:?} within {secs} s", self.name)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("{}: exited before printing {needle:?}", self.name)
+                }
+            }
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+fn word_after<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .skip_while(|w| *w != key)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {key:?} in {line:?}"))
+}
+
+/// Starts coordinator `id`; joins `join` when given. Returns it with its gRPC and
+/// metrics addresses.
+fn coordinator(dir: &Path, id: u64, join: Option<&str>, lease_ms: u64) -> (Proc, String, String) {
+    let data = dir.join(format!("coordinator-{id}"));
+    let config = dir.join(format!("coordinator-{id}.toml"));
+    let mut text = format!(
+        "id = {id}\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\nlease_ms = {lease_ms}\nmetrics_listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
+        path(&data)
+    );
+    if let Some(j) = join {
+        text.push_str(&format!("join = [\"{j}\"]\n"));
+    }
+    std::fs::write(&config, text).expect("write config");
+    let p = Proc::start(
+        &format!("coordinator {id}"),
+        &["coordinator", "--config", path(&config)],
+    );
+    let line = p.line("listening on", 60);
+    let addr = word_after(&line, "on").to_string();
+    let metrics = word_after(&line, "metrics").to_string();
+    (p, addr, metrics)
+}
+
+/// `GET /metrics` over a plain socket.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text
+}
+
+fn admin(args: &[&str], coordinators: &[String]) -> Value {
+    let mut full: Vec<&str> = vec!["admin"];
+    full.extend_from_slice(args);
+    for c in coordinators {
+        full.extend_from_slice(&["--coordinator", c]);
+    }
+    full.extend_from_slice(&["--json", "--token", TOKEN]);
+    let out = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(&full)
+        .output()
+        .expect("run admin");
+    assert!(
+        out.status.success(),
+        "relgraph {full:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("admin json")
+}
+
+/// Polls `f` every 100 ms until it returns something, for at most `secs`.
+fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}
+
+fn three_coordinators(dir: &Path, lease_ms: u64) -> Vec<(Proc, String, String)> {
+    let first = coordinator(dir, 1, None, lease_ms);
+    let a1 = first.1.clone();
+    let mut all = vec![first];
+    for id in 2..=3 {
+        all.push(coordinator(dir, id, Some(&a1), lease_ms));
+    }
+    all
+}
+
+fn leader(status: &Value) -> Option<u64> {
+    status["leader"].as_u64().filter(|&l| l != 0)
+}
+
+#[test]
+fn three_coordinators_elect_redirect_authenticate_and_survive_their_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = three_coordinators(dir.path(), 3000);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
+    // All three are voters; a follower answers status itself and names the leader.
+    let status = until(30, "three voters", || {
+        let s = admin(&["status"], &addrs[2..]);
+        (s["voters"].as_array().map(Vec::len) == Some(3) && leader(&s).is_some()).then_some(s)
+    });
+    let old = leader(&status).expect("leader");
+    // A write sent to a follower is redirected to the leader.
+    let follower = addrs[if old == 1 { 1 } else { 0 }].clone();
+    let cancel = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args([
+            "admin",
+            "cancel",
+            "99",
+            "--coordinator",
+            &follower,
+            "--token",
+            TOKEN,
+        ])
+        .output()
+        .expect("run admin");
+    let err = String::from_utf8_lossy(&cancel.stderr);
+    assert!(
+        !cancel.status.success() && err.contains("job 99 does not exist"),
+        "{err}"
+    );
+    // Without the token nothing is answered.
+    let anon = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["admin", "status", "--coordinator", &addrs[0]])
+        .env_remove("RELGRAPH_TOKEN")
+        .output()
+        .expect("run admin");
+    let err = String::from_utf8_lossy(&anon.stderr);
+    assert!(!anon.status.success() && err.contains("token"), "{err}");
+    // Metrics on every node.
+    for n in &nodes {
+        let text = scrape(&n.2);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("relgraph_raft_term"), "{text}");
+        assert!(text.contains("relgraph_raft_commit_index"), "{text}");
+    }
+    // Kill the leader: the other two elect a new one, and still answer.
+    let (leader_proc, _, _) = nodes.remove((old - 1) as usize);
+    leader_proc.kill();
+    let rest: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
+    let status = until(30, "a new leader", || {
+        let s = admin(&["status"], &rest);
+        leader(&s).filter(|&l| l != old).map(|_| s)
+    });
+    assert!(status["term"].as_u64() > Some(0));
+    let jobs = admin(&["jobs"], &rest);
+    assert_eq!(jobs, Value::Array(Vec::new()));
+}
+
+/// A small training job long enough to be interrupted twice: ten full epochs (no early stop), one thread.
+const JOB_CONFIG: &str = "channels = 32\nencoder_blocks = 1\nfanouts = [16, 8]\nepochs = 10\nmax_steps_per_epoch = 16\nbatch_size = 128\npatience = 100\n";
+
+fn job(admin_addrs: &[String]) -> Option<Value> {
+    let jobs = admin(&["jobs"], admin_addrs);
+    jobs.as_array().and_then(|j| j.first().cloned())
+}
+
+#[test]
+fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let data = root.join("data");
+    let status = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["generate", "retail", "--out", path(&data)])
+        .args(["--customers", "600", "--products", "120", "--days", "360"])
+        .status()
+        .expect("generate");
+    assert!(status.success());
+    let config = root.join("job.toml");
+    std::fs::write(&config, JOB_CONFIG).expect("config");
+
+    let mut nodes = three_coordinators(root, 1500);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
+    let mut workers: Vec<Proc> = (1..=2)
+        .map(|i| {
+            let mut args = vec!["worker", "--threads", "1"];
+            for a in &addrs {
+                args.extend_from_slice(&["--coordinator", a]);
+            }
+            args.extend_from_slice(&["--token", TOKEN]);
+            let w = Proc::start(&format!("worker {i}"), &args);
+            w.line("registered as", 60);
+            w
+        })
+        .collect();
+
+    // Submit and follow from a separate client process.
+    let out = root.join("model");
+    let mut submit_args = vec!["train", CHURN, "--data", path(&data), "--out", path(&out)];
+    submit_args.extend_from_slice(&["--config", path(&config), "--json", "--token", TOKEN]);
+    for a in &addrs {
+        submit_args.extend_from_slice(&["--coordinator", a]);
+    }
+    let submit = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(&submit_args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("submit");
+
+    // First checkpoint recorded in Raft: kill the leader.
+    until(120, "a first checkpoint", || {
+        job(&addrs).filter(|j| j["checkpoint_step"].as_u64() > Some(0))
+    });
+    let s = admin(&["status"], &addrs);
+    let old = leader(&s).expect("leader");
+    let (p, _, _) = nodes.remove((old - 1) as usize);
+    p.kill();
+    let rest: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
+    // The job goes on under the new leader: another checkpoint is recorded.
+    let before = job(&rest).expect("job")["checkpoint_step"].as_u64();
+    let j = until(120, "a checkpoint under the new leader", || {
+        job(&rest).filter(|j| j["checkpoint_step"].as_u64() > before)
+    });
+    assert_eq!(j["state"], "train", "{j}");
+    // Kill the job's worker: its lease runs out, the job moves to the other worker and
+    // resumes from the last checkpoint.
+    let first_worker = j["worker"].as_u64().expect("worker") as usize;
+    let killed = workers.remove(first_worker - 1);
+    killed.kill();
+    let j = until(120, "the job on its second attempt", || {
+        job(&rest).filter(|j| j["attempt"].as_u64() == Some(2))
+    });
+    assert_ne!(j["worker"].as_u64(), Some(first_worker as u64), "{j}");
+    workers[0].line("resuming from", 60);
+
+    let output = submit.wait_with_output().expect("submit result");
+    assert!(output.status.success(), "submit failed");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("submit json");
+    assert_eq!(report["job"]["state"], "ready", "{report}");
+    assert_eq!(report["report"]["epochs"], 10, "{report}");
+
+    // One job, run to the end once; one model.
+    let jobs = admin(&["jobs"], &rest);
+    assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
+    assert_eq!(jobs[0]["attempt"], 2);
+    let models = admin(&["models"], &rest);
+    assert_eq!(models.as_array().map(Vec::len), Some(1), "{models}");
+    let tables = admin(&["tables"], &rest);
+    assert!(tables.as_array().is_some_and(|t| t.len() >= 5), "{tables}");
+
+    // The resumed run ends with exactly the model of an uninterrupted run on one thread.
+    let local = root.join("local");
+    let ok = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["train", CHURN, "--data", path(&data), "--out", path(&local)])
+        .args(["--config", path(&config), "--threads", "1", "--json"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("local train");
+    assert!(ok.success());
+    let read = |p: PathBuf| std::fs::read(p).expect("params.bin");
+    assert!(
+        read(out.join("params.bin")) == read(local.join("params.bin")),
+        "the resumed model differs from an uninterrupted run"
+    );
+}
