@@ -4,6 +4,7 @@
 
 mod admin;
 mod metrics_http;
+mod ring;
 mod submit;
 mod worker;
 
@@ -190,8 +191,8 @@ pub fn run_worker(args: &WorkerArgs) -> Result<()> {
     crate::train::set_threads(config.threads);
     runtime()?.block_on(async {
         let metrics: SocketAddr = metrics_http::serve(&config.metrics_listen).await?;
-        println!("worker serving metrics on {metrics}");
-        let w = worker::Worker::new(config, metrics.to_string());
+        let w = worker::Worker::start(config).await?;
+        println!("worker listening on {} metrics {metrics}", w.addr);
         tokio::select! {
             r = w.run() => r,
             _ = until_stopped() => Ok(()),
@@ -239,13 +240,11 @@ pub fn run_local(args: &LocalArgs) -> Result<()> {
         let c = start_coordinator(&config).await?;
         let mut workers = Vec::new();
         for _ in 0..args.workers {
-            let w = worker::Worker::new(
-                WorkerConfig {
-                    coordinators: vec![c.addr.to_string()],
-                    ..WorkerConfig::default()
-                },
-                format!("local/{}", workers.len() + 1),
-            );
+            let w = worker::Worker::start(WorkerConfig {
+                coordinators: vec![c.addr.to_string()],
+                ..WorkerConfig::default()
+            })
+            .await?;
             workers.push(tokio::spawn(w.run()));
         }
         println!(

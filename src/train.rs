@@ -172,6 +172,7 @@ pub fn train_on(
         progress: &mut bar,
         resume: None,
         on_epoch: &mut |_| Ok(()),
+        group: None,
     };
     fit_and_save(db, query, plan, &labels, config, out, session)
 }

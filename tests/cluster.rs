@@ -249,23 +249,13 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
 
     let mut nodes = three_coordinators(root, 1500);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-    let mut workers: Vec<Proc> = (1..=2)
-        .map(|i| {
-            let mut args = vec!["worker", "--threads", "1"];
-            for a in &addrs {
-                args.extend_from_slice(&["--coordinator", a]);
-            }
-            args.extend_from_slice(&["--token", TOKEN]);
-            let w = Proc::start(&format!("worker {i}"), &args);
-            w.line("registered as", 60);
-            w
-        })
-        .collect();
+    let mut workers = start_workers(2, &addrs);
 
     // Submit and follow from a separate client process.
     let out = root.join("model");
     let mut submit_args = vec!["train", CHURN, "--data", path(&data), "--out", path(&out)];
     submit_args.extend_from_slice(&["--config", path(&config), "--json", "--token", TOKEN]);
+    submit_args.extend_from_slice(&["--workers", "1"]);
     for a in &addrs {
         submit_args.extend_from_slice(&["--coordinator", a]);
     }
@@ -330,4 +320,79 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
         read(out.join("params.bin")) == read(local.join("params.bin")),
         "the resumed model differs from an uninterrupted run"
     );
+}
+
+fn start_workers(n: usize, coordinators: &[String]) -> Vec<Proc> {
+    (1..=n)
+        .map(|i| {
+            let mut args = vec!["worker", "--threads", "1", "--token", TOKEN];
+            for a in coordinators {
+                args.extend_from_slice(&["--coordinator", a]);
+            }
+            let w = Proc::start(&format!("worker {i}"), &args);
+            w.line("registered as", 60);
+            w
+        })
+        .collect()
+}
+
+#[test]
+fn three_workers_train_data_parallel_to_the_model_one_worker_trains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let data = root.join("data");
+    let ok = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["generate", "retail", "--out", path(&data)])
+        .args(["--customers", "2000", "--products", "300", "--days", "540"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("generate");
+    assert!(ok.success());
+    let config = root.join("small.toml");
+    std::fs::write(
+        &config,
+        "channels = 64\nencoder_blocks = 1\nfanouts = [32, 16]\nepochs = 4\nmax_steps_per_epoch = 20\n",
+    )
+    .expect("config");
+    let nodes = three_coordinators(root, 3000);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
+    let _workers = start_workers(3, &addrs);
+
+    let out = root.join("cluster-model");
+    let mut args = vec!["train", CHURN, "--data", path(&data), "--out", path(&out)];
+    args.extend_from_slice(&["--config", path(&config), "--json", "--token", TOKEN]);
+    for a in &addrs {
+        args.extend_from_slice(&["--coordinator", a]);
+    }
+    let cluster = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(&args)
+        .output()
+        .expect("submit");
+    assert!(
+        cluster.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cluster.stderr)
+    );
+    let cluster: Value = serde_json::from_slice(&cluster.stdout).expect("json");
+    assert_eq!(
+        cluster["job"]["workers"].as_array().map(Vec::len),
+        Some(0),
+        "a finished job holds no workers: {cluster}"
+    );
+    let jobs = admin(&["jobs"], &addrs);
+    assert_eq!(jobs[0]["state"], "ready");
+
+    let local = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["train", CHURN, "--data", path(&data)])
+        .args(["--out", path(&root.join("local-model"))])
+        .args(["--config", path(&config), "--threads", "1", "--json"])
+        .output()
+        .expect("local train");
+    assert!(local.status.success());
+    let local: Value = serde_json::from_slice(&local.stdout).expect("json");
+    let auroc = |v: &Value| v["metrics"]["test"]["auroc"].as_f64().expect("test auroc");
+    let (c, l) = (auroc(&cluster["report"]), auroc(&local));
+    eprintln!("test AUROC: 3 workers {c:.4}, 1 worker {l:.4}");
+    assert!((c - l).abs() <= 0.01, "3 workers {c}, 1 worker {l}");
+    assert!(c > 0.55, "the model learned nothing: {c}");
 }

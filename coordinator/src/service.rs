@@ -154,7 +154,7 @@ impl AdminService {
 
     async fn propose_job(&self, op: Op) -> Result<Response<Job>, Status> {
         match self.propose(op).await? {
-            Applied::Job(j) => Ok(Response::new(j)),
+            Applied::Job(j) => Ok(Response::new(*j)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -308,14 +308,20 @@ impl Admin for AdminService {
             }
         }
         self.leases.touch(worker);
-        let jobs = state
+        let jobs: Vec<Job> = state
             .jobs
             .into_values()
-            .filter(|j| j.worker == worker && !state::is_finished(j.state()))
+            .filter(|j| j.workers.contains(&worker) && !state::is_finished(j.state()))
+            .collect();
+        let peers = jobs
+            .iter()
+            .flat_map(|j| &j.workers)
+            .filter_map(|w| state.workers.get(w).map(|x| (*w, x.addr.clone())))
             .collect();
         Ok(Response::new(HeartbeatReply {
             jobs,
             lease_ms: self.lease.as_millis() as u64,
+            peers,
         }))
     }
 
@@ -565,26 +571,41 @@ async fn schedule(node: NodeHandle, leases: Arc<Leases>, lease: Duration) {
             .filter(|w| w.alive && !leases.expired(w.id, lease))
             .map(|w| (w.id, 0))
             .collect();
-        for j in state.jobs.values() {
-            if let Some(n) = load.get_mut(&j.worker)
-                && !state::is_finished(j.state())
-            {
-                *n += 1;
+        for j in state
+            .jobs
+            .values()
+            .filter(|j| !state::is_finished(j.state()))
+        {
+            for w in &j.workers {
+                if let Some(n) = load.get_mut(w) {
+                    *n += 1;
+                }
             }
         }
         for j in state.jobs.values() {
-            if state::is_finished(j.state()) || j.worker != 0 {
+            if state::is_finished(j.state()) || j.worker != 0 || load.is_empty() {
                 continue;
             }
-            let Some((&worker, _)) = load.iter().min_by_key(|&(&id, &n)| (n, id)) else {
-                break;
+            // The least loaded live workers, as many as the job asks for (0: all).
+            let mut by_load: Vec<(usize, u64)> = load.iter().map(|(&w, &n)| (n, w)).collect();
+            by_load.sort_unstable();
+            let want = match j.want_workers as usize {
+                0 => by_load.len(),
+                n => n.min(by_load.len()),
             };
-            match node
-                .propose(Op::AssignJob(AssignJob { job: j.id, worker }))
-                .await
-            {
-                Ok(_) => *load.entry(worker).or_default() += 1,
-                Err(e) => tracing::warn!(job = j.id, worker, "cannot assign: {e}"),
+            let mut workers: Vec<u64> = by_load[..want].iter().map(|&(_, w)| w).collect();
+            workers.sort_unstable();
+            let assign = AssignJob {
+                job: j.id,
+                workers: workers.clone(),
+            };
+            match node.propose(Op::AssignJob(assign)).await {
+                Ok(_) => {
+                    for w in workers {
+                        *load.entry(w).or_default() += 1;
+                    }
+                }
+                Err(e) => tracing::warn!(job = j.id, "cannot assign: {e}"),
             }
         }
     }

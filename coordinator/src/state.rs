@@ -11,7 +11,7 @@ pub use relgraph_proto::cluster::Command;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Applied {
     Worker(Worker),
-    Job(Job),
+    Job(Box<Job>),
     Done,
 }
 
@@ -98,8 +98,9 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
             // Its jobs go back to the scheduler; the next attempt resumes from the last
             // checkpoint.
             for job in state.jobs.values_mut() {
-                if job.worker == l.worker && !is_finished(job.state()) {
+                if job.workers.contains(&l.worker) && !is_finished(job.state()) {
                     job.worker = 0;
+                    job.workers.clear();
                     job.updated_ms = now;
                 }
             }
@@ -109,7 +110,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
             if !s.request_id.is_empty()
                 && let Some(job) = state.jobs.values().find(|j| j.request_id == s.request_id)
             {
-                return Ok(Applied::Job(job.clone()));
+                return Ok(Applied::Job(Box::new(job.clone())));
             }
             state.next_job += 1;
             let job = Job {
@@ -119,32 +120,40 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
                 config_toml: s.config_toml.clone(),
                 output_dir: s.output_dir.clone(),
                 request_id: s.request_id.clone(),
+                want_workers: s.workers,
                 state: JobState::Pending.into(),
                 submitted_ms: now,
                 updated_ms: now,
                 ..Job::default()
             };
             state.jobs.insert(job.id, job.clone());
-            Ok(Applied::Job(job))
+            Ok(Applied::Job(Box::new(job)))
         }
         Op::AssignJob(a) => {
-            match state.workers.get(&a.worker) {
-                Some(w) if w.alive => {}
-                Some(_) => return Err(Rejected::DeadWorker(a.worker)),
-                None => return Err(Rejected::NoWorker(a.worker)),
+            if a.workers.is_empty() {
+                return Err(Rejected::Empty);
+            }
+            for w in &a.workers {
+                match state.workers.get(w) {
+                    Some(w) if w.alive => {}
+                    Some(_) => return Err(Rejected::DeadWorker(*w)),
+                    None => return Err(Rejected::NoWorker(*w)),
+                }
             }
             let job = job_mut(state, a.job)?;
-            job.worker = a.worker;
+            job.worker = a.workers[0];
+            job.workers = a.workers.clone();
             job.attempt += 1;
             job.updated_ms = now;
-            Ok(Applied::Job(job.clone()))
+            Ok(Applied::Job(Box::new(job.clone())))
         }
         Op::CancelJob(c) => {
             let job = job_mut(state, c.job)?;
             job.set_state(JobState::Cancelled);
             job.worker = 0;
+            job.workers.clear();
             job.updated_ms = now;
-            Ok(Applied::Job(job.clone()))
+            Ok(Applied::Job(Box::new(job.clone())))
         }
         Op::JobProgress(p) => {
             let job = job_mut(state, p.job)?;
@@ -168,6 +177,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
             job.updated_ms = now;
             if is_finished(p.state()) {
                 job.worker = 0;
+                job.workers.clear();
             }
             let mut job = job.clone();
             if p.state() == JobState::Ready {
@@ -193,7 +203,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
                     },
                 );
             }
-            Ok(Applied::Job(job))
+            Ok(Applied::Job(Box::new(job)))
         }
     }
 }
@@ -224,7 +234,14 @@ mod tests {
             .expect("applies");
         }
         apply(&mut s, &cmd(Op::SubmitJob(SubmitJob::default()))).expect("applies");
-        apply(&mut s, &cmd(Op::AssignJob(AssignJob { job: 1, worker: 1 }))).expect("applies");
+        apply(
+            &mut s,
+            &cmd(Op::AssignJob(AssignJob {
+                job: 1,
+                workers: vec![1],
+            })),
+        )
+        .expect("applies");
         let report = |worker, attempt, step| {
             cmd(Op::JobProgress(JobProgress {
                 job: 1,
@@ -241,10 +258,23 @@ mod tests {
         apply(&mut s, &cmd(Op::WorkerLost(WorkerLost { worker: 1 }))).expect("applies");
         assert_eq!(s.jobs[&1].worker, 0);
         assert_eq!(
-            apply(&mut s, &cmd(Op::AssignJob(AssignJob { job: 1, worker: 1 }))),
+            apply(
+                &mut s,
+                &cmd(Op::AssignJob(AssignJob {
+                    job: 1,
+                    workers: vec![1]
+                }))
+            ),
             Err(Rejected::DeadWorker(1))
         );
-        apply(&mut s, &cmd(Op::AssignJob(AssignJob { job: 1, worker: 2 }))).expect("applies");
+        apply(
+            &mut s,
+            &cmd(Op::AssignJob(AssignJob {
+                job: 1,
+                workers: vec![2],
+            })),
+        )
+        .expect("applies");
         let job = &s.jobs[&1];
         assert_eq!((job.worker, job.attempt, job.checkpoint_step), (2, 2, 10));
         let before = s.clone();

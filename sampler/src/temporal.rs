@@ -35,6 +35,11 @@ pub struct SampleConfig {
     /// from the fanouts (see [`auto_chunk`]). The subgraphs do not depend on it, only the
     /// order of nodes within the batch does.
     pub chunk: usize,
+    /// Per seed, the number its draws are keyed by instead of its index in the batch, so
+    /// that a seed samples the same subgraph in any batch that holds it (data-parallel
+    /// workers sample their part of a global batch exactly as one worker would). Empty:
+    /// the index.
+    pub keys: Vec<u64>,
 }
 
 impl Default for SampleConfig {
@@ -45,6 +50,7 @@ impl Default for SampleConfig {
             strategy: Strategy::Uniform,
             seed: 0,
             chunk: 0,
+            keys: Vec::new(),
         }
     }
 }
@@ -251,7 +257,12 @@ fn sample_chunk_with(
             let lo = frontier.partition_point(|f| f.table < et.src);
             let hi = frontier.partition_point(|f| f.table <= et.src);
             for f in &frontier[lo..hi] {
-                let rng = draw_seed(config.seed, u64::from(f.seed), hop, e, f.id);
+                let key = config
+                    .keys
+                    .get(f.seed as usize)
+                    .copied()
+                    .unwrap_or(u64::from(f.seed));
+                let rng = draw_seed(config.seed, key, hop, e, f.id);
                 requests.push(Request {
                     node: f.id,
                     anchor: f.anchor,

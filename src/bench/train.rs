@@ -131,6 +131,7 @@ pub fn run(args: &TrainBenchArgs) -> Result<()> {
             progress: &mut record,
             resume: None,
             on_epoch: &mut |_| Ok(()),
+            group: None,
         },
     )?;
     let (steps, seconds) = match marks.as_slice() {

@@ -54,7 +54,7 @@ pub enum AdminCommand {
 pub fn job_json(j: &Job) -> Value {
     json!({
         "id": j.id, "state": state_name(j.state()), "query": j.query, "data_dir": j.data_dir,
-        "output_dir": j.output_dir, "worker": j.worker, "attempt": j.attempt, "epoch": j.epoch,
+        "output_dir": j.output_dir, "worker": j.worker, "workers": j.workers, "attempt": j.attempt, "epoch": j.epoch,
         "step": j.step, "checkpoint": j.checkpoint, "checkpoint_step": j.checkpoint_step,
         "error": j.error, "model": j.model, "submitted_ms": j.submitted_ms, "updated_ms": j.updated_ms,
     })

@@ -22,6 +22,9 @@ pub struct SubmitArgs {
     pub coordinator: Vec<String>,
     #[arg(long, env = "RELGRAPH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Workers to train on, data-parallel (default: every live worker).
+    #[arg(long, default_value_t = 0)]
+    pub workers: u32,
 }
 
 pub fn run(
@@ -54,6 +57,7 @@ pub fn run(
         data_dir: data_dir.display().to_string(),
         config_toml: toml,
         output_dir: out.display().to_string(),
+        workers: submit.workers,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

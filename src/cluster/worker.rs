@@ -4,17 +4,24 @@
 //! declared lost) is stopped; a reassigned job resumes from its last checkpoint.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use relgraph_coordinator::auth::check_token;
 use relgraph_coordinator::client::AdminClient;
+use relgraph_proto::cluster::collective_server::CollectiveServer;
 use relgraph_proto::cluster::{
     HeartbeatRequest, Job, JobProgress, JobState, RegisterWorker, TableInfo,
 };
-use relgraph_worker::model::{self, Progress, Session, TrainConfig, TrainState};
+use relgraph_worker::model::parallel::Collective;
+use relgraph_worker::model::{self, ModelError, Progress, Session, TrainConfig, TrainState};
+use tokio::net::TcpListener;
+
+use super::ring::{CollectiveService, Mailbox, Ring};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -27,6 +34,10 @@ pub struct WorkerConfig {
     /// Coordinator addresses (any of them; calls follow the leader).
     #[serde(default)]
     pub coordinators: Vec<String>,
+    /// Where this worker serves gRPC to other workers (gradient all-reduce); the address
+    /// it registers.
+    #[serde(default = "default_listen")]
+    pub listen: String,
     /// Threads for sampling and kernels (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -37,6 +48,10 @@ pub struct WorkerConfig {
     pub metrics_listen: String,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".into()
 }
 
 fn default_metrics_listen() -> String {
@@ -51,6 +66,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             coordinators: Vec::new(),
+            listen: default_listen(),
             threads: None,
             token: None,
             metrics_listen: default_metrics_listen(),
@@ -67,12 +83,37 @@ struct Running {
 
 pub struct Worker {
     config: WorkerConfig,
-    addr: String,
+    /// Where this worker's gRPC server listens.
+    pub addr: SocketAddr,
+    mailbox: Arc<Mailbox>,
 }
 
 impl Worker {
-    pub fn new(config: WorkerConfig, addr: String) -> Self {
-        Worker { config, addr }
+    /// Binds the worker's gRPC server (serving other workers) and starts it.
+    pub async fn start(config: WorkerConfig) -> Result<Self> {
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("worker: cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let mailbox = Arc::new(Mailbox::default());
+        let service = CollectiveService(mailbox.clone());
+        let token = config.token.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let checker = move |req| check_token(req, token.as_deref());
+            let result = tonic::transport::Server::builder()
+                .add_service(CollectiveServer::with_interceptor(service, checker))
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(e) = result {
+                tracing::error!("worker gRPC server stopped: {e}");
+            }
+        });
+        Ok(Worker {
+            config,
+            addr,
+            mailbox,
+        })
     }
 
     pub async fn run(self) -> Result<()> {
@@ -91,7 +132,7 @@ impl Worker {
                         Some(w) => w,
                         None => {
                             let req = RegisterWorker {
-                                addr: self.addr.clone(),
+                                addr: self.addr.to_string(),
                                 capacity: rayon::current_num_threads() as u32,
                             };
                             let w = client
@@ -114,7 +155,16 @@ impl Worker {
                         .call(|mut c| async move { c.heartbeat(HeartbeatRequest { worker }).await })
                         .await;
                     match reply {
-                        Ok(reply) => reconcile(&mut running, worker, reply.jobs, &tx),
+                        Ok(reply) => {
+                            let group = Group {
+                                worker,
+                                peers: reply.peers,
+                                token: self.config.token.clone(),
+                                mailbox: self.mailbox.clone(),
+                                runtime: tokio::runtime::Handle::current(),
+                            };
+                            reconcile(&mut running, &group, reply.jobs, &tx);
+                        }
                         Err(s) if s.code() == Code::NotFound => {
                             tracing::warn!("{}; stopping my jobs", s.message());
                             for r in running.values() {
@@ -158,10 +208,50 @@ fn state_is_terminal(s: JobState) -> bool {
     matches!(s, JobState::Ready | JobState::Failed)
 }
 
+/// What a job thread needs to reach the other workers of its job.
+#[derive(Clone, Debug)]
+struct Group {
+    worker: u64,
+    peers: std::collections::BTreeMap<u64, String>,
+    token: Option<String>,
+    mailbox: Arc<Mailbox>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Group {
+    /// This worker's ring for `job` (None when it trains alone).
+    fn ring(&self, job: &Job, stop: Arc<AtomicBool>) -> Result<Option<Ring>> {
+        let size = job.workers.len();
+        if size <= 1 {
+            return Ok(None);
+        }
+        let rank = job
+            .workers
+            .iter()
+            .position(|&w| w == self.worker)
+            .context("this worker is not in the job's group")?;
+        let next_id = job.workers[(rank + 1) % size];
+        let next = self
+            .peers
+            .get(&next_id)
+            .with_context(|| format!("no address for worker {next_id}"))?
+            .clone();
+        Ok(Some(Ring::new(
+            (job.id, job.attempt),
+            (rank, size),
+            next,
+            self.token.clone(),
+            self.mailbox.clone(),
+            stop,
+            self.runtime.clone(),
+        )))
+    }
+}
+
 /// Starts the jobs the leader gave this worker and stops the ones it took away.
 fn reconcile(
     running: &mut HashMap<u64, Running>,
-    worker: u64,
+    group: &Group,
     jobs: Vec<Job>,
     tx: &mpsc::UnboundedSender<JobProgress>,
 ) {
@@ -186,10 +276,10 @@ fn reconcile(
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (attempt, id) = (job.attempt, job.id);
-        let (stop2, tx) = (stop.clone(), tx.clone());
+        let (stop2, tx, group) = (stop.clone(), tx.clone(), group.clone());
         let thread = std::thread::Builder::new()
             .name(format!("job-{id}"))
-            .spawn(move || run_job(&job, worker, &stop2, &tx));
+            .spawn(move || run_job(&job, &group, &stop2, &tx));
         match thread {
             Ok(thread) => {
                 running.insert(
@@ -206,17 +296,34 @@ fn reconcile(
     }
 }
 
-/// Runs one attempt of a training job to its end, reporting as it goes.
-fn run_job(job: &Job, worker: u64, stop: &AtomicBool, tx: &mpsc::UnboundedSender<JobProgress>) {
-    let report = |p: JobProgress| {
-        let _ = tx.send(JobProgress {
-            job: job.id,
-            worker,
-            attempt: job.attempt,
-            ..p
-        });
+/// Runs one attempt of a training job to its end. Rank 0 of a group (or a worker alone)
+/// reports progress, writes checkpoints and the model; the others only train.
+fn run_job(
+    job: &Job,
+    group: &Group,
+    stop: &Arc<AtomicBool>,
+    tx: &mpsc::UnboundedSender<JobProgress>,
+) {
+    let ring = match group.ring(job, stop.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(job = job.id, "{e:#}");
+            return;
+        }
     };
-    match train_job(job, stop, &report) {
+    let lead = ring.as_ref().is_none_or(|r| r.rank == 0);
+    let report = |p: JobProgress| {
+        if lead {
+            let _ = tx.send(JobProgress {
+                job: job.id,
+                worker: group.worker,
+                attempt: job.attempt,
+                ..p
+            });
+        }
+    };
+    let group: Option<&dyn Collective> = ring.as_ref().map(|r| r as &dyn Collective);
+    match train_job(job, stop, group, &report) {
         Ok(Some((model_path, metrics_json))) => report(JobProgress {
             state: JobState::Ready.into(),
             model_path,
@@ -224,6 +331,10 @@ fn run_job(job: &Job, worker: u64, stop: &AtomicBool, tx: &mpsc::UnboundedSender
             ..JobProgress::default()
         }),
         Ok(None) => {}
+        // A peer went away or the attempt was stopped: the coordinator reassigns the job.
+        Err(e) if stop.load(Ordering::Relaxed) || is_collective(&e) => {
+            tracing::warn!(job = job.id, "attempt {} ends: {e:#}", job.attempt);
+        }
         Err(e) => report(JobProgress {
             state: JobState::Failed.into(),
             error: format!("{e:#}"),
@@ -232,11 +343,20 @@ fn run_job(job: &Job, worker: u64, stop: &AtomicBool, tx: &mpsc::UnboundedSender
     }
 }
 
+fn is_collective(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ModelError>(),
+        Some(ModelError::Collective(_))
+    )
+}
+
 fn train_job(
     job: &Job,
     stop: &AtomicBool,
+    group: Option<&dyn Collective>,
     report: &dyn Fn(JobProgress),
 ) -> Result<Option<(String, String)>> {
+    let lead = group.is_none_or(|g| g.rank() == 0);
     let stage = |state: JobState, epoch: u32, step: u64| JobProgress {
         state: state.into(),
         epoch,
@@ -303,6 +423,9 @@ fn train_job(
         }
     };
     let mut on_epoch = |s: &TrainState| {
+        if !lead {
+            return Ok(());
+        }
         let dir = out.join("checkpoints").join(format!("epoch-{}", s.epoch));
         model::save_train_state(s, &dir)?;
         report(JobProgress {
@@ -317,11 +440,12 @@ fn train_job(
         progress: &mut progress,
         resume,
         on_epoch: &mut on_epoch,
+        group,
     };
     let (mut model, _, assessment, trained) =
         model::fit(&db, &job.query, &plan, &labels, &config, session)?;
-    if stop.load(Ordering::Relaxed) {
-        // Stopped: this attempt no longer owns the job; write nothing.
+    if stop.load(Ordering::Relaxed) || !lead {
+        // Stopped (this attempt no longer owns the job), or not the reporting rank.
         return Ok(None);
     }
     save_trained(&mut model, &assessment, &trained, &out)?;

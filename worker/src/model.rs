@@ -16,6 +16,7 @@ pub mod features;
 pub mod fit;
 pub mod metrics;
 pub mod net;
+pub mod parallel;
 pub mod task;
 pub mod trainer;
 

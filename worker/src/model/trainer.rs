@@ -12,15 +12,16 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
 use relgraph_common::hash::combine;
-use relgraph_kernels::{AdamConfig, Cpu, Loss, Params, Tape, Tensor};
+use relgraph_kernels::{AdamConfig, Cpu, Grads, Loss, Params, Tape, Tensor};
 use relgraph_sampler::{GraphError, HeteroGraph, SampleConfig, SampleError, Seed};
 
 use super::batch::ModelBatch;
 use super::checkpoint::Manifest;
 use super::config::{ConfigError, RegressionLoss, TrainConfig};
 use super::features::{FeatureError, TableCode, TableFeatures};
-use super::metrics::{self, Metrics, Ranked};
+use super::metrics::{Metrics, Ranked};
 use super::net::{Head, Net};
+use super::parallel::{self, Collective};
 use super::task::{Output, TargetCode, Targets, TaskError, evaluate};
 
 /// The backend models train on.
@@ -42,6 +43,8 @@ pub enum ModelError {
     Checkpoint { path: String, problem: String },
     #[error("the model does not fit this data: {0}")]
     Mismatch(String),
+    #[error("data-parallel training: {0}")]
+    Collective(String),
 }
 
 /// A database ready for the model: its graph and every table's encoded columns.
@@ -207,6 +210,7 @@ impl<'a> Loader<'a> {
         rows: &[u32],
         anchors: &[i64],
         seed: u64,
+        keys: Vec<u64>,
     ) -> Result<ModelBatch, ModelError> {
         let seeds: Vec<Seed> = rows
             .iter()
@@ -221,6 +225,7 @@ impl<'a> Loader<'a> {
             fanouts: self.config.fanouts.clone(),
             strategy: self.config.strategy()?,
             seed,
+            keys,
             ..SampleConfig::default()
         };
         Ok(ModelBatch::build(
@@ -242,7 +247,10 @@ impl<'a> Loader<'a> {
     ) -> Result<Step, ModelError> {
         let rows: Vec<u32> = idx.iter().map(|&i| train.rows[i]).collect();
         let anchors: Vec<i64> = idx.iter().map(|&i| train.anchors[i]).collect();
-        let batch = self.batch(data, &rows, &anchors, seed)?;
+        // Draws keyed by example, so a worker holding part of a batch samples it exactly
+        // as the whole batch would.
+        let keys = idx.iter().map(|&i| i as u64).collect();
+        let batch = self.batch(data, &rows, &anchors, seed, keys)?;
         let code = self.target;
         let (target, cols, candidates) = match &train.targets {
             Targets::Binary(t) => (
@@ -349,6 +357,7 @@ impl Model {
                     &rows[lo..hi],
                     &anchors[lo..hi],
                     combine(seed, j as u64),
+                    Vec::new(),
                 )
             },
             |j, batch| {
@@ -405,16 +414,15 @@ impl Model {
     }
 }
 
-/// One optimiser step; returns the batch's loss.
-fn step(
-    (net, params, b): (&Net, &mut Params<Backend>, &Backend),
+/// The gradients of a batch's mean loss, and the loss.
+fn gradients(
+    (net, params, b): (&Net, &Params<Backend>, &Backend),
     code: &TargetCode,
     config: &TrainConfig,
     data: &Prepared,
     step: &Step,
-    adam: &AdamConfig,
-) -> f64 {
-    let (grads, value) = {
+) -> (Grads<Backend>, f64) {
+    {
         let mut tape = Tape::new(b, params);
         let (seeds, out) = net.seeds(&mut tape, &step.batch, &data.endpoints);
         let pred = match &step.candidates {
@@ -435,9 +443,7 @@ fn step(
         let l = tape.loss(loss, pred, target);
         let value = f64::from(tape.value(l).to_host(b)[0]);
         (tape.backward(l).grads, value)
-    };
-    params.step(b, grads, adam);
-    value
+    }
 }
 
 /// The top `k` of `scores` (over items `ids`) with their scores, and the rank of the best
@@ -490,6 +496,8 @@ pub struct Session<'a> {
     /// Continue from this state instead of from scratch.
     pub resume: Option<TrainState>,
     pub on_epoch: OnEpoch<'a>,
+    /// The other workers of a data-parallel job (None: train alone).
+    pub group: Option<&'a dyn Collective>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -514,7 +522,9 @@ pub fn train(
         progress,
         resume,
         on_epoch,
+        group,
     } = session;
+    let (rank, size) = group.map_or((0, 1), |g| (g.rank(), g.size()));
     let config = model.manifest.config.clone();
     let adam = AdamConfig {
         lr: config.lr,
@@ -576,6 +586,16 @@ pub fn train(
             .div_ceil(config.batch_size)
             .min(config.max_steps_per_epoch);
         let batches: Vec<&[usize]> = order.chunks(config.batch_size).take(steps).collect();
+        // This worker's part of each global batch.
+        let mine: Vec<Vec<usize>> = batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .copied()
+                    .filter(|&i| size == 1 || parallel::owner(train.rows[i], size) == rank)
+                    .collect()
+            })
+            .collect();
         let (mut loss_sum, mut done) = (0.0, 0usize);
         let seed = combine(config.seed, epoch as u64);
         {
@@ -591,16 +611,34 @@ pub fn train(
             let clock = Instant::now();
             pipeline(
                 batches.len(),
-                |j| loader.step_inputs(data, train, batches[j], combine(seed, j as u64)),
+                |j| match mine[j].is_empty() {
+                    true => Ok(None),
+                    false => loader
+                        .step_inputs(data, train, &mine[j], combine(seed, j as u64))
+                        .map(Some),
+                },
                 |j, inputs| {
-                    let loss = step(
-                        (net, params, backend),
-                        &manifest.target,
-                        &config,
-                        data,
-                        &inputs,
-                        &adam,
-                    );
+                    let computed = inputs.map(|inputs| {
+                        gradients(
+                            (net, params, backend),
+                            &manifest.target,
+                            &config,
+                            data,
+                            &inputs,
+                        )
+                    });
+                    let (grads, loss) = match group {
+                        Some(g) => {
+                            let (grads, loss) = computed.unzip();
+                            let counts = (mine[j].len(), batches[j].len());
+                            let local = loss.unwrap_or(0.0);
+                            parallel::reduce(g, grads, local, counts, params, backend)?
+                        }
+                        None => computed.ok_or_else(|| {
+                            ModelError::Collective("an empty batch without a group".into())
+                        })?,
+                    };
+                    params.step(backend, grads, &adam);
                     loss_sum += loss;
                     done += 1;
                     seeds_seen += batches[j].len();
@@ -624,9 +662,22 @@ pub fn train(
             report.interrupted = true;
             break;
         }
-        let metrics = model.evaluate(data, val)?;
-        let (name, larger) = metrics::primary(&metrics);
-        let value = metrics.get(name).copied().unwrap_or(f64::NAN);
+        // In a group, rank 0 validates and every worker decides on its figure.
+        let metrics = if rank == 0 {
+            model.evaluate(data, val)?
+        } else {
+            Metrics::new()
+        };
+        let (name, larger) = match &model.manifest.target {
+            TargetCode::Binary => ("auroc".to_string(), true),
+            TargetCode::Regression { .. } | TargetCode::Forecast { .. } => ("mae".into(), false),
+            TargetCode::Multiclass { .. } => ("accuracy".into(), true),
+            TargetCode::Ranking { k, .. } => (format!("map@{k}"), true),
+        };
+        let mut value = metrics.get(&name).copied().unwrap_or(f64::NAN);
+        if let Some(g) = group {
+            value = parallel::broadcast(g, value)?;
+        }
         report.history.push(EpochLog {
             epoch,
             loss: loss_sum / done.max(1) as f64,
