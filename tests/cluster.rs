@@ -283,13 +283,13 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
     // Kill the job's worker: its lease runs out, the job moves to the other worker and
     // resumes from the last checkpoint.
     let first_worker = j["worker"].as_u64().expect("worker") as usize;
-    let killed = workers.remove(first_worker - 1);
+    let (killed, _) = workers.remove(first_worker - 1);
     killed.kill();
     let j = until(120, "the job on its second attempt", || {
         job(&rest).filter(|j| j["attempt"].as_u64() == Some(2))
     });
     assert_ne!(j["worker"].as_u64(), Some(first_worker as u64), "{j}");
-    workers[0].line("resuming from", 60);
+    workers[0].0.line("resuming from", 60);
 
     let output = submit.wait_with_output().expect("submit result");
     assert!(output.status.success(), "submit failed");
@@ -322,7 +322,8 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
     );
 }
 
-fn start_workers(n: usize, coordinators: &[String]) -> Vec<Proc> {
+/// Starts `n` workers; returns them with their metrics addresses.
+fn start_workers(n: usize, coordinators: &[String]) -> Vec<(Proc, String)> {
     (1..=n)
         .map(|i| {
             let mut args = vec!["worker", "--threads", "1", "--token", TOKEN];
@@ -330,8 +331,9 @@ fn start_workers(n: usize, coordinators: &[String]) -> Vec<Proc> {
                 args.extend_from_slice(&["--coordinator", a]);
             }
             let w = Proc::start(&format!("worker {i}"), &args);
+            let metrics = word_after(&w.line("listening on", 60), "metrics").to_string();
             w.line("registered as", 60);
-            w
+            (w, metrics)
         })
         .collect()
 }
@@ -356,7 +358,7 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains() {
     .expect("config");
     let nodes = three_coordinators(root, 3000);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-    let _workers = start_workers(3, &addrs);
+    let workers = start_workers(3, &addrs);
 
     let out = root.join("cluster-model");
     let mut args = vec!["train", CHURN, "--data", path(&data), "--out", path(&out)];
@@ -381,6 +383,24 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains() {
     );
     let jobs = admin(&["jobs"], &addrs);
     assert_eq!(jobs[0]["state"], "ready");
+    // Every worker took every step (the same count), and says so on /metrics.
+    let steps: Vec<u64> = workers
+        .iter()
+        .map(|(_, metrics)| {
+            let text = scrape(metrics);
+            for name in ["relgraph_sample_seconds", "relgraph_rows_loaded"] {
+                assert!(
+                    text.contains(name),
+                    "{name} missing from a worker's metrics:\n{text}"
+                );
+            }
+            text.lines()
+                .find_map(|l| l.strip_prefix("relgraph_training_steps_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no step count in\n{text}"))
+        })
+        .collect();
+    assert!(steps.iter().all(|&s| s == steps[0] && s > 0), "{steps:?}");
 
     let local = Command::new(env!("CARGO_BIN_EXE_relgraph"))
         .args(["train", CHURN, "--data", path(&data)])

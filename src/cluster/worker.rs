@@ -255,6 +255,7 @@ fn reconcile(
     jobs: Vec<Job>,
     tx: &mpsc::UnboundedSender<JobProgress>,
 ) {
+    metrics::gauge!("relgraph_jobs_running").set(running.len() as f64);
     let held: HashMap<u64, u32> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
     for (job, r) in running.iter() {
         if held.get(job) != Some(&r.attempt) {
@@ -371,6 +372,8 @@ fn train_job(
         anchor: Vec::new(),
     };
     let (db, plan) = prepare(&job.query, &data)?;
+    let rows: usize = db.tables.iter().map(|t| t.num_rows()).sum();
+    metrics::gauge!("relgraph_rows_loaded").set(rows as f64);
     let tables = db
         .tables
         .iter()
@@ -413,6 +416,7 @@ fn train_job(
     report(stage(JobState::Train, start.0, start.1));
     let mut last = Instant::now();
     let mut progress = |p: &Progress| {
+        metrics::gauge!("relgraph_training_seeds_per_second").set(p.seeds_per_second);
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             report(stage(

@@ -228,14 +228,19 @@ impl<'a> Loader<'a> {
             keys,
             ..SampleConfig::default()
         };
-        Ok(ModelBatch::build(
+        let started = Instant::now();
+        let batch = ModelBatch::build(
             &data.graph,
             &data.features,
             &seeds,
             &config,
             self.config.layers,
             self.items,
-        )?)
+        )?;
+        metrics::counter!("relgraph_sample_requests_total").increment(1);
+        metrics::counter!("relgraph_sampled_seeds_total").increment(seeds.len() as u64);
+        metrics::histogram!("relgraph_sample_seconds").record(started.elapsed().as_secs_f64());
+        Ok(batch)
     }
 
     fn step_inputs(
@@ -639,6 +644,7 @@ pub fn train(
                         })?,
                     };
                     params.step(backend, grads, &adam);
+                    metrics::counter!("relgraph_training_steps_total").increment(1);
                     loss_sum += loss;
                     done += 1;
                     seeds_seen += batches[j].len();
