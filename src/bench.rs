@@ -3,14 +3,18 @@
 mod train;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
-use relgraph_sampler::{HeteroGraph, SampleConfig, Seed, Strategy, sample};
+use relgraph_sampler::{HeteroGraph, Owners, Routed, SampleConfig, Seed, Shard, Strategy, sample};
+use relgraph_worker::store::PartitionStore;
 use serde_json::json;
+
+use crate::cluster::flight::{self, RemoteShard, SampleService};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -19,6 +23,29 @@ pub enum BenchCommand {
     Train(train::TrainBenchArgs),
     /// Temporal neighbor sampling: graph build rate, seeds/s, sampled edges/s, bytes/edge.
     Sample(SampleArgs),
+    /// Ingest into RocksDB partitions: placement and write rate (rows/s).
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// The database directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Partitions to split the rows into.
+    #[arg(long, default_value_t = 16)]
+    partitions: u32,
+    /// Workers (stores) to spread the partitions over, round-robin.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Where the stores go (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +81,14 @@ pub struct SampleArgs {
     /// Anchor times: `random` over the data's time range, or `last` (all history visible).
     #[arg(long, default_value = "random")]
     anchor: String,
+    /// Also sample with the graph split between this many workers (a comma-separated
+    /// list), each holding its partition and serving it over Flight on loopback in this
+    /// process; each worker samples its own seeds, remote hops going to their owners.
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Partitions the rows are placed in before they are dealt to the workers.
+    #[arg(long, default_value_t = 48)]
+    partitions: u32,
     #[arg(long)]
     json: bool,
 }
@@ -62,7 +97,45 @@ pub fn run(command: &BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Sample(args) => sample_bench(args),
         BenchCommand::Train(args) => train::run(args),
+        BenchCommand::Ingest(args) => ingest_bench(args),
     }
+}
+
+fn ingest_bench(args: &IngestArgs) -> Result<()> {
+    crate::train::set_threads(args.threads);
+    let db = Database::load(&args.data, None)?;
+    let rows: usize = db.tables.iter().map(|t| t.num_rows()).sum();
+    let tmp = tempfile::tempdir()?;
+    let root = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for w in 0..args.workers.max(1) {
+        let owned: Vec<u32> = (0..args.partitions)
+            .filter(|p| p % args.workers.max(1) == w)
+            .collect();
+        let store = PartitionStore::open(&root.join(format!("worker-{w}")))?;
+        bytes += store.ingest(&db, &owned, args.partitions)?.bytes;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = rows as f64 / seconds.max(1e-9);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"rows": rows, "partitions": args.partitions, "workers": args.workers,
+                "seconds": seconds, "rows_per_second": rate, "stored_bytes": bytes,
+                "threads": rayon::current_num_threads()})
+        );
+    } else {
+        println!(
+            "ingested {rows} rows into {} partitions on {} store(s) in {seconds:.2} s: {rate:.0} rows/s \
+             ({:.1} MB stored, {} threads)",
+            args.partitions,
+            args.workers,
+            bytes as f64 / 1e6,
+            rayon::current_num_threads()
+        );
+    }
+    Ok(())
 }
 
 fn sample_bench(args: &SampleArgs) -> Result<()> {
@@ -77,6 +150,8 @@ fn sample_bench(args: &SampleArgs) -> Result<()> {
         strategy,
         anchor,
         chunk,
+        workers,
+        partitions,
         json,
     } = args;
     let strategy = match strategy.as_str() {
@@ -150,6 +225,18 @@ fn sample_bench(args: &SampleArgs) -> Result<()> {
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
     let seeds_total = *batch * *batches * rates.len();
+    let mut split = Vec::new();
+    for &n in workers {
+        let owners = flight::owners(&db, n, *partitions);
+        let timing = Timing {
+            batch: *batch,
+            batches: *batches,
+            rounds: *rounds,
+        };
+        split.push(distributed(
+            &graph, &owners, n, &config, &pool, &mut draw, &timing,
+        )?);
+    }
     let report = json!({
         "graph": { "tables": graph.tables.len(), "edge_types": graph.edge_types.len(), "edges": graph.num_edges(),
                    "bytes_per_edge": graph.bytes_per_edge(), "build_seconds": build, "build_edges_per_second": graph.num_edges() as f64 / build },
@@ -162,6 +249,7 @@ fn sample_bench(args: &SampleArgs) -> Result<()> {
         "sampled_edges_per_second_max": rates[rates.len() - 1],
         "sampled_edges_per_seed": edges as f64 / seeds_total as f64,
         "sampled_nodes": nodes_sampled,
+        "distributed": split,
     });
     if *json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -191,6 +279,133 @@ fn sample_bench(args: &SampleArgs) -> Result<()> {
             rates[rates.len() - 1] / 1e6,
             report["sampled_edges_per_seed"].as_f64().unwrap_or(0.0)
         );
+        for d in &split {
+            println!(
+                "  over {} worker(s) (Flight on loopback): {:.2} M sampled edges/s (median round; \
+                 {:.2}-{:.2}), {:.1}% of neighbor requests remote, largest partition {} edges",
+                d["workers"],
+                d["sampled_edges_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+                d["sampled_edges_per_second_min"].as_f64().unwrap_or(0.0) / 1e6,
+                d["sampled_edges_per_second_max"].as_f64().unwrap_or(0.0) / 1e6,
+                d["remote_request_share"].as_f64().unwrap_or(0.0) * 100.0,
+                d["largest_partition_edges"]
+            );
+        }
     }
     Ok(())
+}
+
+struct Timing {
+    batch: usize,
+    batches: usize,
+    rounds: usize,
+}
+
+/// Samples with the graph split between `workers` Flight servers in this process: each
+/// batch's seeds go to their owners, which sample them at the same time through their
+/// [`Routed`] views. Checks first that the subgraphs are the in-process sampler's.
+fn distributed(
+    graph: &HeteroGraph,
+    owners: &Owners,
+    workers: usize,
+    config: &SampleConfig,
+    pool: &rayon::ThreadPool,
+    draw: &mut dyn FnMut(usize) -> Vec<Seed>,
+    timing: &Timing,
+) -> Result<serde_json::Value> {
+    let parts: Vec<Arc<HeteroGraph>> = (0..workers)
+        .map(|w| {
+            pool.install(|| graph.partition(|t, n| usize::from(owners[t][n as usize]) == w))
+                .map(Arc::new)
+        })
+        .collect::<Result<_, _>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let shared = Arc::new(owners.clone());
+    let remote: Vec<RemoteShard> = (0..workers)
+        .map(|w| {
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?.to_string();
+                let service = SampleService::new(parts[w].clone(), shared.clone(), w as u16);
+                flight::serve(listener, service, None);
+                RemoteShard::connect(&addr, None, runtime.handle().clone()).await
+            })
+        })
+        .collect::<Result<_>>()?;
+    let views: Vec<Routed> = (0..workers)
+        .map(|home| {
+            let shards = (0..workers)
+                .map(|s| {
+                    if s == home {
+                        parts[s].as_ref() as &dyn Shard
+                    } else {
+                        &remote[s] as &dyn Shard
+                    }
+                })
+                .collect();
+            Routed::new(&parts[home], owners, shards, home).map_err(|e| anyhow!(e))
+        })
+        .collect::<Result<_>>()?;
+    let split = |seeds: Vec<Seed>| {
+        let mut per = vec![Vec::new(); workers];
+        for s in seeds {
+            per[usize::from(owners[s.table][s.node as usize])].push(s);
+        }
+        per
+    };
+    let failed = |views: &[Routed]| views.iter().find_map(Routed::take_error);
+    for (w, seeds) in split(draw(timing.batch)).iter().enumerate() {
+        let got = pool.install(|| sample(&views[w], seeds, config))?;
+        if let Some(e) = failed(&views) {
+            return Err(anyhow!(e));
+        }
+        let want = pool.install(|| sample(graph, seeds, config))?;
+        anyhow::ensure!(
+            got == want,
+            "worker {w}'s subgraphs differ from the in-process sampler's"
+        );
+    }
+    let mut rates = Vec::new();
+    for _ in 0..timing.rounds.max(1) {
+        let (timed, mut edges) = (Instant::now(), 0);
+        for _ in 0..timing.batches {
+            let per = split(draw(timing.batch));
+            edges += std::thread::scope(|scope| {
+                let running: Vec<_> = per
+                    .iter()
+                    .zip(&views)
+                    .map(|(seeds, view)| {
+                        scope.spawn(move || pool.install(|| sample(view, seeds, config)))
+                    })
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|r| match r.join() {
+                        Ok(b) => Ok(b?.num_edges()),
+                        Err(_) => Err(anyhow!("a sampling thread panicked")),
+                    })
+                    .sum::<Result<usize>>()
+            })?;
+            if let Some(e) = failed(&views) {
+                return Err(anyhow!(e));
+            }
+        }
+        rates.push(edges as f64 / timed.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    let (routed, total) = views
+        .iter()
+        .map(Routed::traffic)
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    Ok(json!({
+        "workers": workers,
+        "sampled_edges_per_second": rates[rates.len() / 2],
+        "sampled_edges_per_second_min": rates[0],
+        "sampled_edges_per_second_max": rates[rates.len() - 1],
+        "remote_request_share": routed as f64 / total.max(1) as f64,
+        "largest_partition_edges": parts.iter().map(|p| p.num_edges()).max(),
+    }))
 }

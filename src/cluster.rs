@@ -3,6 +3,7 @@
 //! serves Prometheus text at `/metrics`.
 
 mod admin;
+pub mod flight;
 mod metrics_http;
 mod ring;
 mod submit;

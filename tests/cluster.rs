@@ -339,7 +339,7 @@ fn start_workers(n: usize, coordinators: &[String]) -> Vec<(Proc, String)> {
 }
 
 #[test]
-fn three_workers_train_data_parallel_to_the_model_one_worker_trains() {
+fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_worker_loss() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let data = root.join("data");
@@ -358,7 +358,7 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains() {
     .expect("config");
     let nodes = three_coordinators(root, 3000);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-    let workers = start_workers(3, &addrs);
+    let mut workers = start_workers(3, &addrs);
 
     let out = root.join("cluster-model");
     let mut args = vec!["train", CHURN, "--data", path(&data), "--out", path(&out)];
@@ -366,15 +366,22 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains() {
     for a in &addrs {
         args.extend_from_slice(&["--coordinator", a]);
     }
-    let cluster = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+    let submit = Command::new(env!("CARGO_BIN_EXE_relgraph"))
         .args(&args)
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("submit");
-    assert!(
-        cluster.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cluster.stderr)
-    );
+    // After the first checkpoint, kill one of the three: the job resumes from the
+    // checkpoint on the other two, still the same computation.
+    let j = until(180, "a first checkpoint", || {
+        job(&addrs).filter(|j| j["checkpoint_step"].as_u64() > Some(0))
+    });
+    assert_eq!(j["workers"].as_array().map(Vec::len), Some(3), "{j}");
+    let (killed, _) = workers.pop().expect("worker");
+    killed.kill();
+    workers[0].0.line("resuming from", 120);
+    let cluster = submit.wait_with_output().expect("submit result");
+    assert!(cluster.status.success(), "submit failed");
     let cluster: Value = serde_json::from_slice(&cluster.stdout).expect("json");
     assert_eq!(
         cluster["job"]["workers"].as_array().map(Vec::len),
@@ -383,7 +390,9 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains() {
     );
     let jobs = admin(&["jobs"], &addrs);
     assert_eq!(jobs[0]["state"], "ready");
-    // Every worker took every step (the same count), and says so on /metrics.
+    assert_eq!(jobs[0]["attempt"], 2, "{jobs}");
+    // The survivors stepped in lockstep through both attempts (the same count), and say
+    // so on /metrics.
     let steps: Vec<u64> = workers
         .iter()
         .map(|(_, metrics)| {
@@ -415,4 +424,46 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains() {
     eprintln!("test AUROC: 3 workers {c:.4}, 1 worker {l:.4}");
     assert!((c - l).abs() <= 0.01, "3 workers {c}, 1 worker {l}");
     assert!(c > 0.55, "the model learned nothing: {c}");
+}
+
+#[test]
+fn local_runs_a_coordinator_and_two_workers_in_one_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let data = root.join("data");
+    let ok = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["generate", "retail", "--out", path(&data)])
+        .args(["--customers", "400", "--products", "80", "--days", "300"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("generate");
+    assert!(ok.success());
+    let config = root.join("tiny.toml");
+    std::fs::write(
+        &config,
+        "channels = 16\nencoder_blocks = 1\nfanouts = [8, 4]\nepochs = 2\nmax_steps_per_epoch = 4\n",
+    )
+    .expect("config");
+    let local = Proc::start("local", &["local", "--workers", "2", "--threads", "1"]);
+    let line = local.line("local cluster:", 60);
+    let addr = word_after(&line, "coordinator")
+        .trim_end_matches(',')
+        .to_string();
+    let out = root.join("model");
+    let submitted = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["train", CHURN, "--data", path(&data), "--out", path(&out)])
+        .args(["--config", path(&config), "--coordinator", &addr, "--json"])
+        .output()
+        .expect("submit");
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let report: Value = serde_json::from_slice(&submitted.stdout).expect("json");
+    assert_eq!(report["job"]["state"], "ready", "{report}");
+    let status = admin(&["status"], std::slice::from_ref(&addr));
+    let workers = status["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 2, "{status}");
+    assert!(out.join("model.json").exists() && out.join("params.bin").exists());
 }

@@ -157,6 +157,41 @@ impl HeteroGraph {
     pub fn node_time(&self, table: usize, node: u32) -> i64 {
         time_at(&self.node_times[table], node as usize)
     }
+
+    /// The part of the graph one worker holds: every node's time (8 bytes a row), but the
+    /// neighbor lists of only the nodes `keep(table, node)` selects; the others are empty,
+    /// so sampling them here finds nothing and must go to their owner. Appended edges are
+    /// folded in first.
+    pub fn partition(
+        &self,
+        keep: impl Fn(usize, u32) -> bool + Sync,
+    ) -> Result<HeteroGraph, GraphError> {
+        let mut whole = self.clone();
+        whole.compact()?;
+        let csr = whole
+            .csr
+            .par_iter()
+            .zip(&whole.edge_types)
+            .map(|(csr, et)| {
+                let nodes = csr.offsets.len().saturating_sub(1);
+                let mut out = Csr {
+                    offsets: Vec::with_capacity(nodes + 1),
+                    ..Csr::default()
+                };
+                out.offsets.push(0);
+                for node in 0..nodes as u32 {
+                    if keep(et.src, node) {
+                        let (lo, hi) = csr.range(node);
+                        out.neighbors.extend_from_slice(&csr.neighbors[lo..hi]);
+                        out.times.extend_from_slice(&csr.times[lo..hi]);
+                    }
+                    out.offsets.push(out.neighbors.len() as u32);
+                }
+                out
+            })
+            .collect();
+        Ok(HeteroGraph { csr, ..whole })
+    }
 }
 
 /// Rows of a table ordered by time (static rows first), ties by row.

@@ -6,7 +6,8 @@
 //! - [`Delta`]: rows appended after the build, visible to sampling at once and folded into
 //!   the CSRs by [`HeteroGraph::compact`] (or by `append` itself once a delta grows).
 //! - [`GraphView`]: what sampling reads through, batched per edge type; the in-memory
-//!   graph implements it, a worker will implement it over partitions.
+//!   graph implements it, and so does [`Routed`], over a graph split between workers
+//!   ([`HeteroGraph::partition`]), each part sampled where it lives.
 //! - [`sample`]: seeds (node, anchor) and fanouts per hop (globally or per edge type) give
 //!   one disjoint subgraph per seed as a [`SubgraphBatch`], convertible to and from Arrow
 //!   record batches.
@@ -26,6 +27,7 @@ pub mod batch;
 pub mod delta;
 pub mod graph;
 pub mod negative;
+pub mod routed;
 pub mod temporal;
 pub mod view;
 
@@ -33,5 +35,6 @@ pub use batch::{EdgeBlock, NodeBlock, SubgraphBatch};
 pub use delta::Delta;
 pub use graph::{Csr, EdgeType, GraphError, HeteroGraph, STATIC};
 pub use negative::NegativeSampler;
+pub use routed::{Owners, Routed, Shard};
 pub use temporal::{SampleConfig, SampleError, Seed, auto_chunk, sample};
 pub use view::{GraphView, Neighbor, Request, Strategy};

@@ -9,7 +9,10 @@ use proptest::prelude::{
     ProptestConfig, TestCaseError, any, prop, prop_assert, prop_assert_eq, proptest,
 };
 use relgraph_common::Database;
-use relgraph_sampler::{HeteroGraph, STATIC, SampleConfig, Seed, Strategy, SubgraphBatch, sample};
+use relgraph_common::hash::mix;
+use relgraph_sampler::{
+    HeteroGraph, Owners, Routed, STATIC, SampleConfig, Seed, Shard, Strategy, SubgraphBatch, sample,
+};
 
 const T0: i64 = 1_700_000_000;
 
@@ -273,6 +276,51 @@ proptest! {
             }
         }
         prop_assert_eq!(&sample(&graph, &seeds, &config).expect("sample"), &want, "compacted");
+    }
+
+    /// A graph split between shards by arbitrary owners samples, through [`Routed`],
+    /// exactly as the whole graph; each partition alone holds only its owners' lists.
+    #[test]
+    fn a_split_graph_samples_as_the_whole(
+        (customers, orders, items) in arb_world(),
+        shards in 1usize..4,
+        salt in any::<u64>(),
+        picks in prop::collection::vec((0usize..3, 0u32..70, 0i64..1100), 1..12),
+        hops in 1usize..4,
+        recent in any::<bool>(),
+        rng in any::<u64>(),
+    ) {
+        let (_dir, db) = database(&customers, &orders, &items);
+        let whole = HeteroGraph::from_database(&db).expect("graph");
+        let owners: Owners = whole
+            .num_nodes
+            .iter()
+            .enumerate()
+            .map(|(t, &n)| (0..n).map(|i| (mix(salt ^ ((t as u64) << 40) ^ i as u64) % shards as u64) as u16).collect())
+            .collect();
+        let parts: Vec<HeteroGraph> = (0..shards)
+            .map(|s| whole.partition(|t, n| usize::from(owners[t][n as usize]) == s).expect("partition"))
+            .collect();
+        prop_assert_eq!(parts.iter().map(HeteroGraph::num_edges).sum::<usize>(), whole.num_edges());
+        let seeds: Vec<Seed> = picks
+            .iter()
+            .filter(|(t, n, _)| (*n as usize) < whole.num_nodes[*t])
+            .map(|&(table, node, a)| Seed { table, node, anchor: T0 + a })
+            .collect();
+        let config = SampleConfig {
+            fanouts: vec![3; hops],
+            strategy: if recent { Strategy::Recent } else { Strategy::Uniform },
+            seed: rng,
+            chunk: 2,
+            ..SampleConfig::default()
+        };
+        let want = sample(&whole, &seeds, &config).expect("sample");
+        for home in 0..shards {
+            let shard_refs: Vec<&dyn Shard> = parts.iter().map(|p| p as &dyn Shard).collect();
+            let view = Routed::new(&parts[home], &owners, shard_refs, home).expect("routed");
+            prop_assert_eq!(&sample(&view, &seeds, &config).expect("sample"), &want, "from shard {}", home);
+            prop_assert!(view.take_error().is_none());
+        }
     }
 
     #[test]

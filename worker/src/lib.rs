@@ -20,3 +20,4 @@
 
 pub mod label;
 pub mod model;
+pub mod store;

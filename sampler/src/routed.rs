@@ -1,0 +1,196 @@
+//! [`Routed`]: a [`GraphView`] over a graph split between workers. Each node's neighbor
+//! lists live with one owner ([`HeteroGraph::partition`]); a hop's requests are grouped
+//! per owner, each group sampled where it lives (in process, or over the network through
+//! a [`Shard`]), and the answers put back in request order, so the subgraphs are exactly
+//! those of the whole graph.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::graph::{EdgeType, HeteroGraph};
+use crate::view::{GraphView, Neighbor, Request, Strategy};
+
+/// Where some nodes' neighbor lists are sampled: the local partition, or a remote owner.
+pub trait Shard: Sync {
+    fn sample_shard(
+        &self,
+        edge_type: usize,
+        requests: &[Request],
+        strategy: Strategy,
+        out: &mut Vec<Neighbor>,
+    ) -> Result<(), String>;
+}
+
+impl Shard for HeteroGraph {
+    fn sample_shard(
+        &self,
+        edge_type: usize,
+        requests: &[Request],
+        strategy: Strategy,
+        out: &mut Vec<Neighbor>,
+    ) -> Result<(), String> {
+        self.sample(edge_type, requests, strategy, out);
+        Ok(())
+    }
+}
+
+/// Per table, the shard of each node.
+pub type Owners = Vec<Vec<u16>>;
+
+pub struct Routed<'a> {
+    /// Node times and the schema of the graph (the local partition).
+    local: &'a HeteroGraph,
+    owners: &'a Owners,
+    shards: Vec<&'a dyn Shard>,
+    home: usize,
+    /// The first failure of a shard; [`GraphView::sample`] has no error path, so a batch
+    /// sampled through a failed shard must be dropped by whoever checks [`Routed::error`].
+    error: Mutex<Option<String>>,
+    routed: AtomicU64,
+    total: AtomicU64,
+}
+
+impl std::fmt::Debug for Routed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Routed<'a> {
+    /// `shards[owners[table][node]]` samples `node`'s neighbor lists; `home` is this
+    /// worker's own shard index (its requests count as local).
+    pub fn new(
+        local: &'a HeteroGraph,
+        owners: &'a Owners,
+        shards: Vec<&'a dyn Shard>,
+        home: usize,
+    ) -> Result<Self, String> {
+        let most = owners
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .map_or(0, usize::from);
+        if shards.is_empty() || most >= shards.len() || home >= shards.len() {
+            return Err(format!(
+                "{} shards, but nodes are owned by up to shard {most} and this is shard {home}",
+                shards.len()
+            ));
+        }
+        Ok(Routed {
+            local,
+            owners,
+            shards,
+            home,
+            error: Mutex::new(None),
+            routed: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        })
+    }
+
+    /// The first shard failure since the last call, clearing it.
+    pub fn take_error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// Requests sent to shards other than `home`, and all requests, since creation.
+    pub fn traffic(&self) -> (u64, u64) {
+        (
+            self.routed.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
+    }
+
+    fn fail(&self, message: String) {
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert(message);
+        }
+    }
+}
+
+impl GraphView for Routed<'_> {
+    fn num_tables(&self) -> usize {
+        self.local.num_tables()
+    }
+
+    fn edge_types(&self) -> &[EdgeType] {
+        self.local.edge_types()
+    }
+
+    fn node_times(&self, table: usize, nodes: &[u32], out: &mut Vec<i64>) {
+        self.local.node_times(table, nodes, out);
+    }
+
+    fn sample(
+        &self,
+        edge_type: usize,
+        requests: &[Request],
+        strategy: Strategy,
+        out: &mut Vec<Neighbor>,
+    ) {
+        let src = self.local.edge_types[edge_type].src;
+        let owner = |node: u32| {
+            self.owners[src]
+                .get(node as usize)
+                .map_or(0, |&o| usize::from(o))
+        };
+        // Per shard, its requests and where each came from.
+        let mut groups: Vec<(Vec<Request>, Vec<u32>)> = vec![Default::default(); self.shards.len()];
+        for (i, r) in requests.iter().enumerate() {
+            let (group, origin) = &mut groups[owner(r.node)];
+            group.push(*r);
+            origin.push(i as u32);
+        }
+        let answers: Vec<Vec<Neighbor>> = groups
+            .par_iter()
+            .enumerate()
+            .map(|(s, (group, origin))| {
+                let mut found = Vec::new();
+                if group.is_empty() {
+                    return found;
+                }
+                if let Err(e) = self.shards[s].sample_shard(edge_type, group, strategy, &mut found)
+                {
+                    self.fail(format!("sampling on shard {s}: {e}"));
+                    found.clear();
+                }
+                for n in &mut found {
+                    n.request = origin[n.request as usize];
+                }
+                found
+            })
+            .collect();
+        let away = requests.len() - groups.get(self.home).map_or(0, |g| g.0.len());
+        self.routed.fetch_add(away as u64, Ordering::Relaxed);
+        self.total
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        // Back in request order (each shard answers its requests in order): a counting
+        // placement by request.
+        let mut starts = vec![0u32; requests.len() + 1];
+        for n in answers.iter().flatten() {
+            starts[n.request as usize + 1] += 1;
+        }
+        for i in 0..requests.len() {
+            starts[i + 1] += starts[i];
+        }
+        let base = out.len();
+        let total = starts[requests.len()] as usize;
+        out.resize(
+            base + total,
+            Neighbor {
+                request: 0,
+                node: 0,
+                time: 0,
+            },
+        );
+        for n in answers.into_iter().flatten() {
+            let at = &mut starts[n.request as usize];
+            out[base + *at as usize] = n;
+            *at += 1;
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! A worker's partitions of a database, in RocksDB (ARCHITECTURE.md §2-3).
+//!
+//! Placement: rows of entity tables (those with a primary key) go to the partition of a
+//! hash of their key; rows of fact tables go with the row their first foreign key points
+//! to (an order lives with its customer), so a seed's labels and first hop are local;
+//! rows with neither (or a null first key) go by a hash of their position.
+//!
+//! Layout: `s/schema` holds the database schema (protobuf); `r/<table>/<partition>/<chunk>`
+//! holds up to [`CHUNK_ROWS`] rows as one Arrow IPC stream (columnar, at the columns'
+//! natural widths); `n/<table>/<partition>` the partition's row count. Writes go through
+//! the WAL and a table's last write is synced, so an acknowledged ingest survives
+//! `kill -9`.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use prost::Message as _;
+use rayon::prelude::*;
+use relgraph_common::Database;
+use relgraph_common::hash::{FNV_BASIS, fnv1a, mix};
+use relgraph_common::schema::DatabaseSchema;
+use relgraph_proto::v1 as pb;
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+
+/// Rows per stored chunk.
+pub const CHUNK_ROWS: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("partition store {path}: {source}")]
+    Rocks {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("partition store {path}: {what}: {detail}")]
+    Data {
+        path: String,
+        what: String,
+        detail: String,
+    },
+}
+
+/// The hash of a key value as text (so an int64 key and a string foreign key holding
+/// the same digits land together); `None` for a null.
+fn key_hash(column: &ArrayRef, row: usize) -> Option<u64> {
+    if column.is_null(row) {
+        return None;
+    }
+    let mut buf = itoa::Buffer::new();
+    let text: &[u8] = if let Some(a) = column.as_any().downcast_ref::<Int64Array>() {
+        buf.format(a.value(row)).as_bytes()
+    } else if let Some(a) = column.as_any().downcast_ref::<StringArray>() {
+        a.value(row).as_bytes()
+    } else {
+        return Some(mix(row as u64));
+    };
+    Some(fnv1a(text.iter().copied(), FNV_BASIS))
+}
+
+/// A table of events that belong to another row: it has a time column and a foreign key.
+fn is_fact(t: &relgraph_common::Table) -> bool {
+    t.schema.time_column.is_some() && !t.schema.foreign_keys.is_empty()
+}
+
+/// The partition (of `parts`) of every row of every table. A fact row takes the
+/// partition of the row its first foreign key points to, through chains of facts (an
+/// order event lives with its order, which lives with its customer).
+pub fn placement(db: &Database, parts: u32) -> Vec<Vec<u32>> {
+    let parts = u64::from(parts.max(1));
+    let own = |t: &relgraph_common::Table, r: usize, column: Option<&str>| {
+        let h = column
+            .and_then(|c| t.column(c))
+            .and_then(|k| key_hash(k, r))
+            .unwrap_or_else(|| mix(r as u64 ^ 0x5bd1_e995));
+        (h % parts) as u32
+    };
+    let mut out: Vec<Option<Vec<u32>>> = vec![None; db.tables.len()];
+    // Entities first, then facts whose parent is placed, until nothing moves.
+    loop {
+        let mut moved = false;
+        for (i, t) in db.tables.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            if !is_fact(t) {
+                let key = t.schema.primary_key.as_deref();
+                out[i] = Some((0..t.num_rows()).map(|r| own(t, r, key)).collect());
+                moved = true;
+                continue;
+            }
+            let fk = &t.schema.foreign_keys[0];
+            let Some(parent) = db.tables.iter().position(|p| p.name() == fk.references) else {
+                continue;
+            };
+            let (Some(parent_parts), Some(column)) =
+                (out[parent].as_ref(), t.schema.column_index(&fk.column))
+            else {
+                continue;
+            };
+            let rows = db.parent_rows(i, column, parent);
+            let placed = rows
+                .iter()
+                .enumerate()
+                .map(|(r, &p)| match p {
+                    relgraph_common::database::NO_ROW => own(t, r, None),
+                    p => parent_parts[p as usize],
+                })
+                .collect();
+            out[i] = Some(placed);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    // What is left sits in a cycle of facts: by the hash of its first key's value.
+    db.tables
+        .iter()
+        .zip(out)
+        .map(|(t, placed)| {
+            placed.unwrap_or_else(|| {
+                let fk = t.schema.foreign_keys.first().map(|f| f.column.as_str());
+                (0..t.num_rows()).map(|r| own(t, r, fk)).collect()
+            })
+        })
+        .collect()
+}
+
+/// What an ingest wrote.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Ingested {
+    /// Per table (database order): rows written.
+    pub rows: Vec<(String, u64)>,
+    pub bytes: u64,
+}
+
+pub struct PartitionStore {
+    db: DB,
+    path: String,
+}
+
+impl std::fmt::Debug for PartitionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn rows_key(table: &str, part: u32, chunk: u32) -> Vec<u8> {
+    let mut k = format!("r/{table}/").into_bytes();
+    k.extend_from_slice(&part.to_be_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+fn count_key(table: &str, part: u32) -> Vec<u8> {
+    let mut k = format!("n/{table}/").into_bytes();
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+impl PartitionStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.display().to_string();
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open(&options, dir).map_err(|source| StoreError::Rocks {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(PartitionStore { db, path })
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn data(&self, what: impl Into<String>, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Data {
+            path: self.path.clone(),
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Writes the rows of `db` that fall in the partitions `owned` (of `parts`),
+    /// replacing what those partitions held.
+    pub fn ingest(&self, db: &Database, owned: &[u32], parts: u32) -> Result<Ingested, StoreError> {
+        let schema = DatabaseSchema {
+            tables: db.tables.iter().map(|t| t.schema.clone()).collect(),
+        };
+        let mut out = Ingested::default();
+        let plain = WriteOptions::default();
+        self.db
+            .put_opt(
+                b"s/schema",
+                pb::DatabaseSchema::from(&schema).encode_to_vec(),
+                &plain,
+            )
+            .map_err(|e| self.rocks(e))?;
+        let placement = placement(db, parts);
+        // Rows of each table by partition (one pass), then (table, partition) pieces
+        // encoded and written in parallel.
+        let buckets: Vec<Vec<Vec<u32>>> = placement
+            .par_iter()
+            .map(|places| {
+                let mut b = vec![Vec::new(); parts.max(1) as usize];
+                for (r, &p) in places.iter().enumerate() {
+                    b[p as usize].push(r as u32);
+                }
+                b
+            })
+            .collect();
+        let pieces: Vec<(usize, u32)> = (0..db.tables.len())
+            .flat_map(|t| owned.iter().map(move |&p| (t, p)))
+            .collect();
+        let written = pieces
+            .par_iter()
+            .map(|&(t, p)| {
+                let (table, name) = (&db.tables[t], db.tables[t].name());
+                let rows = buckets[t].get(p as usize).map_or(&[][..], Vec::as_slice);
+                let mut batch = WriteBatch::default();
+                batch.delete_range(rows_key(name, p, 0), rows_key(name, p, u32::MAX));
+                let mut bytes = 0u64;
+                for (c, chunk) in rows.chunks(CHUNK_ROWS).enumerate() {
+                    let part = take_record_batch(&table.batch, &UInt32Array::from(chunk.to_vec()))
+                        .map_err(|e| self.data(format!("table {name}"), e))?;
+                    let encoded =
+                        encode(&part).map_err(|e| self.data(format!("table {name}"), e))?;
+                    bytes += encoded.len() as u64;
+                    batch.put(rows_key(name, p, c as u32), encoded);
+                }
+                batch.put(count_key(name, p), (rows.len() as u64).to_le_bytes());
+                self.db
+                    .write_opt(batch, &plain)
+                    .map_err(|e| self.rocks(e))?;
+                Ok((t, rows.len() as u64, bytes))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.rows = db
+            .tables
+            .iter()
+            .map(|t| (t.name().to_string(), 0))
+            .collect();
+        for (t, rows, bytes) in written {
+            out.rows[t].1 += rows;
+            out.bytes += bytes;
+        }
+        self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
+        Ok(out)
+    }
+
+    /// The stored schema (None before the first ingest).
+    pub fn schema(&self) -> Result<Option<DatabaseSchema>, StoreError> {
+        let Some(bytes) = self.db.get(b"s/schema").map_err(|e| self.rocks(e))? else {
+            return Ok(None);
+        };
+        let proto = pb::DatabaseSchema::decode(&bytes[..]).map_err(|e| self.data("schema", e))?;
+        DatabaseSchema::try_from(&proto)
+            .map(Some)
+            .map_err(|e| self.data("schema", e))
+    }
+
+    /// Every stored row of `table`, partitions in order, as one batch (None if the
+    /// table holds no chunk here).
+    pub fn rows(&self, table: &str) -> Result<Option<RecordBatch>, StoreError> {
+        let prefix = format!("r/{table}/").into_bytes();
+        let mut batches = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            batches.push(decode(&v).map_err(|e| self.data(format!("table {table}"), e))?);
+        }
+        let Some(first) = batches.first() else {
+            return Ok(None);
+        };
+        concat_batches(&first.schema(), &batches)
+            .map(Some)
+            .map_err(|e| self.data(format!("table {table}"), e))
+    }
+
+    /// Rows of `table` in partition `part`, from the counts written with them.
+    pub fn count(&self, table: &str, part: u32) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .get(count_key(table, part))
+            .map_err(|e| self.rocks(e))?
+            .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0))
+    }
+}
+
+fn encode(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, &batch.schema())?;
+    w.write(batch)?;
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+    reader
+        .next()
+        .unwrap_or_else(|| Err(arrow::error::ArrowError::IpcError("empty chunk".into())))
+}
