@@ -173,6 +173,7 @@ pub fn train_on(
         resume: None,
         on_epoch: &mut |_| Ok(()),
         group: None,
+        split: None,
     };
     fit_and_save(db, query, plan, &labels, config, out, session)
 }

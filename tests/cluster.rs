@@ -2,7 +2,7 @@
 //! processes on 127.0.0.1 with ports picked by the OS, killed with SIGKILL mid-flight.
 //! Every wait is bounded; every process is killed when its handle drops.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -72,6 +72,34 @@ impl Proc {
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits up to `secs` for a submission to end and returns its output; kills it and fails
+/// the test otherwise.
+fn finish(mut child: Child, secs: u64, what: &str) -> std::process::Output {
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::process::Output {
+        status,
+        stdout: reader.join().expect("stdout reader"),
+        stderr: Vec::new(),
     }
 }
 
@@ -291,7 +319,7 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
     assert_ne!(j["worker"].as_u64(), Some(first_worker as u64), "{j}");
     workers[0].0.line("resuming from", 60);
 
-    let output = submit.wait_with_output().expect("submit result");
+    let output = finish(submit, 300, "the submission");
     assert!(output.status.success(), "submit failed");
     let report: Value = serde_json::from_slice(&output.stdout).expect("submit json");
     assert_eq!(report["job"]["state"], "ready", "{report}");
@@ -380,7 +408,7 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     let (killed, _) = workers.pop().expect("worker");
     killed.kill();
     workers[0].0.line("resuming from", 120);
-    let cluster = submit.wait_with_output().expect("submit result");
+    let cluster = finish(submit, 300, "the submission");
     assert!(cluster.status.success(), "submit failed");
     let cluster: Value = serde_json::from_slice(&cluster.stdout).expect("json");
     assert_eq!(
@@ -450,16 +478,14 @@ fn local_runs_a_coordinator_and_two_workers_in_one_process() {
         .trim_end_matches(',')
         .to_string();
     let out = root.join("model");
-    let submitted = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+    let submit = Command::new(env!("CARGO_BIN_EXE_relgraph"))
         .args(["train", CHURN, "--data", path(&data), "--out", path(&out)])
         .args(["--config", path(&config), "--coordinator", &addr, "--json"])
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("submit");
-    assert!(
-        submitted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&submitted.stderr)
-    );
+    let submitted = finish(submit, 180, "the submission");
+    assert!(submitted.status.success(), "submit failed");
     let report: Value = serde_json::from_slice(&submitted.stdout).expect("json");
     assert_eq!(report["job"]["state"], "ready", "{report}");
     let status = admin(&["status"], std::slice::from_ref(&addr));

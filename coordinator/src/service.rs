@@ -436,6 +436,20 @@ async fn peer_sender(
     }
 }
 
+/// The connections `listener` accepts, with Nagle's algorithm off: a small gRPC answer
+/// would otherwise wait for the caller's delayed ACK (40 ms on Linux). tonic sets this
+/// only on listeners it binds itself.
+pub fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}
+
 pub async fn connect(addr: &str) -> Option<Channel> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}")).ok()?;
     endpoint
@@ -489,7 +503,7 @@ pub async fn start(config: &CoordinatorConfig) -> anyhow::Result<Coordinator> {
     };
     let raft = RaftService { node: node.clone() };
     let token = config.token.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = incoming(listener);
     let server = tokio::spawn(async move {
         let checker = move |req| check_token(req, token.as_deref());
         let result = tonic::transport::Server::builder()

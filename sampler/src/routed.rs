@@ -4,16 +4,14 @@
 //! a [`Shard`]), and the answers put back in request order, so the subgraphs are exactly
 //! those of the whole graph.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 use crate::graph::{EdgeType, HeteroGraph};
 use crate::view::{GraphView, Neighbor, Request, Strategy};
 
 /// Where some nodes' neighbor lists are sampled: the local partition, or a remote owner.
-pub trait Shard: Sync {
+pub trait Shard: Send + Sync {
     fn sample_shard(
         &self,
         edge_type: usize,
@@ -39,20 +37,19 @@ impl Shard for HeteroGraph {
 /// Per table, the shard of each node.
 pub type Owners = Vec<Vec<u16>>;
 
-pub struct Routed<'a> {
+pub struct Routed {
     /// Node times and the schema of the graph (the local partition).
-    local: &'a HeteroGraph,
-    owners: &'a Owners,
-    shards: Vec<&'a dyn Shard>,
+    local: Arc<HeteroGraph>,
+    owners: Arc<Owners>,
+    shards: Vec<Arc<dyn Shard>>,
     home: usize,
-    /// The first failure of a shard; [`GraphView::sample`] has no error path, so a batch
-    /// sampled through a failed shard must be dropped by whoever checks [`Routed::error`].
+    /// The first failure of a shard, which [`crate::sample`] turns into its error.
     error: Mutex<Option<String>>,
     routed: AtomicU64,
     total: AtomicU64,
 }
 
-impl std::fmt::Debug for Routed<'_> {
+impl std::fmt::Debug for Routed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Routed")
             .field("shards", &self.shards.len())
@@ -60,13 +57,13 @@ impl std::fmt::Debug for Routed<'_> {
     }
 }
 
-impl<'a> Routed<'a> {
+impl Routed {
     /// `shards[owners[table][node]]` samples `node`'s neighbor lists; `home` is this
     /// worker's own shard index (its requests count as local).
     pub fn new(
-        local: &'a HeteroGraph,
-        owners: &'a Owners,
-        shards: Vec<&'a dyn Shard>,
+        local: Arc<HeteroGraph>,
+        owners: Arc<Owners>,
+        shards: Vec<Arc<dyn Shard>>,
         home: usize,
     ) -> Result<Self, String> {
         let most = owners
@@ -92,11 +89,6 @@ impl<'a> Routed<'a> {
         })
     }
 
-    /// The first shard failure since the last call, clearing it.
-    pub fn take_error(&self) -> Option<String> {
-        self.error.lock().ok().and_then(|mut e| e.take())
-    }
-
     /// Requests sent to shards other than `home`, and all requests, since creation.
     pub fn traffic(&self) -> (u64, u64) {
         (
@@ -112,7 +104,7 @@ impl<'a> Routed<'a> {
     }
 }
 
-impl GraphView for Routed<'_> {
+impl GraphView for Routed {
     fn num_tables(&self) -> usize {
         self.local.num_tables()
     }
@@ -123,6 +115,10 @@ impl GraphView for Routed<'_> {
 
     fn node_times(&self, table: usize, nodes: &[u32], out: &mut Vec<i64>) {
         self.local.node_times(table, nodes, out);
+    }
+
+    fn take_failure(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|mut e| e.take())
     }
 
     fn sample(
@@ -138,6 +134,16 @@ impl GraphView for Routed<'_> {
                 .get(node as usize)
                 .map_or(0, |&o| usize::from(o))
         };
+        self.total
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        if requests.iter().all(|r| owner(r.node) == self.home) {
+            // The common case under co-located placement: nothing to route.
+            if let Err(e) = self.shards[self.home].sample_shard(edge_type, requests, strategy, out)
+            {
+                self.fail(format!("sampling on shard {}: {e}", self.home));
+            }
+            return;
+        }
         // Per shard, its requests and where each came from.
         let mut groups: Vec<(Vec<Request>, Vec<u32>)> = vec![Default::default(); self.shards.len()];
         for (i, r) in requests.iter().enumerate() {
@@ -145,8 +151,10 @@ impl GraphView for Routed<'_> {
             group.push(*r);
             origin.push(i as u32);
         }
+        // One shard after another on this thread: a rayon fork here could run another
+        // chunk of the same sampling call on this thread, in the middle of this one.
         let answers: Vec<Vec<Neighbor>> = groups
-            .par_iter()
+            .iter()
             .enumerate()
             .map(|(s, (group, origin))| {
                 let mut found = Vec::new();
@@ -166,8 +174,6 @@ impl GraphView for Routed<'_> {
             .collect();
         let away = requests.len() - groups.get(self.home).map_or(0, |g| g.0.len());
         self.routed.fetch_add(away as u64, Ordering::Relaxed);
-        self.total
-            .fetch_add(requests.len() as u64, Ordering::Relaxed);
         // Back in request order (each shard answers its requests in order): a counting
         // placement by request.
         let mut starts = vec![0u32; requests.len() + 1];

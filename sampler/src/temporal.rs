@@ -78,6 +78,8 @@ pub enum SampleError {
         given: usize,
         hops: usize,
     },
+    #[error("sampling through another worker: {0}")]
+    Shard(String),
 }
 
 /// Fanout per hop and edge type.
@@ -150,6 +152,9 @@ pub fn sample(
             .enumerate()
             .map(|(c, part)| sample_chunk(view, part, c * chunk, config, &fanouts))
             .collect();
+        if let Some(failure) = view.take_failure() {
+            return Err(SampleError::Shard(failure));
+        }
         Ok(SubgraphBatch::concat(&parts, view.num_tables(), &endpoints))
     })
 }

@@ -38,6 +38,8 @@ pub struct Request {
     pub rng: u64,
 }
 
+/// Sampling calls a view from rayon's threads, holding per-thread scratch space across
+/// the call, so an implementation must not fork rayon work of its own.
 pub trait GraphView: Sync {
     fn num_tables(&self) -> usize;
     fn edge_types(&self) -> &[EdgeType];
@@ -52,6 +54,11 @@ pub trait GraphView: Sync {
         strategy: Strategy,
         out: &mut Vec<Neighbor>,
     );
+    /// A failure since the last call that left some answers out (a remote owner that did
+    /// not answer), clearing it; [`crate::sample`] fails the whole call with it.
+    fn take_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Indices of up to `k` of the `n` eligible neighbors (`0..n`, oldest first); `seen` is

@@ -132,6 +132,7 @@ pub fn run(args: &TrainBenchArgs) -> Result<()> {
             resume: None,
             on_epoch: &mut |_| Ok(()),
             group: None,
+            split: None,
         },
     )?;
     let (steps, seconds) = match marks.as_slice() {

@@ -10,8 +10,11 @@
 //! grouped by request in request order). Every call needs the cluster's bearer token
 //! when one is configured.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -24,13 +27,17 @@ use arrow_flight::{
 };
 use relgraph_coordinator::auth::{Auth, check_token};
 use relgraph_coordinator::service::connect;
-use relgraph_sampler::{GraphView, HeteroGraph, Neighbor, Owners, Request, Shard, Strategy};
+use relgraph_sampler::{
+    GraphView, HeteroGraph, Neighbor, Owners, Request, Routed, Shard, Strategy,
+};
+use relgraph_worker::model::{GraphSplit, ModelError};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
+use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Response, Status, Streaming};
+use tonic::{Code, Response, Status, Streaming};
 
 /// Largest message either side accepts: a hop's answer for a chunk of seeds at [128, 64]
 /// can pass tonic's 4 MiB default.
@@ -40,6 +47,11 @@ const MAX_MESSAGE: usize = 256 << 20;
 struct SampleCommand {
     v: u32,
     op: String,
+    /// Which partition: a training job's, of one attempt.
+    #[serde(default)]
+    job: u64,
+    #[serde(default)]
+    attempt: u64,
     edge_type: usize,
     strategy: String,
 }
@@ -156,60 +168,97 @@ fn strategy_name(s: Strategy) -> &'static str {
     }
 }
 
-/// Serves one worker's partition: neighbor requests for the nodes it owns.
+/// A partition a worker serves: its part of the graph, who owns what, and its own index.
 #[derive(Debug, Clone)]
+pub struct Served {
+    pub part: Arc<HeteroGraph>,
+    pub owners: Arc<Owners>,
+    pub rank: u16,
+}
+
+/// Serves a worker's partitions (one per running job attempt): neighbor requests for
+/// the nodes it owns.
+#[derive(Debug, Clone, Default)]
 pub struct SampleService {
-    part: Arc<HeteroGraph>,
-    owners: Arc<Owners>,
-    rank: u16,
+    parts: Arc<RwLock<HashMap<(u64, u64), Served>>>,
 }
 
 impl SampleService {
-    pub fn new(part: Arc<HeteroGraph>, owners: Arc<Owners>, rank: u16) -> Self {
-        SampleService { part, owners, rank }
+    /// Serves `served` for `job` = (id, attempt) until [`SampleService::withdraw`].
+    pub fn publish(&self, job: (u64, u64), served: Served) {
+        if let Ok(mut parts) = self.parts.write() {
+            parts.insert(job, served);
+        }
     }
 
-    fn answer(&self, messages: &[FlightData]) -> Result<Vec<FlightData>, String> {
+    /// Stops serving the partitions of the job attempts `keep` refuses.
+    pub fn retain(&self, keep: impl Fn((u64, u64)) -> bool) {
+        if let Ok(mut parts) = self.parts.write() {
+            parts.retain(|&job, _| keep(job));
+        }
+    }
+
+    fn answer(&self, messages: &[FlightData]) -> Result<Vec<FlightData>, Status> {
+        let bad = |m: String| Status::invalid_argument(m);
         let cmd = messages
             .first()
             .and_then(|m| m.flight_descriptor.as_ref())
-            .ok_or("the first message must carry a descriptor whose cmd is the command")?;
+            .ok_or_else(|| {
+                bad("the first message must carry a descriptor whose cmd is the command".into())
+            })?;
         let cmd: SampleCommand =
-            serde_json::from_slice(&cmd.cmd).map_err(|e| format!("command: {e}"))?;
+            serde_json::from_slice(&cmd.cmd).map_err(|e| bad(format!("command: {e}")))?;
         if cmd.v != 1 || cmd.op != "sample" {
-            return Err(format!(
+            return Err(bad(format!(
                 "command v{} `{}`: this worker serves v1 `sample`",
                 cmd.v, cmd.op
-            ));
+            )));
         }
         let strategy = match cmd.strategy.as_str() {
             "uniform" => Strategy::Uniform,
             "recent" => Strategy::Recent,
-            other => return Err(format!("strategy `{other}` is neither uniform nor recent")),
+            other => {
+                return Err(bad(format!(
+                    "strategy `{other}` is neither uniform nor recent"
+                )));
+            }
         };
-        let Some(et) = self.part.edge_types.get(cmd.edge_type) else {
-            return Err(format!(
+        let served = self
+            .parts
+            .read()
+            .ok()
+            .and_then(|p| p.get(&(cmd.job, cmd.attempt)).cloned())
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "job {} attempt {}: this worker does not hold its partition (yet)",
+                    cmd.job, cmd.attempt
+                ))
+            })?;
+        let Some(et) = served.part.edge_types.get(cmd.edge_type) else {
+            return Err(bad(format!(
                 "edge type {} of {}",
                 cmd.edge_type,
-                self.part.edge_types.len()
-            ));
+                served.part.edge_types.len()
+            )));
         };
-        let batches = flight_data_to_batches(messages).map_err(|e| format!("requests: {e}"))?;
-        let requests = decode_requests(&batches)?;
-        let owners = &self.owners[et.src];
+        let batches =
+            flight_data_to_batches(messages).map_err(|e| bad(format!("requests: {e}")))?;
+        let requests = decode_requests(&batches).map_err(bad)?;
+        let owners = &served.owners[et.src];
         if let Some(r) = requests
             .iter()
-            .find(|r| owners.get(r.node as usize) != Some(&self.rank))
+            .find(|r| owners.get(r.node as usize) != Some(&served.rank))
         {
-            return Err(format!(
+            return Err(bad(format!(
                 "node {} of `{}` is not on worker {}",
-                r.node, self.part.tables[et.src], self.rank
-            ));
+                r.node, served.part.tables[et.src], served.rank
+            )));
         }
         let mut found = Vec::new();
-        self.part
+        served
+            .part
             .sample(cmd.edge_type, &requests, strategy, &mut found);
-        encode_neighbors(&found)
+        encode_neighbors(&found).map_err(Status::internal)
     }
 }
 
@@ -240,7 +289,7 @@ impl FlightService for SampleService {
         while let Some(m) = stream.message().await? {
             messages.push(m);
         }
-        let answer = self.answer(&messages).map_err(Status::invalid_argument)?;
+        let answer = self.answer(&messages)?;
         metrics::counter!("relgraph_flight_sample_calls_total").increment(1);
         Ok(Response::new(Box::pin(tokio_stream::iter(
             answer.into_iter().map(Ok),
@@ -303,17 +352,24 @@ impl FlightService for SampleService {
     }
 }
 
-/// Serves `service` on `listener` until the runtime stops; every call needs `token` when
-/// one is given.
-pub fn serve(listener: TcpListener, service: SampleService, token: Option<String>) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+/// The Flight server of `service`; every call needs `token` when one is given.
+pub fn server(
+    service: SampleService,
+    token: Option<String>,
+) -> InterceptedService<FlightServiceServer<SampleService>, impl Interceptor + Clone> {
     let server = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let checker = move |req| check_token(req, token.as_deref());
+    InterceptedService::new(server, move |req| check_token(req, token.as_deref()))
+}
+
+/// Serves `service` alone on `listener` until the runtime stops.
+pub fn serve(listener: TcpListener, service: SampleService, token: Option<String>) {
+    let incoming = relgraph_coordinator::service::incoming(listener);
+    let server = server(service, token);
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
-            .add_service(InterceptedService::new(server, checker))
+            .add_service(server)
             .serve_with_incoming(incoming)
             .await;
         if let Err(e) = result {
@@ -323,19 +379,32 @@ pub fn serve(listener: TcpListener, service: SampleService, token: Option<String
 }
 
 /// Another worker's partition, reached over Flight. Calls block on `runtime`, so they
-/// must come from threads outside it (rayon's, which sampling runs on).
+/// must come from threads outside it (rayon's, which sampling runs on). A worker that
+/// does not hold the partition yet (still loading) is asked again for up to `PATIENCE`,
+/// or until `stop` is set.
 #[derive(Debug, Clone)]
 pub struct RemoteShard {
     addr: String,
     client: FlightServiceClient<InterceptedService<Channel, Auth>>,
     runtime: tokio::runtime::Handle,
+    job: (u64, u64),
+    stop: Option<Arc<AtomicBool>>,
 }
 
+/// How long a sampling call waits for an owner that does not answer.
+const PATIENCE: Duration = Duration::from_secs(120);
+/// How long a job's workers wait for each other to load their data and publish their
+/// parts before training starts.
+const LOADING: Duration = Duration::from_secs(3600);
+
 impl RemoteShard {
+    /// The partition of `job` = (id, attempt) on the worker at `addr`.
     pub async fn connect(
         addr: &str,
         token: Option<&str>,
         runtime: tokio::runtime::Handle,
+        job: (u64, u64),
+        stop: Option<Arc<AtomicBool>>,
     ) -> anyhow::Result<Self> {
         let channel = connect(addr)
             .await
@@ -347,7 +416,74 @@ impl RemoteShard {
             addr: addr.to_string(),
             client,
             runtime,
+            job,
+            stop,
         })
+    }
+}
+
+impl RemoteShard {
+    /// One sampling exchange; a worker that does not hold the partition (yet) or cannot
+    /// be reached is asked again for up to `patience`, unless `stop` is set.
+    fn exchange(
+        &self,
+        edge_type: usize,
+        requests: &[Request],
+        strategy: Strategy,
+        patience: Duration,
+    ) -> Result<Vec<RecordBatch>, String> {
+        let mut data = encode_requests(requests)?;
+        let command = SampleCommand {
+            v: 1,
+            op: "sample".into(),
+            job: self.job.0,
+            attempt: self.job.1,
+            edge_type,
+            strategy: strategy_name(strategy).into(),
+        };
+        let cmd = serde_json::to_vec(&command).map_err(|e| e.to_string())?;
+        if let Some(first) = data.first_mut() {
+            first.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd));
+        }
+        let stopped = || {
+            self.stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+        };
+        let (started, mut pause) = (Instant::now(), Duration::from_millis(20));
+        let messages = loop {
+            let (mut client, data) = (self.client.clone(), data.clone());
+            let result = self.runtime.block_on(async move {
+                let mut answer = client
+                    .do_exchange(tokio_stream::iter(data))
+                    .await?
+                    .into_inner();
+                let mut messages = Vec::new();
+                while let Some(m) = answer.message().await? {
+                    messages.push(m);
+                }
+                Ok::<_, Status>(messages)
+            });
+            match result {
+                Ok(m) => break m,
+                Err(s)
+                    if s.code() == Code::Unavailable
+                        && started.elapsed() < patience
+                        && !stopped() =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(s) => return Err(format!("worker {}: {}", self.addr, s.message())),
+            }
+        };
+        flight_data_to_batches(&messages).map_err(|e| format!("worker {}: answer: {e}", self.addr))
+    }
+
+    /// Waits until the worker serves the partition (it may still be loading its data).
+    pub fn wait_ready(&self, patience: Duration) -> Result<(), String> {
+        self.exchange(0, &[], Strategy::Uniform, patience)
+            .map(|_| ())
     }
 }
 
@@ -359,36 +495,64 @@ impl Shard for RemoteShard {
         strategy: Strategy,
         out: &mut Vec<Neighbor>,
     ) -> Result<(), String> {
-        let mut data = encode_requests(requests)?;
-        let command = SampleCommand {
-            v: 1,
-            op: "sample".into(),
-            edge_type,
-            strategy: strategy_name(strategy).into(),
-        };
-        let cmd = serde_json::to_vec(&command).map_err(|e| e.to_string())?;
-        if let Some(first) = data.first_mut() {
-            first.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd));
-        }
-        let mut client = self.client.clone();
-        let messages = self
-            .runtime
-            .block_on(async move {
-                let mut answer = client
-                    .do_exchange(tokio_stream::iter(data))
-                    .await?
-                    .into_inner();
-                let mut messages = Vec::new();
-                while let Some(m) = answer.message().await? {
-                    messages.push(m);
-                }
-                Ok::<_, Status>(messages)
-            })
-            .map_err(|s| format!("worker {}: {}", self.addr, s.message()))?;
-        let batches = flight_data_to_batches(&messages)
-            .map_err(|e| format!("worker {}: answer: {e}", self.addr))?;
+        let batches = self.exchange(edge_type, requests, strategy, PATIENCE)?;
         decode_neighbors(&batches, requests.len(), out)
             .map_err(|e| format!("worker {}: {e}", self.addr))
+    }
+}
+
+/// A data-parallel job's split of the graph over its workers: this worker keeps and
+/// serves its part, and samples the rest from the other workers over Flight.
+#[derive(Debug)]
+pub struct FlightSplit {
+    /// (id, attempt).
+    pub job: (u64, u64),
+    pub rank: usize,
+    /// Every worker of the job by rank, this one included.
+    pub addrs: Vec<String>,
+    pub token: Option<String>,
+    pub runtime: tokio::runtime::Handle,
+    pub stop: Arc<AtomicBool>,
+    pub service: SampleService,
+    pub owners: Arc<Owners>,
+}
+
+impl GraphSplit for FlightSplit {
+    fn split(
+        &self,
+        graph: &HeteroGraph,
+    ) -> Result<(Arc<HeteroGraph>, Arc<dyn GraphView + Send + Sync>), ModelError> {
+        let rank = self.rank as u16;
+        let owners = &self.owners;
+        let part = Arc::new(graph.partition(|t, n| owners[t].get(n as usize) == Some(&rank))?);
+        let served = Served {
+            part: part.clone(),
+            owners: owners.clone(),
+            rank,
+        };
+        self.service.publish(self.job, served);
+        let mut shards: Vec<Arc<dyn Shard>> = Vec::with_capacity(self.addrs.len());
+        for (s, addr) in self.addrs.iter().enumerate() {
+            if s == self.rank {
+                shards.push(part.clone());
+                continue;
+            }
+            let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
+            let stop = Some(self.stop.clone());
+            let shard = self
+                .runtime
+                .block_on(RemoteShard::connect(addr, token, runtime, self.job, stop))
+                .map_err(|e| ModelError::Collective(format!("{e:#}")))?;
+            // Training starts once every part is served: a sampling call made earlier
+            // would hold a sampling thread while the owner still needs threads to load.
+            if !graph.edge_types.is_empty() {
+                shard.wait_ready(LOADING).map_err(ModelError::Collective)?;
+            }
+            shards.push(Arc::new(shard));
+        }
+        let view = Routed::new(part.clone(), owners.clone(), shards, self.rank)
+            .map_err(ModelError::Collective)?;
+        Ok((part, Arc::new(view)))
     }
 }
 
@@ -407,7 +571,7 @@ pub fn owners(db: &relgraph_common::Database, workers: usize, partitions: u32) -
 mod tests {
     use super::*;
     use crate::generate::{Kind, Output};
-    use relgraph_sampler::{Routed, SampleConfig, Seed, sample};
+    use relgraph_sampler::{SampleConfig, Seed, sample};
 
     #[test]
     fn three_workers_sample_over_flight_as_one_graph() {
@@ -442,16 +606,22 @@ mod tests {
             .build()
             .expect("runtime");
         let token = Some("secret".to_string());
-        let remote: Vec<RemoteShard> = (0..3u16)
+        let remote: Vec<Arc<RemoteShard>> = (0..3u16)
             .map(|w| {
-                let service = SampleService::new(parts[w as usize].clone(), owners.clone(), w);
+                let service = SampleService::default();
+                let served = Served {
+                    part: parts[w as usize].clone(),
+                    owners: owners.clone(),
+                    rank: w,
+                };
+                service.publish((5, 1), served);
                 runtime.block_on(async {
                     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
                     let addr = listener.local_addr().expect("addr").to_string();
                     serve(listener, service, token.clone());
-                    RemoteShard::connect(&addr, token.as_deref(), runtime.handle().clone())
-                        .await
-                        .expect("connect")
+                    let handle = runtime.handle().clone();
+                    let shard = RemoteShard::connect(&addr, token.as_deref(), handle, (5, 1), None);
+                    Arc::new(shard.await.expect("connect"))
                 })
             })
             .collect();
@@ -476,18 +646,18 @@ mod tests {
         let want = sample(&whole, &seeds, &config).expect("sample");
         assert!(want.num_edges() > 1000);
         for home in 0..3 {
-            let shards: Vec<&dyn Shard> = (0..3)
+            let shards: Vec<Arc<dyn Shard>> = (0..3)
                 .map(|s| {
                     if s == home {
-                        parts[s].as_ref() as &dyn Shard
+                        parts[s].clone() as Arc<dyn Shard>
                     } else {
-                        &remote[s] as &dyn Shard
+                        remote[s].clone() as Arc<dyn Shard>
                     }
                 })
                 .collect();
-            let view = Routed::new(&parts[home], &owners, shards, home).expect("view");
+            let view =
+                Routed::new(parts[home].clone(), owners.clone(), shards, home).expect("view");
             let got = sample(&view, &seeds, &config).expect("sample");
-            assert_eq!(view.take_error(), None);
             assert_eq!(got, want, "sampled from worker {home}");
             let (routed, total) = view.traffic();
             assert!(
@@ -515,12 +685,30 @@ mod tests {
             .expect_err("not owned");
         assert!(err.contains("is not on worker 1"), "{err}");
         let addr = remote[1].addr.clone();
-        let anonymous = runtime
-            .block_on(RemoteShard::connect(&addr, None, runtime.handle().clone()))
-            .expect("connect");
-        let err = anonymous
+        let connect = |token: Option<&str>, job| {
+            let handle = runtime.handle().clone();
+            runtime
+                .block_on(RemoteShard::connect(&addr, token, handle, job, None))
+                .expect("connect")
+        };
+        let err = connect(None, (5, 1))
             .sample_shard(edge, &[request], Strategy::Uniform, &mut Vec::new())
             .expect_err("no token");
         assert!(err.contains("token"), "{err}");
+        // A job attempt a worker does not hold: it is asked again until `stop`.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut waiting = connect(token.as_deref(), (5, 2));
+        waiting.stop = Some(stop.clone());
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+        });
+        let started = Instant::now();
+        let err = waiting
+            .sample_shard(edge, &[request], Strategy::Uniform, &mut Vec::new())
+            .expect_err("not held");
+        assert!(err.contains("does not hold its partition"), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        stopper.join().expect("stopper");
     }
 }

@@ -18,10 +18,16 @@ use relgraph_proto::cluster::{
     HeartbeatRequest, Job, JobProgress, JobState, RegisterWorker, TableInfo,
 };
 use relgraph_worker::model::parallel::Collective;
-use relgraph_worker::model::{self, ModelError, Progress, Session, TrainConfig, TrainState};
+use relgraph_worker::model::{
+    self, GraphSplit, ModelError, Progress, Session, TrainConfig, TrainState,
+};
 use tokio::net::TcpListener;
 
+use super::flight::{self, FlightSplit, SampleService};
 use super::ring::{CollectiveService, Mailbox, Ring};
+
+/// Partitions of a data-parallel job's graph per worker (placement granularity).
+const PARTITIONS_PER_WORKER: u32 = 16;
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -83,9 +89,10 @@ struct Running {
 
 pub struct Worker {
     config: WorkerConfig,
-    /// Where this worker's gRPC server listens.
+    /// Where this worker's gRPC server (and its Flight service) listens.
     pub addr: SocketAddr,
     mailbox: Arc<Mailbox>,
+    sampling: SampleService,
 }
 
 impl Worker {
@@ -97,12 +104,15 @@ impl Worker {
         let addr = listener.local_addr()?;
         let mailbox = Arc::new(Mailbox::default());
         let service = CollectiveService(mailbox.clone());
+        let sampling = SampleService::default();
+        let flight = flight::server(sampling.clone(), config.token.clone());
         let token = config.token.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = relgraph_coordinator::service::incoming(listener);
         tokio::spawn(async move {
             let checker = move |req| check_token(req, token.as_deref());
             let result = tonic::transport::Server::builder()
                 .add_service(CollectiveServer::with_interceptor(service, checker))
+                .add_service(flight)
                 .serve_with_incoming(incoming)
                 .await;
             if let Err(e) = result {
@@ -113,6 +123,7 @@ impl Worker {
             config,
             addr,
             mailbox,
+            sampling,
         })
     }
 
@@ -161,6 +172,7 @@ impl Worker {
                                 peers: reply.peers,
                                 token: self.config.token.clone(),
                                 mailbox: self.mailbox.clone(),
+                                sampling: self.sampling.clone(),
                                 runtime: tokio::runtime::Handle::current(),
                             };
                             reconcile(&mut running, &group, reply.jobs, &tx);
@@ -215,27 +227,68 @@ struct Group {
     peers: std::collections::BTreeMap<u64, String>,
     token: Option<String>,
     mailbox: Arc<Mailbox>,
+    sampling: SampleService,
     runtime: tokio::runtime::Handle,
 }
 
 impl Group {
-    /// This worker's ring for `job` (None when it trains alone).
-    fn ring(&self, job: &Job, stop: Arc<AtomicBool>) -> Result<Option<Ring>> {
-        let size = job.workers.len();
-        if size <= 1 {
+    /// This worker's rank in `job`'s group (None when it trains alone).
+    fn rank(&self, job: &Job) -> Result<Option<usize>> {
+        if job.workers.len() <= 1 {
             return Ok(None);
         }
-        let rank = job
+        let rank = job.workers.iter().position(|&w| w == self.worker);
+        rank.context("this worker is not in the job's group")
+            .map(Some)
+    }
+
+    fn addr(&self, worker: u64) -> Result<String> {
+        self.peers
+            .get(&worker)
+            .cloned()
+            .with_context(|| format!("no address for worker {worker}"))
+    }
+
+    /// How `job`'s workers split its graph (None when this worker trains alone): by
+    /// [`flight::owners`] of `db`, each serving its part over Flight.
+    fn split(
+        &self,
+        job: &Job,
+        db: &relgraph_common::Database,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Option<FlightSplit>> {
+        let Some(rank) = self.rank(job)? else {
+            return Ok(None);
+        };
+        let size = job.workers.len();
+        let addrs = job
             .workers
             .iter()
-            .position(|&w| w == self.worker)
-            .context("this worker is not in the job's group")?;
-        let next_id = job.workers[(rank + 1) % size];
-        let next = self
-            .peers
-            .get(&next_id)
-            .with_context(|| format!("no address for worker {next_id}"))?
-            .clone();
+            .map(|&w| self.addr(w))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(FlightSplit {
+            job: (job.id, u64::from(job.attempt)),
+            rank,
+            addrs,
+            token: self.token.clone(),
+            runtime: self.runtime.clone(),
+            stop: stop.clone(),
+            service: self.sampling.clone(),
+            owners: Arc::new(flight::owners(
+                db,
+                size,
+                PARTITIONS_PER_WORKER * size as u32,
+            )),
+        }))
+    }
+
+    /// This worker's ring for `job` (None when it trains alone).
+    fn ring(&self, job: &Job, stop: Arc<AtomicBool>) -> Result<Option<Ring>> {
+        let Some(rank) = self.rank(job)? else {
+            return Ok(None);
+        };
+        let size = job.workers.len();
+        let next = self.addr(job.workers[(rank + 1) % size])?;
         Ok(Some(Ring::new(
             (job.id, job.attempt),
             (rank, size),
@@ -257,6 +310,10 @@ fn reconcile(
 ) {
     metrics::gauge!("relgraph_jobs_running").set(running.len() as f64);
     let held: HashMap<u64, u32> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
+    // Partitions of attempts no longer held (finished, moved, cancelled) stop being served.
+    group
+        .sampling
+        .retain(|(job, attempt)| held.get(&job).is_some_and(|&a| u64::from(a) == attempt));
     for (job, r) in running.iter() {
         if held.get(job) != Some(&r.attempt) {
             r.stop.store(true, Ordering::Relaxed);
@@ -323,8 +380,8 @@ fn run_job(
             });
         }
     };
-    let group: Option<&dyn Collective> = ring.as_ref().map(|r| r as &dyn Collective);
-    match train_job(job, stop, group, &report) {
+    let collective: Option<&dyn Collective> = ring.as_ref().map(|r| r as &dyn Collective);
+    match train_job(job, stop, collective, group, &report) {
         Ok(Some((model_path, metrics_json))) => report(JobProgress {
             state: JobState::Ready.into(),
             model_path,
@@ -353,8 +410,9 @@ fn is_collective(e: &anyhow::Error) -> bool {
 
 fn train_job(
     job: &Job,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     group: Option<&dyn Collective>,
+    peers: &Group,
     report: &dyn Fn(JobProgress),
 ) -> Result<Option<(String, String)>> {
     let lead = group.is_none_or(|g| g.rank() == 0);
@@ -397,6 +455,7 @@ fn train_job(
         ..stage(JobState::Label, 0, 0)
     });
     let labels = label_all(&db, &plan)?;
+    let split = peers.split(job, &db, stop)?;
     let config = TrainConfig::from_toml(&job.config_toml).context("the job's training config")?;
     let out = PathBuf::from(&job.output_dir);
     let resume: Option<TrainState> = if job.checkpoint.is_empty() {
@@ -445,6 +504,7 @@ fn train_job(
         resume,
         on_epoch: &mut on_epoch,
         group,
+        split: split.as_ref().map(|s| s as &dyn GraphSplit),
     };
     let (mut model, _, assessment, trained) =
         model::fit(&db, &job.query, &plan, &labels, &config, session)?;

@@ -24,4 +24,6 @@ pub use checkpoint::{Manifest, load, load_train_state, read_manifest, save, save
 pub use config::TrainConfig;
 pub use fit::{Assessment, assess, fit, predict};
 pub use task::{Output, TargetCode};
-pub use trainer::{Model, ModelError, Prepared, Progress, Session, TrainReport, TrainState};
+pub use trainer::{
+    GraphSplit, Model, ModelError, Prepared, Progress, Session, TrainReport, TrainState,
+};

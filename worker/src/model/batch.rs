@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use relgraph_sampler::{HeteroGraph, STATIC, SampleConfig, SampleError, Seed, SubgraphBatch};
+use relgraph_sampler::{GraphView, STATIC, SampleConfig, SampleError, Seed, SubgraphBatch};
 use rustc_hash::FxHashMap;
 
 use super::features::{EncoderInput, TableFeatures};
@@ -85,7 +85,7 @@ impl ModelBatch {
     /// forward pass of a `layers`-layer model; `items` names the item table of a
     /// ranking task.
     pub fn build(
-        graph: &HeteroGraph,
+        graph: &dyn GraphView,
         features: &[TableFeatures],
         seeds: &[Seed],
         config: &SampleConfig,
@@ -97,7 +97,7 @@ impl ModelBatch {
         let counts: Vec<usize> = sub.nodes.iter().map(|n| n.ids.len()).collect();
         let adjacency = adjacency(&sub);
         let endpoints: Vec<(usize, usize)> =
-            graph.edge_types.iter().map(|e| (e.src, e.dst)).collect();
+            graph.edge_types().iter().map(|e| (e.src, e.dst)).collect();
         // rows[l][t]: the local nodes of table t that layer l computes (layer 0: input).
         let mut last: Vec<Vec<u32>> = vec![Vec::new(); tables];
         for &(t, local) in &sub.seeds {

@@ -3,6 +3,7 @@
 //! minibatches sampled on a loader thread while the step runs, validation each epoch,
 //! early stopping and the best parameters kept, and [`Model::infer`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
 use relgraph_common::hash::combine;
 use relgraph_kernels::{AdamConfig, Cpu, Grads, Loss, Params, Tape, Tensor};
-use relgraph_sampler::{GraphError, HeteroGraph, SampleConfig, SampleError, Seed};
+use relgraph_sampler::{GraphError, GraphView, HeteroGraph, SampleConfig, SampleError, Seed};
 
 use super::batch::ModelBatch;
 use super::checkpoint::Manifest;
@@ -48,11 +49,33 @@ pub enum ModelError {
 }
 
 /// A database ready for the model: its graph and every table's encoded columns.
-#[derive(Debug)]
 pub struct Prepared {
-    pub graph: HeteroGraph,
+    /// The graph this worker holds: all of it, or its part ([`GraphSplit`]).
+    pub graph: Arc<HeteroGraph>,
+    /// What sampling reads through: the graph itself, or a view of the whole graph.
+    pub view: Arc<dyn GraphView + Send + Sync>,
     pub features: Vec<TableFeatures>,
     pub endpoints: Vec<(usize, usize)>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("tables", &self.graph.tables)
+            .field("edges", &self.graph.num_edges())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a data-parallel worker keeps only its part of the graph and samples the rest
+/// from the workers holding it.
+pub trait GraphSplit: Sync {
+    /// The part of `graph` this worker keeps, and a view sampling the whole through it.
+    #[allow(clippy::type_complexity)]
+    fn split(
+        &self,
+        graph: &HeteroGraph,
+    ) -> Result<(Arc<HeteroGraph>, Arc<dyn GraphView + Send + Sync>), ModelError>;
 }
 
 impl Prepared {
@@ -63,10 +86,25 @@ impl Prepared {
             .map(|c| c.apply(db))
             .collect::<Result<Vec<_>, _>>()?;
         let endpoints = graph.edge_types.iter().map(|e| (e.src, e.dst)).collect();
+        let graph = Arc::new(graph);
         Ok(Prepared {
+            view: graph.clone(),
             graph,
             features,
             endpoints,
+        })
+    }
+
+    /// Keeps only this worker's part of the graph, sampling through `split`'s view.
+    pub fn split(self, split: Option<&dyn GraphSplit>) -> Result<Self, ModelError> {
+        let Some(split) = split else {
+            return Ok(self);
+        };
+        let (graph, view) = split.split(&self.graph)?;
+        Ok(Prepared {
+            graph,
+            view,
+            ..self
         })
     }
 }
@@ -230,13 +268,19 @@ impl<'a> Loader<'a> {
         };
         let started = Instant::now();
         let batch = ModelBatch::build(
-            &data.graph,
+            data.view.as_ref(),
             &data.features,
             &seeds,
             &config,
             self.config.layers,
             self.items,
-        )?;
+        )
+        .map_err(|e| match e {
+            // Another worker did not answer: the job's group is broken, as when a
+            // gradient exchange fails.
+            SampleError::Shard(m) => ModelError::Collective(m),
+            e => e.into(),
+        })?;
         metrics::counter!("relgraph_sample_requests_total").increment(1);
         metrics::counter!("relgraph_sampled_seeds_total").increment(seeds.len() as u64);
         metrics::histogram!("relgraph_sample_seconds").record(started.elapsed().as_secs_f64());
@@ -503,6 +547,8 @@ pub struct Session<'a> {
     pub on_epoch: OnEpoch<'a>,
     /// The other workers of a data-parallel job (None: train alone).
     pub group: Option<&'a dyn Collective>,
+    /// Keep only this worker's part of the graph (None: all of it).
+    pub split: Option<&'a dyn GraphSplit>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -528,6 +574,7 @@ pub fn train(
         resume,
         on_epoch,
         group,
+        split: _,
     } = session;
     let (rank, size) = group.map_or((0, 1), |g| (g.rank(), g.size()));
     let config = model.manifest.config.clone();
