@@ -554,6 +554,12 @@ impl GraphSplit for FlightSplit {
             .map_err(ModelError::Collective)?;
         Ok((part, Arc::new(view)))
     }
+
+    fn owner(&self, table: usize, row: u32) -> usize {
+        self.owners[table]
+            .get(row as usize)
+            .map_or(0, |&o| usize::from(o))
+    }
 }
 
 /// Per table, the worker owning each row's neighbor lists: the row's partition

@@ -1,9 +1,10 @@
 //! A worker's partitions of a database, in RocksDB (ARCHITECTURE.md §2-3).
 //!
-//! Placement: rows of entity tables (those with a primary key) go to the partition of a
-//! hash of their key; rows of fact tables go with the row their first foreign key points
-//! to (an order lives with its customer), so a seed's labels and first hop are local;
-//! rows with neither (or a null first key) go by a hash of their position.
+//! Placement: rows of fact tables (a time column and a foreign key) go with the row their
+//! first foreign key points to (an order lives with its customer), so a seed's labels and
+//! first hops are local; rows of other tables go to the partition of a hash of their
+//! primary key; rows with neither (no key, a null first foreign key) go by a hash of
+//! their position.
 //!
 //! Layout: `s/schema` holds the database schema (protobuf); `r/<table>/<partition>/<chunk>`
 //! holds up to [`CHUNK_ROWS`] rows as one Arrow IPC stream (columnar, at the columns'

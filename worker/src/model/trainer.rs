@@ -76,6 +76,9 @@ pub trait GraphSplit: Sync {
         &self,
         graph: &HeteroGraph,
     ) -> Result<(Arc<HeteroGraph>, Arc<dyn GraphView + Send + Sync>), ModelError>;
+    /// The rank holding row `row` of `table`, which trains on its examples, so that their
+    /// first hops are sampled where they live.
+    fn owner(&self, table: usize, row: u32) -> usize;
 }
 
 impl Prepared {
@@ -574,7 +577,7 @@ pub fn train(
         resume,
         on_epoch,
         group,
-        split: _,
+        split,
     } = session;
     let (rank, size) = group.map_or((0, 1), |g| (g.rank(), g.size()));
     let config = model.manifest.config.clone();
@@ -644,7 +647,14 @@ pub fn train(
             .map(|b| {
                 b.iter()
                     .copied()
-                    .filter(|&i| size == 1 || parallel::owner(train.rows[i], size) == rank)
+                    .filter(|&i| {
+                        let row = train.rows[i];
+                        size == 1
+                            || split.map_or_else(
+                                || parallel::owner(row, size),
+                                |s| s.owner(model.net.entity_table, row),
+                            ) == rank
+                    })
                     .collect()
             })
             .collect();
