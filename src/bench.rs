@@ -10,11 +10,13 @@ use anyhow::{Context, Result, anyhow};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
-use relgraph_sampler::{HeteroGraph, Owners, Routed, SampleConfig, Seed, Shard, Strategy, sample};
+use relgraph_sampler::{
+    HeteroGraph, Owners, Routed, SampleConfig, Seed, Shard, Strategy, owner, sample,
+};
 use relgraph_worker::store::PartitionStore;
 use serde_json::json;
 
-use crate::cluster::flight::{self, RemoteShard, SampleService, Served};
+use crate::cluster::flight::{self, Served};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -315,7 +317,7 @@ fn distributed(
 ) -> Result<serde_json::Value> {
     let parts: Vec<Arc<HeteroGraph>> = (0..workers)
         .map(|w| {
-            pool.install(|| graph.partition(|t, n| usize::from(owners[t][n as usize]) == w))
+            pool.install(|| graph.partition(|t, n| owner(owners, t, n) == w))
                 .map(Arc::new)
         })
         .collect::<Result<_, _>>()?;
@@ -326,33 +328,19 @@ fn distributed(
     let shared = Arc::new(owners.clone());
     let remote: Vec<Arc<dyn Shard>> = (0..workers)
         .map(|w| {
-            runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let addr = listener.local_addr()?.to_string();
-                let service = SampleService::default();
-                let served = Served {
-                    part: parts[w].clone(),
-                    owners: shared.clone(),
-                    rank: w as u16,
-                };
-                service.publish((0, 0), served);
-                flight::serve(listener, service, None);
-                let handle = runtime.handle().clone();
-                let shard = RemoteShard::connect(&addr, None, handle, (0, 0), None).await?;
-                Ok(Arc::new(shard) as Arc<dyn Shard>)
-            })
+            let served = Served {
+                part: parts[w].clone(),
+                owners: shared.clone(),
+                rank: w as u16,
+            };
+            let shard = flight::serve_loopback(served, (0, 0), None, runtime.handle().clone());
+            Ok(Arc::new(runtime.block_on(shard)?) as Arc<dyn Shard>)
         })
         .collect::<Result<_>>()?;
     let views: Vec<Routed> = (0..workers)
         .map(|home| {
             let shards = (0..workers)
-                .map(|s| {
-                    if s == home {
-                        parts[s].clone() as Arc<dyn Shard>
-                    } else {
-                        remote[s].clone()
-                    }
-                })
+                .map(|s| (s != home).then(|| remote[s].clone()))
                 .collect();
             Routed::new(parts[home].clone(), shared.clone(), shards, home).map_err(|e| anyhow!(e))
         })
@@ -360,7 +348,7 @@ fn distributed(
     let split = |seeds: Vec<Seed>| {
         let mut per = vec![Vec::new(); workers];
         for s in seeds {
-            per[usize::from(owners[s.table][s.node as usize])].push(s);
+            per[owner(owners, s.table, s.node)].push(s);
         }
         per
     };

@@ -166,12 +166,15 @@ impl HeteroGraph {
         &self,
         keep: impl Fn(usize, u32) -> bool + Sync,
     ) -> Result<HeteroGraph, GraphError> {
-        let mut whole = self.clone();
-        whole.compact()?;
-        let csr = whole
+        if self.delta.iter().any(|d| !d.is_empty()) {
+            let mut whole = self.clone();
+            whole.compact()?;
+            return whole.partition(keep);
+        }
+        let csr = self
             .csr
             .par_iter()
-            .zip(&whole.edge_types)
+            .zip(&self.edge_types)
             .map(|(csr, et)| {
                 let nodes = csr.offsets.len().saturating_sub(1);
                 let mut out = Csr {
@@ -190,7 +193,14 @@ impl HeteroGraph {
                 out
             })
             .collect();
-        Ok(HeteroGraph { csr, ..whole })
+        Ok(HeteroGraph {
+            tables: self.tables.clone(),
+            node_times: self.node_times.clone(),
+            num_nodes: self.num_nodes.clone(),
+            edge_types: self.edge_types.clone(),
+            delta: self.delta.clone(),
+            csr,
+        })
     }
 }
 

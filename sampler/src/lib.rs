@@ -35,6 +35,6 @@ pub use batch::{EdgeBlock, NodeBlock, SubgraphBatch};
 pub use delta::Delta;
 pub use graph::{Csr, EdgeType, GraphError, HeteroGraph, STATIC};
 pub use negative::NegativeSampler;
-pub use routed::{Owners, Routed, Shard};
+pub use routed::{Owners, Routed, Shard, owner};
 pub use temporal::{SampleConfig, SampleError, Seed, auto_chunk, sample};
 pub use view::{GraphView, Neighbor, Request, Strategy};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::graph::{EdgeType, HeteroGraph};
 use crate::view::{GraphView, Neighbor, Request, Strategy};
 
-/// Where some nodes' neighbor lists are sampled: the local partition, or a remote owner.
+/// Another shard's neighbor lists: a remote owner, or (in one process) its partition.
 pub trait Shard: Send + Sync {
     fn sample_shard(
         &self,
@@ -37,11 +37,19 @@ impl Shard for HeteroGraph {
 /// Per table, the shard of each node.
 pub type Owners = Vec<Vec<u16>>;
 
+/// The shard owning `node` of `table` (0 for a node past the end, which owns nothing).
+pub fn owner(owners: &Owners, table: usize, node: u32) -> usize {
+    owners[table]
+        .get(node as usize)
+        .map_or(0, |&o| usize::from(o))
+}
+
 pub struct Routed {
-    /// Node times and the schema of the graph (the local partition).
+    /// This worker's partition: node times, the schema, and the home shard's lists.
     local: Arc<HeteroGraph>,
     owners: Arc<Owners>,
-    shards: Vec<Arc<dyn Shard>>,
+    /// The other shards by index; `None` at `home`, which `local` samples.
+    shards: Vec<Option<Arc<dyn Shard>>>,
     home: usize,
     /// The first failure of a shard, which [`crate::sample`] turns into its error.
     error: Mutex<Option<String>>,
@@ -58,12 +66,12 @@ impl std::fmt::Debug for Routed {
 }
 
 impl Routed {
-    /// `shards[owners[table][node]]` samples `node`'s neighbor lists; `home` is this
-    /// worker's own shard index (its requests count as local).
+    /// Shard `owners[table][node]` samples `node`'s neighbor lists: `local` where that is
+    /// `home` (`shards[home]` is `None`), `shards[s]` for every other shard `s`.
     pub fn new(
         local: Arc<HeteroGraph>,
         owners: Arc<Owners>,
-        shards: Vec<Arc<dyn Shard>>,
+        shards: Vec<Option<Arc<dyn Shard>>>,
         home: usize,
     ) -> Result<Self, String> {
         let most = owners
@@ -72,9 +80,14 @@ impl Routed {
             .copied()
             .max()
             .map_or(0, usize::from);
-        if shards.is_empty() || most >= shards.len() || home >= shards.len() {
+        let complete = shards
+            .iter()
+            .enumerate()
+            .all(|(s, shard)| shard.is_some() == (s != home));
+        if most >= shards.len() || home >= shards.len() || !complete {
             return Err(format!(
-                "{} shards, but nodes are owned by up to shard {most} and this is shard {home}",
+                "{} shards, nodes owned by up to shard {most}, this is shard {home}: every \
+                 shard but this one needs a way to reach it",
                 shards.len()
             ));
         }
@@ -100,6 +113,27 @@ impl Routed {
     fn fail(&self, message: String) {
         if let Ok(mut e) = self.error.lock() {
             e.get_or_insert(message);
+        }
+    }
+
+    /// Shard `s`'s neighbors for `requests`, appended to `out` (none when it failed).
+    fn ask(
+        &self,
+        s: usize,
+        edge_type: usize,
+        requests: &[Request],
+        strategy: Strategy,
+        out: &mut Vec<Neighbor>,
+    ) {
+        match &self.shards[s] {
+            None => self.local.sample(edge_type, requests, strategy, out),
+            Some(shard) => {
+                let before = out.len();
+                if let Err(e) = shard.sample_shard(edge_type, requests, strategy, out) {
+                    self.fail(format!("sampling on shard {s}: {e}"));
+                    out.truncate(before);
+                }
+            }
         }
     }
 }
@@ -129,19 +163,12 @@ impl GraphView for Routed {
         out: &mut Vec<Neighbor>,
     ) {
         let src = self.local.edge_types[edge_type].src;
-        let owner = |node: u32| {
-            self.owners[src]
-                .get(node as usize)
-                .map_or(0, |&o| usize::from(o))
-        };
+        let owner = |node: u32| owner(&self.owners, src, node);
         self.total
             .fetch_add(requests.len() as u64, Ordering::Relaxed);
         if requests.iter().all(|r| owner(r.node) == self.home) {
             // The common case under co-located placement: nothing to route.
-            if let Err(e) = self.shards[self.home].sample_shard(edge_type, requests, strategy, out)
-            {
-                self.fail(format!("sampling on shard {}: {e}", self.home));
-            }
+            self.local.sample(edge_type, requests, strategy, out);
             return;
         }
         // Per shard, its requests and where each came from.
@@ -161,11 +188,7 @@ impl GraphView for Routed {
                 if group.is_empty() {
                     return found;
                 }
-                if let Err(e) = self.shards[s].sample_shard(edge_type, group, strategy, &mut found)
-                {
-                    self.fail(format!("sampling on shard {s}: {e}"));
-                    found.clear();
-                }
+                self.ask(s, edge_type, group, strategy, &mut found);
                 for n in &mut found {
                     n.request = origin[n.request as usize];
                 }

@@ -5,7 +5,8 @@
 //!
 //! Wire format, one `DoExchange` per call: the client sends the request batch (`node`
 //! u32, `anchor` i64 seconds, `k` u32, `rng` u64) whose first message carries a
-//! descriptor with the command `{"v":1,"op":"sample","edge_type":E,"strategy":"uniform"}`;
+//! descriptor with the command
+//! `{"v":1,"op":"sample","job":J,"attempt":A,"edge_type":E,"strategy":"uniform"}`;
 //! the server answers one batch of neighbors (`request` u32, `node` u32, `time` i64,
 //! grouped by request in request order). Every call needs the cluster's bearer token
 //! when one is configured.
@@ -28,7 +29,7 @@ use arrow_flight::{
 use relgraph_coordinator::auth::{Auth, check_token};
 use relgraph_coordinator::service::connect;
 use relgraph_sampler::{
-    GraphView, HeteroGraph, Neighbor, Owners, Request, Routed, Shard, Strategy,
+    GraphView, HeteroGraph, Neighbor, Owners, Request, Routed, Shard, Strategy, owner,
 };
 use relgraph_worker::model::{GraphSplit, ModelError};
 use serde::{Deserialize, Serialize};
@@ -363,6 +364,23 @@ pub fn server(
     InterceptedService::new(server, move |req| check_token(req, token.as_deref()))
 }
 
+/// Serves `served` as `job`'s partition on a port of 127.0.0.1 of its own until the
+/// runtime stops, and connects to it (a worker's data plane within one process: the
+/// benches and tests).
+pub async fn serve_loopback(
+    served: Served,
+    job: (u64, u64),
+    token: Option<String>,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<RemoteShard> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let service = SampleService::default();
+    service.publish(job, served);
+    serve(listener, service, token.clone());
+    RemoteShard::connect(&addr, token.as_deref(), runtime, job, None).await
+}
+
 /// Serves `service` alone on `listener` until the runtime stops.
 pub fn serve(listener: TcpListener, service: SampleService, token: Option<String>) {
     let incoming = relgraph_coordinator::service::incoming(listener);
@@ -524,17 +542,17 @@ impl GraphSplit for FlightSplit {
     ) -> Result<(Arc<HeteroGraph>, Arc<dyn GraphView + Send + Sync>), ModelError> {
         let rank = self.rank as u16;
         let owners = &self.owners;
-        let part = Arc::new(graph.partition(|t, n| owners[t].get(n as usize) == Some(&rank))?);
+        let part = Arc::new(graph.partition(|t, n| owner(owners, t, n) == self.rank)?);
         let served = Served {
             part: part.clone(),
             owners: owners.clone(),
             rank,
         };
         self.service.publish(self.job, served);
-        let mut shards: Vec<Arc<dyn Shard>> = Vec::with_capacity(self.addrs.len());
+        let mut shards: Vec<Option<Arc<dyn Shard>>> = Vec::with_capacity(self.addrs.len());
         for (s, addr) in self.addrs.iter().enumerate() {
             if s == self.rank {
-                shards.push(part.clone());
+                shards.push(None);
                 continue;
             }
             let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
@@ -548,7 +566,7 @@ impl GraphSplit for FlightSplit {
             if !graph.edge_types.is_empty() {
                 shard.wait_ready(LOADING).map_err(ModelError::Collective)?;
             }
-            shards.push(Arc::new(shard));
+            shards.push(Some(Arc::new(shard)));
         }
         let view = Routed::new(part.clone(), owners.clone(), shards, self.rank)
             .map_err(ModelError::Collective)?;
@@ -556,9 +574,7 @@ impl GraphSplit for FlightSplit {
     }
 
     fn owner(&self, table: usize, row: u32) -> usize {
-        self.owners[table]
-            .get(row as usize)
-            .map_or(0, |&o| usize::from(o))
+        owner(&self.owners, table, row)
     }
 }
 
@@ -614,21 +630,14 @@ mod tests {
         let token = Some("secret".to_string());
         let remote: Vec<Arc<RemoteShard>> = (0..3u16)
             .map(|w| {
-                let service = SampleService::default();
                 let served = Served {
                     part: parts[w as usize].clone(),
                     owners: owners.clone(),
                     rank: w,
                 };
-                service.publish((5, 1), served);
-                runtime.block_on(async {
-                    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                    let addr = listener.local_addr().expect("addr").to_string();
-                    serve(listener, service, token.clone());
-                    let handle = runtime.handle().clone();
-                    let shard = RemoteShard::connect(&addr, token.as_deref(), handle, (5, 1), None);
-                    Arc::new(shard.await.expect("connect"))
-                })
+                let handle = runtime.handle().clone();
+                let shard = serve_loopback(served, (5, 1), token.clone(), handle);
+                Arc::new(runtime.block_on(shard).expect("serve"))
             })
             .collect();
 
@@ -651,18 +660,11 @@ mod tests {
         };
         let want = sample(&whole, &seeds, &config).expect("sample");
         assert!(want.num_edges() > 1000);
-        for home in 0..3 {
-            let shards: Vec<Arc<dyn Shard>> = (0..3)
-                .map(|s| {
-                    if s == home {
-                        parts[s].clone() as Arc<dyn Shard>
-                    } else {
-                        remote[s].clone() as Arc<dyn Shard>
-                    }
-                })
+        for (home, part) in parts.iter().enumerate() {
+            let shards: Vec<Option<Arc<dyn Shard>>> = (0..3)
+                .map(|s| (s != home).then(|| remote[s].clone() as Arc<dyn Shard>))
                 .collect();
-            let view =
-                Routed::new(parts[home].clone(), owners.clone(), shards, home).expect("view");
+            let view = Routed::new(part.clone(), owners.clone(), shards, home).expect("view");
             let got = sample(&view, &seeds, &config).expect("sample");
             assert_eq!(got, want, "sampled from worker {home}");
             let (routed, total) = view.traffic();

@@ -25,14 +25,14 @@ use tokio::net::TcpListener;
 
 use super::flight::{self, FlightSplit, SampleService};
 use super::ring::{CollectiveService, Mailbox, Ring};
-
-/// Partitions of a data-parallel job's graph per worker (placement granularity).
-const PARTITIONS_PER_WORKER: u32 = 16;
 use tokio::sync::mpsc;
 use tonic::Code;
 
 use crate::pql::{DataArgs, label_all, prepare};
 use crate::train::{report_json, save_trained};
+
+/// Partitions of a data-parallel job's graph per worker (placement granularity).
+const PARTITIONS_PER_WORKER: u32 = 16;
 
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
