@@ -137,8 +137,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Serves this process's metrics as Prometheus text at `http://ADDR/metrics`.
+pub async fn serve_metrics(addr: &str) -> Result<SocketAddr> {
+    metrics_http::install()?;
+    metrics_http::serve(addr).await
+}
+
 /// Waits for the first Ctrl-C (or SIGTERM).
-async fn until_stopped() {
+pub async fn until_stopped() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
         if STOP.load(Ordering::Relaxed) {

@@ -8,6 +8,7 @@ mod inspect;
 mod labels;
 mod pql;
 mod predict;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -115,6 +116,8 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Serve saved models over Arrow Flight: scores, recommendations, appended rows.
+    Serve(serve::server::ServeArgs),
     /// Write the training table of a query (entity key, anchor_time, label, split) to Parquet.
     Labels {
         query: String,
@@ -170,6 +173,7 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => cluster::run_coordinator(&args),
         Command::Worker(args) => cluster::run_worker(&args),
         Command::Local(args) => cluster::run_local(&args),
+        Command::Serve(args) => serve::server::run(&args),
         Command::Admin { command } => cluster::run_admin(&command),
         Command::Evaluate {
             model,

@@ -97,52 +97,81 @@ pub fn predictions(
     }
     let entities = entity_rows(db, plan)?;
     let (rows, output) = model::predict(model, prepared, db, plan, &entities, anchor)?;
-    let batch = to_batch(db, plan, &rows, anchor, &output, &model.manifest.target)?;
+    let keys = model::fit::keys(db, plan.task.entity_table);
+    let keys: Vec<&str> = rows.iter().map(|&r| keys[r].as_str()).collect();
+    let entity = &db.tables[plan.task.entity_table];
+    let key_name = &entity.schema.columns[plan.task.entity_key].name;
+    let batch = to_batch(key_name, &keys, anchor, &output, &model.manifest.target)?;
     Ok((rows.len(), batch))
 }
 
-fn to_batch(
-    db: &Database,
-    plan: &pql::TaskPlan,
-    rows: &[usize],
+/// The columns a model's predictions have after the entity key and `anchor_time`
+/// (PQL.md §4): `prob`; `value`; `class`, `prob`; `step`, `value`; or `item`, `rank`,
+/// `score` (one row per entity and item).
+fn output_fields(code: &TargetCode) -> Vec<Field> {
+    let f = |name: &str, t: DataType| Field::new(name, t, false);
+    match code {
+        TargetCode::Binary => vec![f("prob", DataType::Float64)],
+        TargetCode::Regression { .. } => vec![f("value", DataType::Float64)],
+        TargetCode::Multiclass { .. } => {
+            vec![f("class", DataType::Utf8), f("prob", DataType::Float64)]
+        }
+        TargetCode::Forecast { .. } => {
+            vec![f("step", DataType::UInt32), f("value", DataType::Float64)]
+        }
+        TargetCode::Ranking { .. } => vec![
+            f("item", DataType::Utf8),
+            f("rank", DataType::UInt32),
+            f("score", DataType::Float64),
+        ],
+    }
+}
+
+/// The schema of a model's predictions, whose entity key column is `key_name`.
+pub fn output_schema(key_name: &str, code: &TargetCode) -> Arc<Schema> {
+    let mut fields = vec![
+        Field::new(key_name, DataType::Utf8, false),
+        Field::new(
+            "anchor_time",
+            DataType::Timestamp(TimeUnit::Second, None),
+            false,
+        ),
+    ];
+    fields.extend(output_fields(code));
+    Arc::new(Schema::new(fields))
+}
+
+/// The predictions `output` for the entities `keys` at `anchor`, as one batch of
+/// [`output_schema`].
+pub fn to_batch(
+    key_name: &str,
+    keys: &[&str],
     anchor: i64,
     output: &Output,
     code: &TargetCode,
 ) -> Result<RecordBatch> {
-    let entity = &db.tables[plan.task.entity_table];
-    let keys = model::fit::keys(db, plan.task.entity_table);
-    let key_name = entity.schema.columns[plan.task.entity_key].name.clone();
     // Rows of the output: (entity position, extra columns).
     let mut entity_of: Vec<usize> = Vec::new();
-    let mut columns: Vec<(Field, ArrayRef)> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
     match (output, code) {
         (Output::Probs(p), _) => {
-            entity_of.extend(0..rows.len());
-            columns.push((
-                Field::new("prob", DataType::Float64, false),
-                Arc::new(Float64Array::from(p.clone())),
-            ));
+            entity_of.extend(0..keys.len());
+            columns.push(Arc::new(Float64Array::from(p.clone())));
         }
         (Output::Values(v), _) => {
-            entity_of.extend(0..rows.len());
-            columns.push((
-                Field::new("value", DataType::Float64, false),
-                Arc::new(Float64Array::from(v.clone())),
-            ));
+            entity_of.extend(0..keys.len());
+            columns.push(Arc::new(Float64Array::from(v.clone())));
         }
         (Output::Classes(p), TargetCode::Multiclass { classes }) => {
-            entity_of.extend(0..rows.len());
+            entity_of.extend(0..keys.len());
             let best: Vec<usize> = p.iter().map(|q| metrics::argmax(q)).collect();
             let names = StringArray::from_iter_values(
                 best.iter()
                     .map(|&c| classes.get(c).map_or("", String::as_str)),
             );
             let probs = Float64Array::from_iter_values(best.iter().zip(p).map(|(&c, q)| q[c]));
-            columns.push((Field::new("class", DataType::Utf8, false), Arc::new(names)));
-            columns.push((
-                Field::new("prob", DataType::Float64, false),
-                Arc::new(probs),
-            ));
+            columns.push(Arc::new(names));
+            columns.push(Arc::new(probs));
         }
         (Output::Series(s), _) => {
             let (mut steps, mut values) = (Vec::new(), Vec::new());
@@ -153,14 +182,8 @@ fn to_batch(
                     values.push(*v);
                 }
             }
-            columns.push((
-                Field::new("step", DataType::UInt32, false),
-                Arc::new(UInt32Array::from(steps)),
-            ));
-            columns.push((
-                Field::new("value", DataType::Float64, false),
-                Arc::new(Float64Array::from(values)),
-            ));
+            columns.push(Arc::new(UInt32Array::from(steps)));
+            columns.push(Arc::new(Float64Array::from(values)));
         }
         (Output::Ranked(ranked, scores), TargetCode::Ranking { items, .. }) => {
             let (mut item, mut rank, mut score) = (Vec::new(), Vec::new(), Vec::new());
@@ -172,39 +195,19 @@ fn to_batch(
                     score.push(v);
                 }
             }
-            columns.push((
-                Field::new("item", DataType::Utf8, false),
-                Arc::new(StringArray::from(item)),
-            ));
-            columns.push((
-                Field::new("rank", DataType::UInt32, false),
-                Arc::new(UInt32Array::from(rank)),
-            ));
-            columns.push((
-                Field::new("score", DataType::Float64, false),
-                Arc::new(Float64Array::from(score)),
-            ));
+            columns.push(Arc::new(StringArray::from(item)));
+            columns.push(Arc::new(UInt32Array::from(rank)));
+            columns.push(Arc::new(Float64Array::from(score)));
         }
         _ => bail!("the model's output does not match its task"),
     }
     let key: ArrayRef = Arc::new(StringArray::from_iter_values(
-        entity_of.iter().map(|&e| keys[rows[e]].as_str()),
+        entity_of.iter().map(|&e| keys[e]),
     ));
     let anchors: ArrayRef = Arc::new(TimestampSecondArray::from(vec![anchor; entity_of.len()]));
-    let mut fields = vec![
-        Field::new(key_name, DataType::Utf8, false),
-        Field::new(
-            "anchor_time",
-            DataType::Timestamp(TimeUnit::Second, None),
-            false,
-        ),
-    ];
     let mut arrays = vec![key, anchors];
-    for (f, a) in columns {
-        fields.push(f);
-        arrays.push(a);
-    }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+    arrays.extend(columns);
+    Ok(RecordBatch::try_new(output_schema(key_name, code), arrays)?)
 }
 
 /// One cell as text.

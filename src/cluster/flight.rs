@@ -12,7 +12,6 @@
 //! when one is configured.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -20,13 +19,10 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::utils::{batches_to_flight_data, flight_data_to_batches};
-use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
-};
-use relgraph_coordinator::auth::{Auth, check_token};
+use arrow_flight::{FlightData, FlightDescriptor};
+use relgraph_coordinator::auth::Auth;
 use relgraph_coordinator::service::connect;
 use relgraph_sampler::{
     GraphView, HeteroGraph, Neighbor, Owners, Request, Routed, Shard, Strategy, owner,
@@ -34,11 +30,12 @@ use relgraph_sampler::{
 use relgraph_worker::model::{GraphSplit, ModelError};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio_stream::Stream;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Code, Response, Status, Streaming};
+use tonic::{Code, Status};
+
+use crate::serve::Limits;
+use crate::serve::flight::{NodeService, Sessions};
 
 /// Largest message either side accepts: a hop's answer for a chunk of seeds at [128, 64]
 /// can pass tonic's 4 MiB default.
@@ -199,7 +196,17 @@ impl SampleService {
         }
     }
 
-    fn answer(&self, messages: &[FlightData]) -> Result<Vec<FlightData>, Status> {
+    /// Whether the first message of an exchange asks for neighbors (else it is serving's).
+    pub fn is_sample(first: &FlightData) -> bool {
+        first
+            .flight_descriptor
+            .as_ref()
+            .and_then(|d| serde_json::from_slice::<SampleCommand>(&d.cmd).ok())
+            .is_some_and(|c| c.op == "sample")
+    }
+
+    /// The answer to a sampling exchange's messages.
+    pub fn answer(&self, messages: &[FlightData]) -> Result<Vec<FlightData>, Status> {
         let bad = |m: String| Status::invalid_argument(m);
         let cmd = messages
             .first()
@@ -263,105 +270,19 @@ impl SampleService {
     }
 }
 
-type FlightStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-fn unsupported<T>(what: &str) -> Result<T, Status> {
-    Err(Status::unimplemented(format!(
-        "{what}: this worker's Flight service samples (DoExchange) and nothing else yet"
-    )))
-}
-
-#[tonic::async_trait]
-impl FlightService for SampleService {
-    type HandshakeStream = FlightStream<HandshakeResponse>;
-    type ListFlightsStream = FlightStream<FlightInfo>;
-    type DoGetStream = FlightStream<FlightData>;
-    type DoPutStream = FlightStream<PutResult>;
-    type DoExchangeStream = FlightStream<FlightData>;
-    type DoActionStream = FlightStream<arrow_flight::Result>;
-    type ListActionsStream = FlightStream<ActionType>;
-
-    async fn do_exchange(
-        &self,
-        request: tonic::Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        let mut stream = request.into_inner();
-        let mut messages = Vec::new();
-        while let Some(m) = stream.message().await? {
-            messages.push(m);
-        }
-        let answer = self.answer(&messages)?;
-        metrics::counter!("relgraph_flight_sample_calls_total").increment(1);
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            answer.into_iter().map(Ok),
-        ))))
-    }
-
-    async fn handshake(
-        &self,
-        _: tonic::Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Self::HandshakeStream>, Status> {
-        unsupported("Handshake")
-    }
-    async fn list_flights(
-        &self,
-        _: tonic::Request<Criteria>,
-    ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        unsupported("ListFlights")
-    }
-    async fn get_flight_info(
-        &self,
-        _: tonic::Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        unsupported("GetFlightInfo")
-    }
-    async fn poll_flight_info(
-        &self,
-        _: tonic::Request<FlightDescriptor>,
-    ) -> Result<Response<PollInfo>, Status> {
-        unsupported("PollFlightInfo")
-    }
-    async fn get_schema(
-        &self,
-        _: tonic::Request<FlightDescriptor>,
-    ) -> Result<Response<SchemaResult>, Status> {
-        unsupported("GetSchema")
-    }
-    async fn do_get(
-        &self,
-        _: tonic::Request<Ticket>,
-    ) -> Result<Response<Self::DoGetStream>, Status> {
-        unsupported("DoGet")
-    }
-    async fn do_put(
-        &self,
-        _: tonic::Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoPutStream>, Status> {
-        unsupported("DoPut")
-    }
-    async fn do_action(
-        &self,
-        _: tonic::Request<Action>,
-    ) -> Result<Response<Self::DoActionStream>, Status> {
-        unsupported("DoAction")
-    }
-    async fn list_actions(
-        &self,
-        _: tonic::Request<Empty>,
-    ) -> Result<Response<Self::ListActionsStream>, Status> {
-        unsupported("ListActions")
-    }
-}
-
-/// The Flight server of `service`; every call needs `token` when one is given.
-pub fn server(
-    service: SampleService,
-    token: Option<String>,
-) -> InterceptedService<FlightServiceServer<SampleService>, impl Interceptor + Clone> {
-    let server = FlightServiceServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    InterceptedService::new(server, move |req| check_token(req, token.as_deref()))
+/// The Flight server of a worker's `service` (and nothing else); every call needs
+/// `token` when one is given.
+pub fn server(service: SampleService, token: Option<String>) -> FlightServiceServer<NodeService> {
+    let limits = Limits {
+        message: MAX_MESSAGE,
+        ..Limits::default()
+    };
+    let node = NodeService {
+        sampling: service,
+        serving: None,
+        sessions: Arc::new(Sessions::new(token)),
+    };
+    crate::serve::flight::server(node, &limits)
 }
 
 /// Serves `served` as `job`'s partition on a port of 127.0.0.1 of its own until the

@@ -25,5 +25,6 @@ pub use config::TrainConfig;
 pub use fit::{Assessment, assess, fit, predict};
 pub use task::{Output, TargetCode};
 pub use trainer::{
-    GraphSplit, Model, ModelError, Prepared, Progress, Session, TrainReport, TrainState,
+    GraphSplit, Inputs, Model, ModelError, Prepared, Progress, RankParts, Session, TrainReport,
+    TrainState,
 };

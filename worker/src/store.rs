@@ -306,6 +306,66 @@ impl PartitionStore {
     }
 }
 
+/// Key of appended event `seq`: `e/` and the sequence number, big-endian, so that
+/// iteration replays events in the order they were acknowledged.
+fn event_key(seq: u64) -> Vec<u8> {
+    let mut k = b"e/".to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl PartitionStore {
+    /// Appends rows of `table` (Flight `DoPut`) as event `seq` and returns once the write
+    /// is synced to the WAL: an acknowledged append survives `kill -9`.
+    pub fn append_event(
+        &self,
+        seq: u64,
+        table: &str,
+        rows: &RecordBatch,
+    ) -> Result<(), StoreError> {
+        let mut value = (table.len() as u32).to_le_bytes().to_vec();
+        value.extend_from_slice(table.as_bytes());
+        value.extend(encode(rows).map_err(|e| self.data(format!("event {seq}"), e))?);
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db
+            .put_opt(event_key(seq), value, &sync)
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Every appended event, oldest first: (sequence number, table, rows).
+    pub fn events(&self) -> Result<Vec<(u64, String, RecordBatch)>, StoreError> {
+        let mut out = Vec::new();
+        let start = event_key(0);
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|e| self.rocks(e))?;
+            let Some(seq) = key.strip_prefix(b"e/") else {
+                break;
+            };
+            let seq = u64::from_be_bytes(
+                seq.try_into()
+                    .map_err(|_| self.data("event key", format!("{key:?}")))?,
+            );
+            let bad = |what: &str| self.data(format!("event {seq}"), what);
+            let len = value
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes)
+                .ok_or_else(|| bad("truncated"))? as usize;
+            let table = value
+                .get(4..4 + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| bad("bad table name"))?;
+            let rows = decode(&value[4 + len..]).map_err(|e| bad(&e.to_string()))?;
+            out.push((seq, table.to_string(), rows));
+        }
+        Ok(out)
+    }
+}
+
 fn encode(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let mut out = Vec::new();
     let mut w = StreamWriter::try_new(&mut out, &batch.schema())?;

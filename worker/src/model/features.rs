@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float64Array, StringArray, TimestampSecondArray};
+use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampSecondArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use relgraph_common::Database;
@@ -209,12 +209,20 @@ impl TableCode {
         let t = db
             .table(&self.table)
             .ok_or_else(|| FeatureError::MissingTable(self.table.clone()))?;
-        let rows = t.num_rows();
+        self.encode(&t.batch)
+    }
+
+    /// Encodes the rows of `batch`, which holds the table's columns by name (its rows,
+    /// or rows appended to it).
+    pub fn encode(&self, batch: &RecordBatch) -> Result<TableFeatures, FeatureError> {
+        let rows = batch.num_rows();
         let column = |name: &str| {
-            t.column(name).ok_or_else(|| FeatureError::MissingColumn {
-                table: self.table.clone(),
-                column: name.to_string(),
-            })
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| FeatureError::MissingColumn {
+                    table: self.table.clone(),
+                    column: name.to_string(),
+                })
         };
         let mut dense = vec![0f32; rows * self.dense];
         for r in 0..rows {
@@ -313,6 +321,21 @@ impl TableCode {
 }
 
 impl TableFeatures {
+    /// Appends `more` (rows encoded by the same code) after this table's rows.
+    pub fn extend(&mut self, more: TableFeatures) {
+        debug_assert_eq!(self.dense_width, more.dense_width);
+        debug_assert_eq!(self.categorical, more.categorical);
+        self.rows += more.rows;
+        self.dense.extend(more.dense);
+        self.ids.extend(more.ids);
+        for (bags, more) in self.bags.iter_mut().zip(more.bags) {
+            let base = bags.ids.len() as u32;
+            bags.offsets
+                .extend(more.offsets[1..].iter().map(|o| o + base));
+            bags.ids.extend(more.ids);
+        }
+    }
+
     /// The encoder's input for `rows` (rows of this table, in this order).
     pub fn gather(&self, rows: &[u32]) -> EncoderInput {
         let w = self.dense_width;

@@ -353,6 +353,24 @@ impl Net {
         }
     }
 
+    /// A ranking head's query vectors (seeds x C): an item's score is the dot product
+    /// with its embedding (row of [`Net::item_embeddings`]), plus a pairwise term for the
+    /// items inside the seed's subgraph.
+    pub fn query<B: Backend>(&self, tape: &mut Tape<B>, seeds: Var) -> Var {
+        let HeadParams::Ranking { query, .. } = self.head_params else {
+            panic!("only a ranking head has queries");
+        };
+        Self::linear(tape, seeds, query)
+    }
+
+    /// A ranking head's item embeddings (items x C).
+    pub fn item_embeddings<'a, B: Backend>(&self, params: &'a Params<B>) -> Option<&'a Tensor<B>> {
+        match self.head_params {
+            HeadParams::Ranking { items, .. } => Some(&params.values[items.0]),
+            HeadParams::Linear(_) => None,
+        }
+    }
+
     /// Ranking scores of each seed against `candidates` (item embedding rows, which are
     /// the item table's rows `rows`): seeds x candidates. The items of a seed's subgraph
     /// add a pairwise score from their own embedding there, so an item the entity has

@@ -15,6 +15,7 @@ use relgraph_common::Database;
 use relgraph_common::hash::combine;
 use relgraph_kernels::{AdamConfig, Cpu, Grads, Loss, Params, Tape, Tensor};
 use relgraph_sampler::{GraphError, GraphView, HeteroGraph, SampleConfig, SampleError, Seed};
+use rustc_hash::FxHashMap;
 
 use super::batch::ModelBatch;
 use super::checkpoint::Manifest;
@@ -81,7 +82,32 @@ pub trait GraphSplit: Sync {
     fn owner(&self, table: usize, row: u32) -> usize;
 }
 
+/// What a forward pass reads, borrowed: a view of the graph, every table's encoded
+/// rows, and each edge type's (source, destination) tables.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub view: &'a (dyn GraphView + Send + Sync),
+    pub features: &'a [TableFeatures],
+    pub endpoints: &'a [(usize, usize)],
+}
+
+impl std::fmt::Debug for Inputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("tables", &self.features.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Prepared {
+    pub fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            view: self.view.as_ref(),
+            features: &self.features,
+            endpoints: &self.endpoints,
+        }
+    }
+
     pub fn new(db: &Database, codes: &[TableCode]) -> Result<Self, ModelError> {
         let graph = HeteroGraph::from_database(db)?;
         let features = codes
@@ -129,6 +155,16 @@ pub struct Model {
     pub backend: Backend,
     /// Ranking: the current item table row of each item embedding (`u32::MAX` if gone).
     pub item_rows: Vec<u32>,
+}
+
+/// See [`Model::rank_parts`].
+#[derive(Clone, Debug)]
+pub struct RankParts {
+    pub channels: usize,
+    /// Seeds x channels.
+    pub queries: Vec<f32>,
+    /// Per seed: (embedding id, exact score) of the items inside its subgraph.
+    pub inside: Vec<Vec<(u32, f32)>>,
 }
 
 /// Where training is, for a progress bar.
@@ -229,6 +265,8 @@ struct Loader<'a> {
     item_rows: &'a [u32],
     entity: usize,
     items: Option<usize>,
+    /// Neighbors per hop: training's, or fewer when serving.
+    fanouts: &'a [u32],
 }
 
 impl<'a> Loader<'a> {
@@ -237,6 +275,7 @@ impl<'a> Loader<'a> {
             config: &manifest.config,
             target: &manifest.target,
             item_rows,
+            fanouts: &manifest.config.fanouts,
             entity: net.entity_table,
             items: match net.head {
                 Head::Ranking { table, .. } => Some(table),
@@ -247,7 +286,7 @@ impl<'a> Loader<'a> {
 
     fn batch(
         &self,
-        data: &Prepared,
+        data: Inputs<'_>,
         rows: &[u32],
         anchors: &[i64],
         seed: u64,
@@ -263,7 +302,7 @@ impl<'a> Loader<'a> {
             })
             .collect();
         let config = SampleConfig {
-            fanouts: self.config.fanouts.clone(),
+            fanouts: self.fanouts.to_vec(),
             strategy: self.config.strategy()?,
             seed,
             keys,
@@ -271,8 +310,8 @@ impl<'a> Loader<'a> {
         };
         let started = Instant::now();
         let batch = ModelBatch::build(
-            data.view.as_ref(),
-            &data.features,
+            data.view,
+            data.features,
             &seeds,
             &config,
             self.config.layers,
@@ -302,7 +341,7 @@ impl<'a> Loader<'a> {
         // Draws keyed by example, so a worker holding part of a batch samples it exactly
         // as the whole batch would.
         let keys = idx.iter().map(|&i| i as u64).collect();
-        let batch = self.batch(data, &rows, &anchors, seed, keys)?;
+        let batch = self.batch(data.inputs(), &rows, &anchors, seed, keys)?;
         let code = self.target;
         let (target, cols, candidates) = match &train.targets {
             Targets::Binary(t) => (
@@ -376,6 +415,30 @@ impl Model {
         anchors: &[i64],
         relevant: Option<&[Vec<u32>]>,
     ) -> Result<Output, ModelError> {
+        self.infer_on(data.inputs(), rows, anchors, relevant, None)
+    }
+
+    /// Serving's fanouts: at most `limit` per hop, never more than training's.
+    pub fn serving_fanouts(&self, limit: &[u32]) -> Vec<u32> {
+        self.manifest
+            .config
+            .fanouts
+            .iter()
+            .enumerate()
+            .map(|(h, &f)| f.min(limit.get(h).or(limit.last()).copied().unwrap_or(f)))
+            .collect()
+    }
+
+    /// [`Model::infer`] over borrowed inputs, sampling `fanouts` neighbors per hop
+    /// instead of training's when given.
+    pub fn infer_on(
+        &self,
+        data: Inputs<'_>,
+        rows: &[u32],
+        anchors: &[i64],
+        relevant: Option<&[Vec<u32>]>,
+        fanouts: Option<&[u32]>,
+    ) -> Result<Output, ModelError> {
         let code = &self.manifest.target;
         let items = self.item_rows.len();
         let size = match code {
@@ -399,7 +462,10 @@ impl Model {
             .filter(|(_, r)| **r != u32::MAX)
             .map(|(&i, &r)| (i, r))
             .unzip();
-        let loader = self.loader();
+        let mut loader = self.loader();
+        if let Some(f) = fanouts {
+            loader.fanouts = f;
+        }
         pipeline(
             chunks.len(),
             |j| {
@@ -414,7 +480,7 @@ impl Model {
             },
             |j, batch| {
                 let mut tape = Tape::new(&self.backend, &self.params);
-                let (seeds, out) = self.net.seeds(&mut tape, &batch, &data.endpoints);
+                let (seeds, out) = self.net.seeds(&mut tape, &batch, data.endpoints);
                 if items == 0 {
                     let y = self.net.predict(&mut tape, seeds);
                     raw.extend(tape.value(y).to_host(&self.backend));
@@ -438,6 +504,70 @@ impl Model {
         Ok(match code {
             TargetCode::Ranking { .. } => Output::Ranked(ranked, scores),
             _ => code.decode(&raw, rows.len()),
+        })
+    }
+
+    /// Embedding id of each live item, by item table row (ranking models).
+    pub fn item_index(&self) -> FxHashMap<u32, u32> {
+        self.item_rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r != u32::MAX)
+            .map(|(i, &r)| (r, i as u32))
+            .collect()
+    }
+
+    /// A ranking model's scores of `rows` at `anchors` in parts, for a search over all
+    /// items outside the model: each seed's query vector (`queries`, seeds x C; an item
+    /// scores its dot product with the item's embedding), and the exact scores of the
+    /// items inside the seed's subgraph, whose pairwise term adds to that dot product.
+    /// `index` is [`Model::item_index`].
+    pub fn rank_parts(
+        &self,
+        data: Inputs<'_>,
+        rows: &[u32],
+        anchors: &[i64],
+        fanouts: Option<&[u32]>,
+        index: &FxHashMap<u32, u32>,
+    ) -> Result<RankParts, ModelError> {
+        let mut loader = self.loader();
+        if let Some(f) = fanouts {
+            loader.fanouts = f;
+        }
+        let seed = combine(self.manifest.config.seed, 0x5EED);
+        let batch = loader.batch(data, rows, anchors, seed, Vec::new())?;
+        let mut tape = Tape::new(&self.backend, &self.params);
+        let (seeds, out) = self.net.seeds(&mut tape, &batch, data.endpoints);
+        let q = self.net.query(&mut tape, seeds);
+        let queries = tape.value(q).to_host(&self.backend);
+        let mut item_rows: Vec<u32> = batch
+            .items
+            .iter()
+            .flat_map(|m| m.keys().copied())
+            .filter(|r| index.contains_key(r))
+            .collect();
+        item_rows.sort_unstable();
+        item_rows.dedup();
+        let mut inside = vec![Vec::new(); rows.len()];
+        if !item_rows.is_empty() {
+            let ids: Vec<u32> = item_rows.iter().map(|r| index[r]).collect();
+            let s = self
+                .net
+                .score_items(&mut tape, (seeds, &out), &batch, &ids, &item_rows);
+            let matrix = tape.value(s).to_host(&self.backend);
+            for (s, (found, inside)) in batch.items.iter().zip(&mut inside).enumerate() {
+                for r in found.keys() {
+                    if let Ok(c) = item_rows.binary_search(r) {
+                        inside.push((ids[c], matrix[s * ids.len() + c]));
+                    }
+                }
+                inside.sort_unstable_by_key(|&(i, _)| i);
+            }
+        }
+        Ok(RankParts {
+            channels: self.net.channels,
+            queries,
+            inside,
         })
     }
 

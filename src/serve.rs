@@ -1,0 +1,755 @@
+//! Online serving (ARCHITECTURE.md §8): ready models scored and asked for
+//! recommendations on request, over one live copy of the data that rows appended with
+//! Flight `DoPut` join at once, without retraining.
+//!
+//! - [`Serving`] holds the data ([`Dataset`]: the loaded tables, the graph with its
+//!   appended rows, a key index per table) and the models, by name, each at its serving
+//!   version. A new version is built beside the old one and swapped in with one pointer
+//!   write; requests already running finish on the version they started with.
+//! - An append is checked whole (table, columns, types, keys, links), written to the
+//!   [`PartitionStore`]'s log and synced before it is applied and acknowledged, and
+//!   replayed from the log when the server starts again.
+//! - [`flight`] is the Arrow Flight face of all this; [`topk`] the exact item search.
+
+mod dataset;
+pub mod flight;
+pub mod server;
+pub mod topk;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, Weak};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use relgraph_common::pql::bound::{BoundExpr, Target};
+use relgraph_common::pql::{PlanOptions, TaskPlan};
+use relgraph_common::{Database, time};
+use relgraph_sampler::{HeteroGraph, Request, Strategy};
+use relgraph_worker::label::{key_text, value_at};
+use relgraph_worker::model::features::TableFeatures;
+use relgraph_worker::model::metrics::Ranked;
+use relgraph_worker::model::{self, Inputs, Model, Output, Prepared};
+use relgraph_worker::store::PartitionStore;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Deserialize;
+
+use crate::pql::plan_query;
+use crate::predict::{output_schema, to_batch};
+use topk::ItemSearch;
+
+/// Neighbors per hop when a request names none: fewer than training's (ARCHITECTURE.md
+/// §8), never more.
+pub const SERVING_FANOUTS: [u32; 2] = [32, 16];
+
+/// What one request may ask for (ARCHITECTURE.md §10: oversized requests get a clear
+/// error, not a slow answer).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Entities per scoring request.
+    pub keys: usize,
+    /// Items per recommendation.
+    pub k: usize,
+    /// Neighbors per hop a request may ask for.
+    pub fanout: u32,
+    /// Bytes of one Flight message, either way.
+    pub message: usize,
+    /// Rows per appended batch.
+    pub rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            keys: 10_000,
+            k: 1_000,
+            fanout: 128,
+            message: 64 << 20,
+            rows: 1_000_000,
+        }
+    }
+}
+
+/// Why a request failed, by the status a Flight client gets.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<model::ModelError> for ServeError {
+    fn from(e: model::ModelError) -> Self {
+        ServeError::Internal(e.to_string())
+    }
+}
+
+fn invalid(m: impl Into<String>) -> ServeError {
+    ServeError::Invalid(m.into())
+}
+
+/// A request for predictions: a Flight ticket (JSON, README "Flight API").
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ticket {
+    /// Format version: 1.
+    pub v: u32,
+    /// `score` (any model) or `recommend` (ranking models only).
+    #[serde(default)]
+    pub op: Op,
+    pub model: String,
+    /// Entity keys (strings or integers).
+    #[serde(default)]
+    pub keys: Vec<serde_json::Value>,
+    /// Instead of keys: a PQL query asking what the model was trained for, whose
+    /// `FOR ... IN (...)` names the entities.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Instead of keys: part `i` of `n` of every entity (batch scoring, partition by
+    /// partition).
+    #[serde(default)]
+    pub part: Option<[u32; 2]>,
+    /// Items per entity (ranking); the query's `RANK TOP k` when absent.
+    #[serde(default)]
+    pub k: Option<usize>,
+    /// Ranking: leave out items the entity is already linked to (through the target's
+    /// facts, up to the anchor).
+    #[serde(default)]
+    pub exclude_seen: bool,
+    /// Where to look from: seconds since the epoch or `YYYY-MM-DD[ HH:MM:SS]`; the latest
+    /// timestamp in the data (appended rows included) when absent.
+    #[serde(default)]
+    pub anchor: Option<serde_json::Value>,
+    /// Neighbors per hop; [`SERVING_FANOUTS`] when absent.
+    #[serde(default)]
+    pub fanouts: Option<Vec<u32>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    #[default]
+    Score,
+    Recommend,
+}
+
+/// A table's primary keys: row by key text, and key text by row.
+#[derive(Debug, Default)]
+struct KeyIndex {
+    rows: FxHashMap<String, u32>,
+    texts: Vec<String>,
+}
+
+/// The live data: the loaded tables, and everything appended since.
+#[derive(Debug)]
+pub struct Dataset {
+    db: Database,
+    graph: Arc<HeteroGraph>,
+    keys: Vec<Option<KeyIndex>>,
+    /// Rows appended per table, in the table's schema.
+    appended: Vec<Vec<RecordBatch>>,
+    rows: Vec<usize>,
+    last_time: Option<i64>,
+    seq: u64,
+    store: Option<PartitionStore>,
+    /// Models whose features follow appends.
+    served: Vec<Weak<Served>>,
+}
+
+/// A model at one version, ready to answer.
+#[derive(Debug)]
+pub struct Served {
+    pub name: String,
+    pub version: u64,
+    pub dir: PathBuf,
+    pub model: Model,
+    pub entity_table: usize,
+    pub key_name: String,
+    pub schema: SchemaRef,
+    pub query: String,
+    /// What the model was trained to answer.
+    pub plan: TaskPlan,
+    endpoints: Vec<(usize, usize)>,
+    /// Every table's encoded rows, appended ones included.
+    features: RwLock<Vec<TableFeatures>>,
+    ranking: Option<Ranking>,
+}
+
+impl Served {
+    /// Items a ranking model recommends from.
+    pub fn items(&self) -> Option<usize> {
+        self.ranking.as_ref().map(|r| r.search.len())
+    }
+}
+
+#[derive(Debug)]
+struct Ranking {
+    /// Embedding id by item table row.
+    index: FxHashMap<u32, u32>,
+    search: ItemSearch,
+    /// Edge types from the entity down to the target's facts, then up to the items.
+    seen: Option<(Vec<usize>, usize)>,
+}
+
+/// What an append did.
+#[derive(Debug, serde::Serialize)]
+pub struct Appended {
+    pub table: String,
+    pub rows: usize,
+    /// Its place in the log.
+    pub seq: u64,
+    /// Rows per foreign key whose value names no row (kept, without that link).
+    pub dangling: BTreeMap<String, usize>,
+    /// The table's rows now.
+    pub total: usize,
+}
+
+/// Serving state: the data and the models.
+#[derive(Debug)]
+pub struct Serving {
+    data: RwLock<Dataset>,
+    models: RwLock<BTreeMap<String, Arc<Served>>>,
+    pub limits: Limits,
+}
+
+fn poisoned<T>(_: T) -> ServeError {
+    ServeError::Internal("a request panicked while holding the serving state".into())
+}
+
+impl Serving {
+    /// Serves `db`; with `store`, appends are logged there (and those it holds already are
+    /// replayed first), else refused.
+    pub fn new(
+        db: Database,
+        store: Option<PartitionStore>,
+        limits: Limits,
+    ) -> anyhow::Result<Self> {
+        let graph = Arc::new(HeteroGraph::from_database(&db)?);
+        let keys = db
+            .tables
+            .iter()
+            .map(|t| {
+                let pk = t.schema.primary_key.as_ref()?;
+                let c = t.schema.column_index(pk)?;
+                let dtype = t.schema.columns[c].dtype;
+                let texts: Vec<String> = (0..t.num_rows())
+                    .map(|r| key_text(&value_at(t.batch.column(c), dtype, r)))
+                    .collect();
+                let rows = texts
+                    .iter()
+                    .enumerate()
+                    .map(|(r, k)| (k.clone(), r as u32))
+                    .collect();
+                Some(KeyIndex { rows, texts })
+            })
+            .collect();
+        let data = Dataset {
+            rows: db.tables.iter().map(|t| t.num_rows()).collect(),
+            appended: vec![Vec::new(); db.tables.len()],
+            last_time: crate::predict::last_timestamp(&db),
+            keys,
+            graph,
+            seq: 0,
+            store: None,
+            served: Vec::new(),
+            db,
+        };
+        let serving = Serving {
+            data: RwLock::new(data),
+            models: RwLock::default(),
+            limits,
+        };
+        if let Some(store) = store {
+            let events = store.events()?;
+            let mut data = serving
+                .data
+                .write()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            for (seq, table, rows) in events {
+                data.append(&table, &rows, None)
+                    .map_err(|e| anyhow::anyhow!("replaying appended event {seq}: {e}"))?;
+                data.seq = seq;
+            }
+            data.store = Some(store);
+        }
+        Ok(serving)
+    }
+
+    /// Loads the model in `dir` as the serving version of `name` (a new version when one
+    /// is serving already, swapped in atomically). Returns the version.
+    pub fn load_model(&self, name: &str, dir: &Path, version: Option<u64>) -> anyhow::Result<u64> {
+        let manifest = model::read_manifest(dir)?;
+        let (plan, base, prepared) = {
+            let data = self.data.read().map_err(poisoned)?;
+            let mut plan = plan_query(&data.db, &manifest.query, &PlanOptions::default())?;
+            plan.splits = manifest.splits.splits();
+            let base: Vec<TableFeatures> = manifest
+                .codes
+                .iter()
+                .map(|c| c.apply(&data.db))
+                .collect::<Result<_, _>>()?;
+            let prepared = Prepared {
+                view: data.graph.clone(),
+                graph: data.graph.clone(),
+                features: Vec::new(),
+                endpoints: data
+                    .graph
+                    .edge_types
+                    .iter()
+                    .map(|e| (e.src, e.dst))
+                    .collect(),
+            };
+            (plan, base, prepared)
+        };
+        let (model, ranking) = {
+            let data = self.data.read().map_err(poisoned)?;
+            let rows = model::fit::item_rows(&data.db, &manifest.target);
+            let model = model::load(dir, &prepared, rows)?;
+            let ranking = ranking_of(&model, &plan, &data.db, &data.graph);
+            (model, ranking)
+        };
+        let endpoints = prepared.endpoints.clone();
+        drop(prepared);
+        let (entity_table, entity_key) = (plan.task.entity_table, plan.task.entity_key);
+        let version = version.unwrap_or_else(|| {
+            self.models
+                .read()
+                .ok()
+                .and_then(|m| m.get(name).map(|s| s.version + 1))
+                .unwrap_or(1)
+        });
+        let mut data = self.data.write().map_err(poisoned)?;
+        // Rows appended since the features above were encoded.
+        let mut features = base;
+        for (t, batches) in data.appended.iter().enumerate() {
+            for b in batches {
+                features[t].extend(manifest.codes[t].encode(b)?);
+            }
+        }
+        let table = &data.db.tables[entity_table];
+        let key_name = table.schema.columns[entity_key].name.clone();
+        let served = Arc::new(Served {
+            name: name.to_string(),
+            version,
+            dir: dir.to_path_buf(),
+            schema: output_schema(&key_name, &manifest.target),
+            key_name,
+            entity_table,
+            query: manifest.query.clone(),
+            plan,
+            model,
+            endpoints,
+            features: RwLock::new(features),
+            ranking,
+        });
+        data.served.retain(|w| w.strong_count() > 0);
+        data.served.push(Arc::downgrade(&served));
+        drop(data);
+        self.models
+            .write()
+            .map_err(poisoned)?
+            .insert(name.to_string(), served);
+        Ok(version)
+    }
+
+    /// The serving version of model `name`.
+    pub fn model(&self, name: &str) -> Result<Arc<Served>, ServeError> {
+        let models = self.models.read().map_err(poisoned)?;
+        models.get(name).cloned().ok_or_else(|| {
+            ServeError::NotFound(format!(
+                "no model `{name}` is serving; serving: [{}]",
+                models.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    pub fn models(&self) -> Vec<Arc<Served>> {
+        self.models
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Each table's name, schema (as appends must match it) and current row count.
+    pub fn tables(&self) -> Vec<(String, SchemaRef, usize)> {
+        let Ok(data) = self.data.read() else {
+            return Vec::new();
+        };
+        data.db
+            .tables
+            .iter()
+            .zip(&data.rows)
+            .map(|(t, &n)| (t.name().to_string(), t.batch.schema(), n))
+            .collect()
+    }
+
+    /// Entities of a model's entity table now.
+    pub fn entities(&self, served: &Served) -> usize {
+        self.data
+            .read()
+            .map(|d| d.rows[served.entity_table])
+            .unwrap_or(0)
+    }
+
+    /// Appends `rows` to `table`: checked, logged durably, then visible to the next
+    /// request.
+    pub fn append(&self, table: &str, rows: &RecordBatch) -> Result<Appended, ServeError> {
+        if rows.num_rows() > self.limits.rows {
+            return Err(ServeError::TooLarge(format!(
+                "{} rows in one appended batch; the limit is {}",
+                rows.num_rows(),
+                self.limits.rows
+            )));
+        }
+        let mut data = self.data.write().map_err(poisoned)?;
+        if data.store.is_none() {
+            return Err(ServeError::Invalid(
+                "this server has no store for appended rows (start it with --store DIR)".into(),
+            ));
+        }
+        data.append(table, rows, Some(()))
+    }
+
+    /// The entity rows a ticket asks for, with their keys, in the order asked.
+    fn resolve(
+        &self,
+        served: &Served,
+        data: &Dataset,
+        ticket: &Ticket,
+    ) -> Result<(Vec<u32>, Vec<String>), ServeError> {
+        let index = data.keys[served.entity_table].as_ref().ok_or_else(|| {
+            ServeError::Internal("the entity table has no primary key index".into())
+        })?;
+        let mut keys: Vec<String> = Vec::new();
+        let given = [
+            !ticket.keys.is_empty(),
+            ticket.query.is_some(),
+            ticket.part.is_some(),
+        ];
+        if given.iter().filter(|&&g| g).count() != 1 {
+            return Err(invalid(
+                "a ticket names its entities one way: `keys`, `query` or `part`",
+            ));
+        }
+        for k in &ticket.keys {
+            keys.push(match k {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(invalid(format!(
+                        "key {other}: a key is a string or an integer"
+                    )));
+                }
+            });
+        }
+        if let Some(q) = &ticket.query {
+            let plan = plan_query(
+                &data.db,
+                q,
+                &PlanOptions {
+                    step: None,
+                    anchors: vec![0],
+                },
+            )
+            .map_err(|e| invalid(format!("query: {e:#}")))?;
+            let (t, m) = (&plan.task, &served.plan.task);
+            if t.task != m.task || t.target != m.target || t.entity_table != m.entity_table {
+                return Err(invalid(format!(
+                    "the query asks something else than model `{}` answers ({})",
+                    served.name, served.query
+                )));
+            }
+            let ids = plan.task.ids.as_ref().ok_or_else(|| {
+                invalid("the query names no entities: add FOR <table>.<key> IN (...)")
+            })?;
+            keys.extend(ids.iter().map(key_text));
+        }
+        if let Some([i, n]) = ticket.part {
+            if n == 0 || i >= n {
+                return Err(invalid(format!("part [{i}, {n}]: want [i, n] with i < n")));
+            }
+            let rows: Vec<u32> = (i..data.rows[served.entity_table] as u32)
+                .step_by(n as usize)
+                .collect();
+            let keys = rows
+                .iter()
+                .map(|&r| index.texts[r as usize].clone())
+                .collect();
+            return Ok((rows, keys));
+        }
+        if keys.len() > self.limits.keys {
+            return Err(ServeError::TooLarge(format!(
+                "{} entities in one request; the limit is {} (use `part` to score everything)",
+                keys.len(),
+                self.limits.keys
+            )));
+        }
+        let rows = keys
+            .iter()
+            .map(|k| {
+                index.rows.get(k).copied().ok_or_else(|| {
+                    ServeError::NotFound(format!(
+                        "no `{}` with key {k}",
+                        data.db.tables[served.entity_table].name()
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((rows, keys))
+    }
+
+    /// Predictions for the entities `ticket` names, in [`Served::schema`]; entities in
+    /// batches of at most `chunk`, handed to `emit` in order.
+    pub fn predict(
+        &self,
+        ticket: &Ticket,
+        chunk: usize,
+        emit: &mut dyn FnMut(RecordBatch) -> Result<(), ServeError>,
+    ) -> Result<(), ServeError> {
+        if ticket.v != 1 {
+            return Err(invalid(format!(
+                "ticket v{}: this server reads v1",
+                ticket.v
+            )));
+        }
+        let served = self.model(&ticket.model)?;
+        let code = &served.model.manifest.target;
+        if ticket.op == Op::Recommend && served.ranking.is_none() {
+            return Err(invalid(format!(
+                "model `{}` does not rank items ({}); use op `score`",
+                served.name, served.query
+            )));
+        }
+        let fanouts = match &ticket.fanouts {
+            Some(f) => {
+                if let Some(&big) = f.iter().find(|&&x| x > self.limits.fanout) {
+                    return Err(ServeError::TooLarge(format!(
+                        "fanout {big}; the limit is {} per hop",
+                        self.limits.fanout
+                    )));
+                }
+                if f.len() != served.model.manifest.config.layers {
+                    return Err(invalid(format!(
+                        "fanouts {f:?}: the model has {} layers, give one number per layer",
+                        served.model.manifest.config.layers
+                    )));
+                }
+                f.clone()
+            }
+            None => served.model.serving_fanouts(&SERVING_FANOUTS),
+        };
+        let k = ticket.k.unwrap_or(code.k());
+        if k > self.limits.k {
+            return Err(ServeError::TooLarge(format!(
+                "k = {k}; the limit is {}",
+                self.limits.k
+            )));
+        }
+        let data = self.data.read().map_err(poisoned)?;
+        let anchor = match &ticket.anchor {
+            None => data.last_time.unwrap_or(0),
+            Some(a) => parse_anchor(a)?,
+        };
+        let (rows, keys) = self.resolve(&served, &data, ticket)?;
+        let features = served.features.read().map_err(poisoned)?;
+        let inputs = Inputs {
+            view: data.graph.as_ref(),
+            features: &features,
+            endpoints: &served.endpoints,
+        };
+        for (rows, keys) in rows.chunks(chunk.max(1)).zip(keys.chunks(chunk.max(1))) {
+            let anchors = vec![anchor; rows.len()];
+            let output = match &served.ranking {
+                None => served
+                    .model
+                    .infer_on(inputs, rows, &anchors, None, Some(&fanouts))?,
+                Some(r) => recommend(
+                    &served.model,
+                    r,
+                    &data.graph,
+                    inputs,
+                    rows,
+                    anchor,
+                    &fanouts,
+                    k,
+                    ticket.exclude_seen,
+                )?,
+            };
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let batch = to_batch(&served.key_name, &keys, anchor, &output, code)
+                .map_err(|e| ServeError::Internal(e.to_string()))?;
+            emit(batch)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_anchor(a: &serde_json::Value) -> Result<i64, ServeError> {
+    match a {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| invalid(format!("anchor {n}: want whole seconds"))),
+        serde_json::Value::String(s) => time::parse_timestamp(s).ok_or_else(|| {
+            invalid(format!(
+                "anchor `{s}` is not a timestamp (YYYY-MM-DD[ HH:MM:SS])"
+            ))
+        }),
+        other => Err(invalid(format!(
+            "anchor {other}: want seconds or a timestamp"
+        ))),
+    }
+}
+
+/// A ranking model's index for serving: its item embeddings, and the path along which
+/// an entity is linked to items it already has.
+fn ranking_of(
+    model: &Model,
+    plan: &TaskPlan,
+    db: &Database,
+    graph: &HeteroGraph,
+) -> Option<Ranking> {
+    let emb = model.net.item_embeddings(&model.params)?;
+    let host = emb.to_host(&model.backend);
+    let index = model.item_index();
+    let live = model
+        .item_rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| **r != u32::MAX)
+        .map(|(i, _)| i as u32);
+    let search = ItemSearch::new(emb.cols, &host, live);
+    Some(Ranking {
+        index,
+        search,
+        seen: seen_path(plan, db, graph),
+    })
+}
+
+/// Edge types from the entity down the target's path to its fact table, and from there
+/// to the item table.
+fn seen_path(plan: &TaskPlan, db: &Database, graph: &HeteroGraph) -> Option<(Vec<usize>, usize)> {
+    let name = |t: usize, c: usize| db.tables[t].schema.columns[c].name.as_str();
+    let Target::Items(i) = plan.task.target else {
+        return None;
+    };
+    let agg = &plan.task.aggregates[i];
+    let Some(BoundExpr::Column(item_column, _)) = &agg.arg else {
+        return None;
+    };
+    let forward = |child: usize, parent: usize, column: Option<&str>| {
+        (0..graph.edge_types.len()).step_by(2).find(|&e| {
+            let et = &graph.edge_types[e];
+            et.src == child
+                && et.dst == parent
+                && column.is_none_or(|c| {
+                    et.name
+                        .starts_with(&format!("{}.{c}->", graph.tables[child]))
+                })
+        })
+    };
+    let mut down = Vec::new();
+    for link in agg.path.iter().rev() {
+        down.push(forward(link.child, link.parent, Some(name(link.child, link.column)))? + 1);
+    }
+    let column = name(item_column.table, item_column.column);
+    let up = (0..graph.edge_types.len()).step_by(2).find(|&e| {
+        graph.edge_types[e].src == agg.table
+            && graph.edge_types[e]
+                .name
+                .starts_with(&format!("{}.{column}->", graph.tables[agg.table]))
+    })?;
+    Some((down, up))
+}
+
+/// The items `row` is linked to at `anchor` along `path`.
+fn seen_items(
+    graph: &HeteroGraph,
+    path: &(Vec<usize>, usize),
+    row: u32,
+    anchor: i64,
+) -> FxHashSet<u32> {
+    let mut frontier = vec![row];
+    let mut found = Vec::new();
+    let all = |nodes: &[u32]| -> Vec<Request> {
+        nodes
+            .iter()
+            .map(|&node| Request {
+                node,
+                anchor,
+                k: u32::MAX,
+                rng: 0,
+            })
+            .collect()
+    };
+    for &e in path.0.iter().chain(std::iter::once(&path.1)) {
+        found.clear();
+        relgraph_sampler::GraphView::sample(
+            graph,
+            e,
+            &all(&frontier),
+            Strategy::Recent,
+            &mut found,
+        );
+        frontier = found.iter().map(|n| n.node).collect();
+    }
+    frontier.into_iter().collect()
+}
+
+/// Top-k recommendations: the query vector against every item embedding, with the
+/// exact scores of the items inside each entity's subgraph in place of their dot
+/// products.
+#[allow(clippy::too_many_arguments)]
+fn recommend(
+    model: &Model,
+    ranking: &Ranking,
+    graph: &HeteroGraph,
+    inputs: Inputs<'_>,
+    rows: &[u32],
+    anchor: i64,
+    fanouts: &[u32],
+    k: usize,
+    exclude_seen: bool,
+) -> Result<Output, ServeError> {
+    let anchors = vec![anchor; rows.len()];
+    let parts = model.rank_parts(inputs, rows, &anchors, Some(fanouts), &ranking.index)?;
+    let (mut ranked, mut scores) = (Vec::new(), Vec::new());
+    for (s, &row) in rows.iter().enumerate() {
+        let q = &parts.queries[s * parts.channels..(s + 1) * parts.channels];
+        let inside = &parts.inside[s];
+        let seen: FxHashSet<u32> = match (&ranking.seen, exclude_seen) {
+            (Some(path), true) => seen_items(graph, path, row, anchor)
+                .into_iter()
+                .filter_map(|r| ranking.index.get(&r).copied())
+                .collect(),
+            (None, true) => {
+                return Err(invalid(
+                    "exclude_seen: this model's target has no path from entity to items",
+                ));
+            }
+            _ => FxHashSet::default(),
+        };
+        let is_inside = |i: u32| inside.binary_search_by_key(&i, |&(x, _)| x).is_ok();
+        let mut top = ranking
+            .search
+            .top_k(q, k, &|i| is_inside(i) || seen.contains(&i));
+        top.extend(
+            inside
+                .iter()
+                .filter(|(i, _)| !seen.contains(i))
+                .map(|&(i, s)| (s, i)),
+        );
+        top.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        top.truncate(k);
+        ranked.push(Ranked {
+            top: top.iter().map(|t| t.1).collect(),
+            first_relevant: None,
+        });
+        scores.push(top.iter().map(|t| f64::from(t.0)).collect());
+    }
+    Ok(Output::Ranked(ranked, scores))
+}

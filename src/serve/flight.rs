@@ -1,0 +1,732 @@
+//! The Arrow Flight service of a node (ARCHITECTURE.md §8-10): serving (`DoGet`,
+//! `DoExchange`, `DoPut`, `ListFlights`, `GetFlightInfo`, `GetSchema`, `Handshake`) and,
+//! on workers, the data plane's sampling exchange ([`SampleService`]). Any Flight
+//! client works without relgraph code: tickets and commands are JSON (README, "Flight
+//! API").
+//!
+//! Authentication: with a token configured, `Handshake` takes it (as the password of
+//! HTTP Basic auth, as pyarrow's `authenticate_basic_token` sends it, or as the payload)
+//! and answers a session token, in the `authorization` header and the payload; every
+//! other call needs `authorization: Bearer <session token>` (or the configured token
+//! itself, as workers send each other) and gets `Unauthenticated` otherwise.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::MessageHeader;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::utils::flight_data_to_arrow_batch;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use futures::{StreamExt, TryStreamExt};
+use relgraph_coordinator::auth::same;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Limits, ServeError, Served, Serving, Ticket as ScoreTicket};
+use crate::cluster::flight::SampleService;
+
+/// How long a session token from `Handshake` stays valid.
+const SESSION: Duration = Duration::from_secs(12 * 3600);
+/// Entities per answered batch when a ticket asks for a whole partition.
+const BATCH_ROWS: usize = 4096;
+
+impl From<ServeError> for Status {
+    fn from(e: ServeError) -> Self {
+        match e {
+            ServeError::Invalid(m) => Status::invalid_argument(m),
+            ServeError::NotFound(m) => Status::not_found(m),
+            ServeError::TooLarge(m) => Status::resource_exhausted(m),
+            ServeError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// The configured token and the session tokens issued for it.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    token: Option<String>,
+    issued: Mutex<HashMap<String, Instant>>,
+}
+
+impl Sessions {
+    pub fn new(token: Option<String>) -> Self {
+        Sessions {
+            token,
+            issued: Mutex::default(),
+        }
+    }
+
+    /// Lets a call through when no token is configured, or it carries the token or a
+    /// live session token.
+    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(given) = given else {
+            return Err(Status::unauthenticated(
+                "this server requires a token: call Handshake with it and send authorization: Bearer <session token>",
+            ));
+        };
+        if same(given.as_bytes(), token.as_bytes()) {
+            return Ok(());
+        }
+        let mut issued = self
+            .issued
+            .lock()
+            .map_err(|_| Status::internal("sessions"))?;
+        let now = Instant::now();
+        issued.retain(|_, until| *until > now);
+        if issued.contains_key(given) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("invalid or expired token"))
+        }
+    }
+
+    /// A new session token for a client presenting `presented`.
+    fn open(&self, presented: Option<&[u8]>) -> Result<String, Status> {
+        if let Some(token) = &self.token {
+            match presented {
+                Some(p) if same(p, token.as_bytes()) => {}
+                Some(_) => return Err(Status::unauthenticated("invalid token")),
+                None => {
+                    return Err(Status::unauthenticated(
+                        "Handshake needs the token: as the Basic auth password or as the payload",
+                    ));
+                }
+            }
+        }
+        let session = random_token()?;
+        let mut issued = self
+            .issued
+            .lock()
+            .map_err(|_| Status::internal("sessions"))?;
+        issued.insert(session.clone(), Instant::now() + SESSION);
+        Ok(session)
+    }
+}
+
+fn random_token() -> Result<String, Status> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Status::internal(format!("no randomness for a session token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The password of an `authorization: Basic base64(user:password)` header.
+fn basic_password(metadata: &MetadataMap) -> Option<Vec<u8>> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64_decode(encoded.trim())?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' | b'-' => Some(62),
+        b'/' | b'_' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        acc = (acc << 6) | u32::from(value(c)?);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Incoming messages decoded one at a time: a schema, then record batches; a message
+/// without an IPC header carries only a descriptor or app metadata.
+#[derive(Debug, Default)]
+struct Incoming {
+    schema: Option<SchemaRef>,
+}
+
+#[derive(Debug)]
+enum Message {
+    Nothing,
+    Batch(RecordBatch),
+    Metadata(Vec<u8>),
+}
+
+impl Incoming {
+    fn feed(&mut self, m: &FlightData) -> Result<Message, Status> {
+        let bad = |e: String| Status::invalid_argument(format!("message: {e}"));
+        if m.data_header.is_empty() {
+            return Ok(if m.app_metadata.is_empty() {
+                Message::Nothing
+            } else {
+                Message::Metadata(m.app_metadata.to_vec())
+            });
+        }
+        let header = arrow::ipc::root_as_message(&m.data_header).map_err(|e| bad(e.to_string()))?;
+        match header.header_type() {
+            MessageHeader::Schema => {
+                let schema =
+                    arrow::datatypes::Schema::try_from(m).map_err(|e| bad(e.to_string()))?;
+                self.schema = Some(Arc::new(schema));
+                Ok(Message::Nothing)
+            }
+            MessageHeader::RecordBatch => {
+                let schema = self
+                    .schema
+                    .clone()
+                    .ok_or_else(|| bad("a record batch before its schema".into()))?;
+                flight_data_to_arrow_batch(m, schema, &HashMap::new())
+                    .map(Message::Batch)
+                    .map_err(|e| bad(e.to_string()))
+            }
+            other => Err(bad(format!(
+                "{other:?} messages are not accepted (send dictionary-encoded columns plain)"
+            ))),
+        }
+    }
+}
+
+/// A node's Flight service: serving when it has models, sampling when it is a worker.
+#[derive(Debug, Clone)]
+pub struct NodeService {
+    pub sampling: SampleService,
+    pub serving: Option<Arc<Serving>>,
+    pub sessions: Arc<Sessions>,
+}
+
+type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The Flight server of `service`, taking messages up to `limits.message` bytes.
+pub fn server(service: NodeService, limits: &Limits) -> FlightServiceServer<NodeService> {
+    FlightServiceServer::new(service)
+        .max_decoding_message_size(limits.message)
+        .max_encoding_message_size(limits.message)
+}
+
+/// Runs `f` on the blocking pool (scoring is CPU work).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("request failed: {e}")))?
+        .map_err(Status::from)
+}
+
+fn encode(
+    schema: SchemaRef,
+    batches: impl futures::Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+) -> FlightStream<FlightData> {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(|e| match e {
+            FlightError::Tonic(s) => *s,
+            other => Status::internal(other.to_string()),
+        });
+    Box::pin(stream)
+}
+
+/// Model `name`'s flight: its predictions for every entity.
+fn model_info(serving: &Serving, served: &Served) -> Result<FlightInfo, Status> {
+    let cmd = serde_json::json!({"v": 1, "op": "score", "model": served.name});
+    let ticket = serde_json::json!({"v": 1, "model": served.name, "part": [0, 1]});
+    let ranking = matches!(
+        served.model.manifest.target,
+        relgraph_worker::model::TargetCode::Ranking { .. }
+    );
+    let entities = serving.entities(served) as i64;
+    let meta = serde_json::json!({
+        "kind": "model",
+        "version": served.version,
+        "query": served.query,
+        "entities": entities,
+        "ranking": ranking,
+        "items": served.items(),
+        "dir": served.dir.display().to_string(),
+    });
+    FlightInfo::new()
+        .try_with_schema(&served.schema)
+        .map_err(|e| Status::internal(e.to_string()))
+        .map(|info| {
+            info.with_descriptor(FlightDescriptor::new_cmd(cmd.to_string()))
+                .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.to_string())))
+                .with_total_records(if ranking { -1 } else { entities })
+                .with_ordered(true)
+                .with_app_metadata(meta.to_string())
+        })
+}
+
+fn table_info(name: &str, schema: &SchemaRef, rows: usize) -> Result<FlightInfo, Status> {
+    let meta = serde_json::json!({"kind": "table", "rows": rows});
+    FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))
+        .map(|info| {
+            info.with_descriptor(FlightDescriptor::new_path(vec![
+                "tables".to_string(),
+                name.to_string(),
+            ]))
+            .with_total_records(rows as i64)
+            .with_app_metadata(meta.to_string())
+        })
+}
+
+#[derive(Debug, Deserialize)]
+struct AppendCommand {
+    v: u32,
+    op: String,
+    table: String,
+}
+
+/// The table a `DoPut` descriptor names: path `["tables", T]` or `[T]`, or the command
+/// `{"v":1,"op":"append","table":T}`.
+fn put_table(descriptor: Option<&FlightDescriptor>) -> Result<String, Status> {
+    let d = descriptor.ok_or_else(|| {
+        Status::invalid_argument("DoPut needs a descriptor naming the table: path [\"tables\", T]")
+    })?;
+    match d.path.as_slice() {
+        [t] => return Ok(t.clone()),
+        [tables, t] if tables == "tables" => return Ok(t.clone()),
+        [] => {}
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "descriptor path {other:?}: want [\"tables\", T]"
+            )));
+        }
+    }
+    let cmd: AppendCommand = serde_json::from_slice(&d.cmd)
+        .map_err(|e| Status::invalid_argument(format!("DoPut command: {e}")))?;
+    if cmd.v != 1 || cmd.op != "append" {
+        return Err(Status::invalid_argument(format!(
+            "DoPut command v{} `{}`: want v1 `append`",
+            cmd.v, cmd.op
+        )));
+    }
+    Ok(cmd.table)
+}
+
+/// The entity keys of an exchanged request batch: its `key` column (or one named like
+/// the model's entity key), text or integers.
+fn batch_keys(batch: &RecordBatch, served: &Served) -> Result<Vec<serde_json::Value>, Status> {
+    let column = batch
+        .column_by_name("key")
+        .or_else(|| batch.column_by_name(&served.key_name))
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "a request batch needs a `key` (or `{}`) column",
+                served.key_name
+            ))
+        })?;
+    if column.null_count() > 0 {
+        return Err(Status::invalid_argument("request keys hold nulls"));
+    }
+    if let Some(s) = column.as_any().downcast_ref::<StringArray>() {
+        Ok(s.iter().flatten().map(|k| k.into()).collect())
+    } else if let Some(i) = column.as_any().downcast_ref::<Int64Array>() {
+        Ok(i.values().iter().map(|&k| k.into()).collect())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "request keys are {}; send utf8 or int64",
+            column.data_type()
+        )))
+    }
+}
+
+impl NodeService {
+    fn serving(&self) -> Result<&Arc<Serving>, Status> {
+        self.serving
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this node serves no models"))
+    }
+
+    fn parse_ticket(bytes: &[u8]) -> Result<ScoreTicket, Status> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            Status::invalid_argument(format!(
+                "ticket: {e} (want JSON such as {{\"v\":1,\"model\":\"churn\",\"keys\":[\"42\"]}})"
+            ))
+        })
+    }
+
+    /// A serving exchange: requests (batches with keys, or metadata `{"keys": [...]}`)
+    /// answered one by one, in order.
+    async fn exchange(
+        &self,
+        first: FlightData,
+        rest: Streaming<FlightData>,
+    ) -> Result<Response<FlightStream<FlightData>>, Status> {
+        let serving = self.serving()?.clone();
+        let cmd = first
+            .flight_descriptor
+            .as_ref()
+            .map(|d| d.cmd.clone())
+            .unwrap_or_default();
+        let base = Self::parse_ticket(&cmd)?;
+        if !base.keys.is_empty() || base.part.is_some() {
+            return Err(Status::invalid_argument(
+                "an exchange's descriptor names the model and options; its messages carry the keys",
+            ));
+        }
+        let served = serving.model(&base.model)?;
+        let schema = served.schema.clone();
+        let (tx, rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(4);
+        let mut rest = rest;
+        tokio::spawn(async move {
+            let fail = |s: Status| Err(FlightError::Tonic(Box::new(s)));
+            let mut incoming = Incoming::default();
+            let mut pending = Some(Ok(first));
+            loop {
+                // The next request is read only once this one is answered: a client
+                // may wait for each answer before it sends more.
+                let message = match pending.take() {
+                    Some(m) => m,
+                    None => match rest.next().await {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
+                let keys = message
+                    .and_then(|m| incoming.feed(&m))
+                    .and_then(|m| match m {
+                        Message::Batch(b) => batch_keys(&b, &served).map(Some),
+                        Message::Nothing => Ok(None),
+                        Message::Metadata(meta) => {
+                            #[derive(Deserialize)]
+                            struct Keys {
+                                keys: Vec<serde_json::Value>,
+                            }
+                            serde_json::from_slice::<Keys>(&meta)
+                                .map(|k| Some(k.keys))
+                                .map_err(|e| {
+                                    Status::invalid_argument(format!("request metadata: {e}"))
+                                })
+                        }
+                    });
+                let keys = match keys {
+                    Ok(Some(k)) => k,
+                    Ok(None) => continue,
+                    Err(s) => {
+                        let _ = tx.send(fail(s)).await;
+                        return;
+                    }
+                };
+                let ticket = ScoreTicket {
+                    keys,
+                    ..base.clone()
+                };
+                let serving = serving.clone();
+                let answer = blocking(move || {
+                    let mut out = Vec::new();
+                    serving.predict(&ticket, usize::MAX, &mut |b| {
+                        out.push(b);
+                        Ok(())
+                    })?;
+                    Ok(out)
+                })
+                .await;
+                match answer {
+                    Ok(batches) => {
+                        for b in batches {
+                            if tx.send(Ok(b)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(s) => {
+                        let _ = tx.send(fail(s)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        metrics::counter!("relgraph_flight_exchanges_total").increment(1);
+        Ok(Response::new(encode(schema, ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for NodeService {
+    type HandshakeStream = FlightStream<HandshakeResponse>;
+    type ListFlightsStream = FlightStream<FlightInfo>;
+    type DoGetStream = FlightStream<FlightData>;
+    type DoPutStream = FlightStream<PutResult>;
+    type DoExchangeStream = FlightStream<FlightData>;
+    type DoActionStream = FlightStream<arrow_flight::Result>;
+    type ListActionsStream = FlightStream<ActionType>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        let basic = basic_password(request.metadata());
+        let mut stream = request.into_inner();
+        let first = stream.message().await?;
+        let payload = first.map(|m| m.payload).filter(|p| !p.is_empty());
+        let presented = basic.or_else(|| payload.map(|p| p.to_vec()));
+        let session = self.sessions.open(presented.as_deref())?;
+        let answer = HandshakeResponse {
+            protocol_version: 0,
+            payload: session.clone().into_bytes().into(),
+        };
+        let mut response: Response<Self::HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(answer)])));
+        let header = format!("Bearer {session}")
+            .parse()
+            .map_err(|_| Status::internal("session token"))?;
+        response.metadata_mut().insert("authorization", header);
+        Ok(response)
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.sessions.check(request.metadata())?;
+        let serving = self.serving()?;
+        let mut infos = Vec::new();
+        for served in serving.models() {
+            infos.push(model_info(serving, &served));
+        }
+        for (name, schema, rows) in serving.tables() {
+            infos.push(table_info(&name, &schema, rows));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(infos))))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.sessions.check(request.metadata())?;
+        let serving = self.serving()?;
+        let d = request.into_inner();
+        if let [tables, name] = d.path.as_slice()
+            && tables == "tables"
+        {
+            let (name, schema, rows) = serving
+                .tables()
+                .into_iter()
+                .find(|(t, _, _)| t == name)
+                .ok_or_else(|| Status::not_found(format!("no table `{name}`")))?;
+            return table_info(&name, &schema, rows).map(Response::new);
+        }
+        let ticket = Self::parse_ticket(&d.cmd)?;
+        let served = serving.model(&ticket.model)?;
+        model_info(serving, &served).map(Response::new)
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "PollFlightInfo: predictions are computed on DoGet; use GetFlightInfo",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let info = self.get_flight_info(request).await?.into_inner();
+        let schema = info
+            .try_decode_schema()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let options = arrow::ipc::writer::IpcWriteOptions::default();
+        SchemaResult::try_from(SchemaAsIpc::new(&schema, &options))
+            .map(Response::new)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        self.sessions.check(request.metadata())?;
+        let serving = self.serving()?.clone();
+        let ticket = Self::parse_ticket(&request.into_inner().ticket)?;
+        let schema = serving.model(&ticket.model)?.schema.clone();
+        metrics::counter!("relgraph_flight_gets_total").increment(1);
+        if ticket.part.is_none() {
+            // Small: answer or fail as a whole.
+            let batches = blocking(move || {
+                let mut out = Vec::new();
+                serving.predict(&ticket, usize::MAX, &mut |b| {
+                    out.push(b);
+                    Ok(())
+                })?;
+                Ok(out)
+            })
+            .await?;
+            return Ok(Response::new(encode(
+                schema,
+                futures::stream::iter(batches.into_iter().map(Ok)),
+            )));
+        }
+        // A whole partition: streamed as it is scored.
+        let (tx, rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(2);
+        tokio::task::spawn_blocking(move || {
+            let result = serving.predict(&ticket, BATCH_ROWS, &mut |b| {
+                tx.blocking_send(Ok(b))
+                    .map_err(|_| ServeError::Internal("the client went away".into()))
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(FlightError::Tonic(Box::new(e.into()))));
+            }
+        });
+        Ok(Response::new(encode(schema, ReceiverStream::new(rx))))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        self.sessions.check(request.metadata())?;
+        let serving = self.serving()?.clone();
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("DoPut sent nothing"))?;
+        let table = put_table(first.flight_descriptor.as_ref())?;
+        let (tx, rx) = mpsc::channel::<Result<PutResult, Status>>(4);
+        tokio::spawn(async move {
+            let mut incoming = Incoming::default();
+            let mut next = Some(Ok(first));
+            while let Some(message) = next {
+                next = stream.next().await;
+                let batch = match message.and_then(|m| incoming.feed(&m)) {
+                    Ok(Message::Batch(b)) => b,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let (serving, table) = (serving.clone(), table.clone());
+                let done = blocking(move || serving.append(&table, &batch)).await;
+                let reply = done.and_then(|a| {
+                    serde_json::to_vec(&a)
+                        .map(|m| PutResult {
+                            app_metadata: m.into(),
+                        })
+                        .map_err(|e| Status::internal(e.to_string()))
+                });
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        self.sessions.check(request.metadata())?;
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("DoExchange sent nothing"))?;
+        if SampleService::is_sample(&first) {
+            let mut messages = vec![first];
+            while let Some(m) = stream.message().await? {
+                messages.push(m);
+            }
+            let answer = self.sampling.answer(&messages)?;
+            metrics::counter!("relgraph_flight_sample_calls_total").increment(1);
+            return Ok(Response::new(Box::pin(futures::stream::iter(
+                answer.into_iter().map(Ok),
+            ))));
+        }
+        self.exchange(first, stream).await
+    }
+
+    async fn do_action(
+        &self,
+        _: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented(
+            "DoAction: this server has no actions",
+        ))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.sessions.check(request.metadata())?;
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_passwords_decode() {
+        let mut m = MetadataMap::new();
+        // base64("relgraph:s3cret token")
+        m.insert(
+            "authorization",
+            "Basic cmVsZ3JhcGg6czNjcmV0IHRva2Vu".parse().unwrap(),
+        );
+        assert_eq!(basic_password(&m).as_deref(), Some(&b"s3cret token"[..]));
+        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("YWI=").as_deref(), Some(&b"ab"[..]));
+        assert_eq!(base64_decode("YWJj").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(base64_decode("Y!"), None);
+    }
+
+    #[test]
+    fn sessions_need_the_token() {
+        let s = Sessions::new(Some("t0k".into()));
+        assert!(s.open(None).is_err());
+        assert!(s.open(Some(b"nope")).is_err());
+        let session = s.open(Some(b"t0k")).unwrap();
+        let with = |v: &str| {
+            let mut m = MetadataMap::new();
+            m.insert("authorization", v.parse().unwrap());
+            m
+        };
+        assert!(s.check(&with(&format!("Bearer {session}"))).is_ok());
+        assert!(s.check(&with("Bearer t0k")).is_ok());
+        assert_eq!(
+            s.check(&with("Bearer other")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            s.check(&MetadataMap::new()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(Sessions::new(None).check(&MetadataMap::new()).is_ok());
+    }
+}
