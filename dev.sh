@@ -19,7 +19,10 @@ case "${1:-}" in
     # The CUDA layer builds (and its tests run) without CUDA: cudarc loads it at run time.
     cargo clippy -p relgraph-kernels --features cuda --all-targets --quiet -- -D warnings
     cargo test --workspace
-    exec cargo test -p relgraph-kernels --features cuda
+    cargo test -p relgraph-kernels --features cuda
+    # Any Flight client works without our code: pyarrow against the built binary.
+    exec "${RELGRAPH_VENV:-$HOME/.cache/relgraph/venv}/bin/python" tests/flight_client.py \
+      "$CARGO_TARGET_DIR/debug/relgraph"
     ;;
   *)
     echo "usage: ./dev.sh demo [--dir DIR] | ./dev.sh test" >&2

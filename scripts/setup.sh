@@ -24,3 +24,18 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libclang-[0-9.]*\.so\|libclang\.so'; the
   $sudo_cmd apt-get update -q
   $sudo_cmd apt-get install -y -q libclang1-14 libclang-common-14-dev
 fi
+
+# The Flight client test runs pyarrow (no relgraph code) in a virtual environment of its own.
+venv="${RELGRAPH_VENV:-$HOME/.cache/relgraph/venv}"
+if ! "$venv/bin/python" -c 'import pyarrow.flight' >/dev/null 2>&1; then
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
+    echo "setup: installing python3 and venv (for the pyarrow Flight client test)"
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -q
+    $sudo_cmd apt-get install -y -q python3 python3-venv
+  fi
+  echo "setup: installing pyarrow into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'pyarrow==26.0.1'
+fi

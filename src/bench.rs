@@ -1,5 +1,6 @@
 //! `relgraph bench`: measured throughput of the hot paths on real or generated data.
 
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ pub enum BenchCommand {
     Sample(SampleArgs),
     /// Ingest into RocksDB partitions: placement and write rate (rows/s).
     Ingest(IngestArgs),
+    /// Serving over Flight on loopback: online p50/p99 at a fixed request rate per
+    /// model (scores, or top-k for ranking models) and batch entities/s.
+    Serve(serve::ServeBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +104,7 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::Sample(args) => sample_bench(args),
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Ingest(args) => ingest_bench(args),
+        BenchCommand::Serve(args) => serve::run(args),
     }
 }
 

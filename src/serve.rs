@@ -388,6 +388,19 @@ impl Serving {
             .collect()
     }
 
+    /// The keys of a model's entities, in row order.
+    pub fn entity_keys(&self, served: &Served) -> Vec<String> {
+        self.data
+            .read()
+            .ok()
+            .and_then(|d| {
+                d.keys[served.entity_table]
+                    .as_ref()
+                    .map(|k| k.texts.clone())
+            })
+            .unwrap_or_default()
+    }
+
     /// Entities of a model's entity table now.
     pub fn entities(&self, served: &Served) -> usize {
         self.data

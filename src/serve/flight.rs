@@ -227,13 +227,68 @@ pub fn server(service: NodeService, limits: &Limits) -> FlightServiceServer<Node
         .max_encoding_message_size(limits.message)
 }
 
-/// Runs `f` on the blocking pool (scoring is CPU work).
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Where requests are computed: one thread per core, each the only worker of its own
+/// rayon pool, so a small request's parallel loops run inline on its thread instead of
+/// waking other threads for every kernel call (which costs more than the work).
+/// Requests queue for a free thread.
+#[derive(Debug)]
+struct Executor {
+    queue: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Executor {
+    fn get() -> &'static Executor {
+        static EXECUTOR: std::sync::OnceLock<Executor> = std::sync::OnceLock::new();
+        EXECUTOR.get_or_init(|| {
+            let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(4096);
+            let jobs = Arc::new(Mutex::new(jobs));
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            for i in 0..threads {
+                let jobs = jobs.clone();
+                std::thread::Builder::new()
+                    .name(format!("relgraph-serve-{i}"))
+                    .spawn(move || {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(1)
+                            .use_current_thread()
+                            .build();
+                        let Ok(pool) = pool else { return };
+                        pool.install(|| {
+                            loop {
+                                let job = match jobs.lock() {
+                                    Ok(rx) => rx.recv(),
+                                    Err(_) => return,
+                                };
+                                match job {
+                                    Ok(job) => job(),
+                                    Err(_) => return,
+                                }
+                            }
+                        });
+                    })
+                    .expect("spawn a serving thread");
+            }
+            Executor { queue }
+        })
+    }
+}
+
+/// Runs `f` on a serving thread (scoring is CPU work, never done on tokio's threads).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServeError> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("request failed: {e}")))?
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    Executor::get()
+        .queue
+        .send(job)
+        .map_err(|_| Status::unavailable("the serving threads stopped"))?;
+    rx.await
+        .map_err(|_| Status::internal("the request failed on its serving thread"))?
         .map_err(Status::from)
 }
 
@@ -589,7 +644,7 @@ impl FlightService for NodeService {
         }
         // A whole partition: streamed as it is scored.
         let (tx, rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(2);
-        tokio::task::spawn_blocking(move || {
+        let job: Job = Box::new(move || {
             let result = serving.predict(&ticket, BATCH_ROWS, &mut |b| {
                 tx.blocking_send(Ok(b))
                     .map_err(|_| ServeError::Internal("the client went away".into()))
@@ -598,6 +653,10 @@ impl FlightService for NodeService {
                 let _ = tx.blocking_send(Err(FlightError::Tonic(Box::new(e.into()))));
             }
         });
+        Executor::get()
+            .queue
+            .send(job)
+            .map_err(|_| Status::unavailable("the serving threads stopped"))?;
         Ok(Response::new(encode(schema, ReceiverStream::new(rx))))
     }
 

@@ -2,11 +2,9 @@
 //! dot product with every item embedding of the serving model, kept as one contiguous
 //! row-major matrix per model version. Dot products use AVX2 + FMA where the CPU has
 //! them (checked once at run time) and 8 independent lanes the compiler vectorises
-//! otherwise; large catalogs are scanned in blocks on rayon's threads, each keeping its
-//! own top k, merged at the end. Nothing is approximated: the result is the same as
+//! otherwise; large catalogs are scanned by one thread per core, each keeping its own
+//! top k, merged at the end. Nothing is approximated: the result is the same as
 //! sorting every score.
-
-use rayon::prelude::*;
 
 /// Items scanned per parallel block.
 const BLOCK: usize = 16_384;
@@ -97,10 +95,31 @@ impl ItemSearch {
         if n <= BLOCK {
             return scan(0, n);
         }
-        let parts: Vec<Vec<Scored>> = (0..n.div_ceil(BLOCK))
-            .into_par_iter()
-            .map(|b| scan(b * BLOCK, ((b + 1) * BLOCK).min(n)))
-            .collect();
+        // One share per core, the caller's thread taking the first: plain scoped threads,
+        // since waiting on a rayon pool from a serving thread (itself a rayon worker)
+        // spins on a core the scan needs.
+        let threads = std::thread::available_parallelism().map_or(2, |t| t.get());
+        let share = n.div_ceil(threads).div_ceil(BLOCK) * BLOCK;
+        let range = |t: usize| {
+            let run = |lo: usize| {
+                let mut top = Vec::new();
+                let hi = (lo + share).min(n);
+                for b in (lo..hi).step_by(BLOCK) {
+                    top.extend(scan(b, (b + BLOCK).min(hi)));
+                }
+                top
+            };
+            run(t * share)
+        };
+        let parts: Vec<Vec<Scored>> = std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads)
+                .filter(|t| t * share < n)
+                .map(|t| scope.spawn(move || range(t)))
+                .collect();
+            let mut parts = vec![range(0)];
+            parts.extend(helpers.into_iter().filter_map(|h| h.join().ok()));
+            parts
+        });
         let mut top = Top::new(k);
         for s in parts.into_iter().flatten() {
             if top.admits(&s) {
