@@ -102,9 +102,20 @@ enum Command {
     /// Predict with a saved model for every entity the query selects at one anchor time.
     Predict {
         query: String,
-        /// The model directory (`relgraph train --out`).
+        /// The model directory (`relgraph train --out`); with --server, the name of a
+        /// model the server serves.
         #[arg(long)]
         model: PathBuf,
+        /// Fetch the predictions from this serving node (`relgraph serve`) instead,
+        /// partition by partition in parallel, into one Parquet file per partition
+        /// under --out.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, env = "RELGRAPH_TOKEN")]
+        token: Option<String>,
+        /// Partitions fetched in parallel with --server.
+        #[arg(long, default_value_t = 8)]
+        parts: usize,
         /// --anchor TIME: when to predict (default: the data's last timestamp).
         #[command(flatten)]
         data: pql::DataArgs,
@@ -185,10 +196,29 @@ fn main() -> ExitCode {
         Command::Predict {
             query,
             model,
+            server: Some(server),
+            token,
+            parts,
+            data,
+            out,
+            ..
+        } => {
+            let remote = predict::remote::Remote {
+                server,
+                token,
+                parts,
+                anchor: data.anchor.first().cloned(),
+            };
+            predict::remote::run(&query, &model.to_string_lossy(), &remote, &out)
+        }
+        Command::Predict {
+            query,
+            model,
             data,
             out,
             format,
             threads,
+            ..
         } => predict::run(&query, &model, &data, &out, format, threads),
     };
     match result {

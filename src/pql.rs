@@ -26,7 +26,7 @@ pub enum PqlCommand {
 pub struct DataArgs {
     /// The database directory.
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
     /// A schema.toml overriding inference (default: DATA/schema.toml).
     #[arg(long)]
     pub schema: Option<PathBuf>,
@@ -39,6 +39,14 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// The database directory (`--data`), which every command but `predict --server`
+    /// needs.
+    pub fn dir(&self) -> Result<&Path> {
+        self.data
+            .as_deref()
+            .ok_or_else(|| anyhow!("--data DIR is required: the database directory"))
+    }
+
     fn options(&self) -> Result<PlanOptions> {
         let step = match &self.step {
             Some(v) if v.len() == 2 => {
@@ -70,7 +78,7 @@ impl DataArgs {
 
 /// Loads the data, then parses, validates and plans the query.
 pub fn prepare(query: &str, data: &DataArgs) -> Result<(Database, TaskPlan)> {
-    let db = Database::load(&data.data, data.schema.as_deref())?;
+    let db = Database::load(data.dir()?, data.schema.as_deref())?;
     let plan = plan_query(&db, query, &data.options()?)?;
     Ok((db, plan))
 }

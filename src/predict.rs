@@ -1,5 +1,8 @@
 //! `relgraph predict`: a saved model's predictions for every entity a query selects at
-//! one anchor time, written as Parquet or CSV.
+//! one anchor time, written as Parquet or CSV; or, with `--server`, a serving node's
+//! ([`remote`]).
+
+pub mod remote;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ pub fn run(
     threads: Option<usize>,
 ) -> Result<()> {
     set_threads(threads);
-    let db = Database::load(&data.data, data.schema.as_deref())?;
+    let db = Database::load(data.dir()?, data.schema.as_deref())?;
     let (model, prepared, trained) = load_model(model_dir, &db)?;
     let anchor = match data.anchor.as_slice() {
         [] => last_timestamp(&db)

@@ -441,12 +441,12 @@ impl Serving {
         let mut keys: Vec<String> = Vec::new();
         let given = [
             !ticket.keys.is_empty(),
-            ticket.query.is_some(),
+            ticket.query.is_some() && ticket.part.is_none(),
             ticket.part.is_some(),
         ];
         if given.iter().filter(|&&g| g).count() != 1 {
             return Err(invalid(
-                "a ticket names its entities one way: `keys`, `query` or `part`",
+                "a ticket names its entities one way: `keys`, `query` or `part` (a `query` beside `part` is only checked against the model)",
             ));
         }
         for k in &ticket.keys {
@@ -477,9 +477,20 @@ impl Serving {
                     served.name, served.query
                 )));
             }
-            let ids = plan.task.ids.as_ref().ok_or_else(|| {
-                invalid("the query names no entities: add FOR <table>.<key> IN (...)")
-            })?;
+            match (&plan.task.ids, ticket.part) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "the query names its entities (FOR ... IN); `part` scores all of them: give one",
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "the query names no entities: add FOR <table>.<key> IN (...), or ask for `part`",
+                    ));
+                }
+                _ => {}
+            }
+            let ids = plan.task.ids.as_deref().unwrap_or_default();
             keys.extend(ids.iter().map(key_text));
         }
         if let Some([i, n]) = ticket.part {

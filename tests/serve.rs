@@ -588,3 +588,66 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn predict_against_a_server_writes_every_entity_once() {
+    let w = world();
+    let store = tempfile::tempdir().expect("store");
+    let server = serve(&[("churn", &w.root.join("churn"))], store.path());
+    let out = tempfile::tempdir().expect("out");
+    let text = relgraph(&[
+        "predict",
+        "PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID",
+        "--server",
+        &server.addr,
+        "--token",
+        TOKEN,
+        "--model",
+        "churn",
+        "--parts",
+        "3",
+        "--out",
+        path(out.path()),
+    ]);
+    assert!(text.contains("scored 1500 entities"), "{text}");
+    let mut keys = Vec::new();
+    for part in 0..3 {
+        let file = std::fs::File::open(out.path().join(format!("part-{part:05}.parquet")))
+            .expect("part file");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        for b in reader {
+            let b = b.expect("batch");
+            keys.extend(strings(&b, "customer_id"));
+            assert!(floats(&b, "prob").iter().all(|p| (0.0..=1.0).contains(p)));
+        }
+    }
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!((keys.len(), distinct.len()), (1500, 1500));
+    // A question the model was not trained for is refused.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args([
+            "predict",
+            "PREDICT SUM(ORDERS.PRICE, 0, 30, days) FOR EACH CUSTOMERS.CUSTOMER_ID",
+            "--server",
+            &server.addr,
+            "--token",
+            TOKEN,
+            "--model",
+            "churn",
+            "--out",
+            path(&out.path().join("wrong")),
+        ])
+        .output()
+        .expect("run");
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("something else"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+}

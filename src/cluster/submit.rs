@@ -45,8 +45,9 @@ pub fn run(
         bail!("--threads is a worker setting in a cluster (worker config `threads`)");
     }
     let toml = toml::to_string(&config.config()?).context("cannot encode the training config")?;
-    let data_dir = std::fs::canonicalize(&data.data)
-        .with_context(|| format!("data directory {}", data.data.display()))?;
+    let dir = data.dir()?;
+    let data_dir =
+        std::fs::canonicalize(dir).with_context(|| format!("data directory {}", dir.display()))?;
     let out = std::path::absolute(out)?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

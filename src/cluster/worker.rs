@@ -424,7 +424,7 @@ fn train_job(
     };
     report(stage(JobState::Ingest, 0, 0));
     let data = DataArgs {
-        data: PathBuf::from(&job.data_dir),
+        data: Some(PathBuf::from(&job.data_dir)),
         schema: None,
         step: None,
         anchor: Vec::new(),
