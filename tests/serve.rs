@@ -498,7 +498,7 @@ async fn acknowledged_appends_survive_kill_9() {
         let again = append(
             &mut c,
             "orders",
-            orders(&[id.clone()], "CU-1010", "P-5003", anchor),
+            orders(std::slice::from_ref(id), "CU-1010", "P-5003", anchor),
         )
         .await;
         assert_eq!(again.err().map(code), Some(Code::InvalidArgument), "{id}");

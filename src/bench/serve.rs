@@ -40,6 +40,9 @@ pub struct ServeBenchArgs {
     /// Items per recommendation.
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Skip the batch phase (a catalog of a million items makes it long).
+    #[arg(long)]
+    no_batch: bool,
     #[arg(long)]
     json: bool,
 }
@@ -171,6 +174,9 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
                 get(c, ticket(&keys[0]).to_string()).await?;
             }
             phases.push(online(&connections, ticket, &keys, rate, args.seconds, &name).await?);
+            if args.no_batch {
+                continue;
+            }
             // Batch: every entity, one partition per connection, in parallel.
             let parts = connections.len();
             let started = Instant::now();

@@ -756,7 +756,9 @@ mod tests {
         // base64("relgraph:s3cret token")
         m.insert(
             "authorization",
-            "Basic cmVsZ3JhcGg6czNjcmV0IHRva2Vu".parse().unwrap(),
+            "Basic cmVsZ3JhcGg6czNjcmV0IHRva2Vu"
+                .parse()
+                .expect("header"),
         );
         assert_eq!(basic_password(&m).as_deref(), Some(&b"s3cret token"[..]));
         assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
@@ -770,20 +772,20 @@ mod tests {
         let s = Sessions::new(Some("t0k".into()));
         assert!(s.open(None).is_err());
         assert!(s.open(Some(b"nope")).is_err());
-        let session = s.open(Some(b"t0k")).unwrap();
+        let session = s.open(Some(b"t0k")).expect("session");
         let with = |v: &str| {
             let mut m = MetadataMap::new();
-            m.insert("authorization", v.parse().unwrap());
+            m.insert("authorization", v.parse().expect("header"));
             m
         };
         assert!(s.check(&with(&format!("Bearer {session}"))).is_ok());
         assert!(s.check(&with("Bearer t0k")).is_ok());
         assert_eq!(
-            s.check(&with("Bearer other")).unwrap_err().code(),
+            s.check(&with("Bearer other")).expect_err("refused").code(),
             tonic::Code::Unauthenticated
         );
         assert_eq!(
-            s.check(&MetadataMap::new()).unwrap_err().code(),
+            s.check(&MetadataMap::new()).expect_err("refused").code(),
             tonic::Code::Unauthenticated
         );
         assert!(Sessions::new(None).check(&MetadataMap::new()).is_ok());

@@ -1,10 +1,15 @@
 //! Exact top-k item search for recommendations (ARCHITECTURE.md §8): a query vector's
-//! dot product with every item embedding of the serving model, kept as one contiguous
-//! row-major matrix per model version. Dot products use AVX2 + FMA where the CPU has
-//! them (checked once at run time) and 8 independent lanes the compiler vectorises
-//! otherwise; large catalogs are scanned by one thread per core, each keeping its own
-//! top k, merged at the end. Nothing is approximated: the result is the same as
-//! sorting every score.
+//! dot product with every item embedding of the serving model.
+//!
+//! Large catalogs are memory bound (a million items of 64 floats is 256 MB per
+//! request), so they are scanned twice: first over a bfloat16 copy of the embeddings
+//! (half the bytes), where each item's score is known within a bound (bfloat16 keeps 8
+//! significant bits, so an item's error is at most ‖q‖₁ · max|e| · 2⁻⁸, plus float
+//! rounding); only the items whose upper bound reaches the k-th best lower bound can be
+//! in the top k, and those few are scored again from the f32 embeddings. The result is
+//! exactly the top k of the f32 scores. Dot products use AVX2 + FMA where the CPU has
+//! them (checked once at run time) and 8 independent lanes otherwise; the first pass
+//! runs on one thread per core.
 
 /// Items scanned per parallel block.
 const BLOCK: usize = 16_384;
@@ -16,13 +21,34 @@ pub struct ItemSearch {
     /// Embedding id of each matrix row.
     ids: Vec<u32>,
     matrix: Vec<f32>,
+    /// The matrix in bfloat16 (the upper half of each f32, rounded to nearest even).
+    approx: Vec<u16>,
+    /// Per row, its largest absolute value.
+    scale: Vec<f32>,
+}
+
+/// bfloat16 of `x`, rounded to nearest, ties to even.
+fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return (bits >> 16) as u16 | 0x40;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
 
 /// A scored item: (score, embedding id), best first by score, then by lower id.
 pub type Scored = (f32, u32);
 
+/// What a first pass over some rows leaves: its best lower bounds, and its candidates
+/// (row, upper bound).
+type Pass = (Vec<Scored>, Vec<(usize, f32)>);
+
 fn better(a: &Scored, b: &Scored) -> bool {
-    a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).is_gt()
+    // `+ 0.0` makes -0.0 equal to 0.0, which `total_cmp` alone would order.
+    (a.0 + 0.0)
+        .total_cmp(&(b.0 + 0.0))
+        .then(b.1.cmp(&a.1))
+        .is_gt()
 }
 
 /// The best `k` seen so far, best first.
@@ -44,6 +70,15 @@ impl Top {
         self.k > 0 && (self.items.len() < self.k || better(s, &self.items[self.k - 1]))
     }
 
+    /// The k-th best score so far (−∞ until there are k).
+    fn threshold(&self) -> f32 {
+        if self.k > 0 && self.items.len() == self.k {
+            self.items[self.k - 1].0
+        } else {
+            f32::NEG_INFINITY
+        }
+    }
+
     fn push(&mut self, s: Scored) {
         let at = self.items.partition_point(|x| better(x, &s));
         self.items.insert(at, s);
@@ -59,7 +94,18 @@ impl ItemSearch {
         for &i in &ids {
             matrix.extend_from_slice(&embeddings[i as usize * dim..(i as usize + 1) * dim]);
         }
-        ItemSearch { dim, ids, matrix }
+        let approx = matrix.iter().map(|&x| to_bf16(x)).collect();
+        let scale = matrix
+            .chunks_exact(dim.max(1))
+            .map(|row| row.iter().fold(0f32, |m, x| m.max(x.abs())))
+            .collect();
+        ItemSearch {
+            dim,
+            ids,
+            matrix,
+            approx,
+            scale,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -92,7 +138,7 @@ impl ItemSearch {
             top.items
         };
         let n = self.ids.len();
-        if n <= BLOCK {
+        if n <= BLOCK || k == 0 {
             return scan(0, n);
         }
         // One share per core, the caller's thread taking the first: plain scoped threads,
@@ -100,33 +146,89 @@ impl ItemSearch {
         // spins on a core the scan needs.
         let threads = std::thread::available_parallelism().map_or(2, |t| t.get());
         let share = n.div_ceil(threads).div_ceil(BLOCK) * BLOCK;
-        let range = |t: usize| {
-            let run = |lo: usize| {
-                let mut top = Vec::new();
-                let hi = (lo + share).min(n);
-                for b in (lo..hi).step_by(BLOCK) {
-                    top.extend(scan(b, (b + BLOCK).min(hi)));
-                }
-                top
+        let l1: f32 = query.iter().map(|x| x.abs()).sum::<f32>() * 1.001;
+        let rel = 2f32.powi(-8) + 4.0 * self.dim as f32 * 2f32.powi(-24);
+        let parts: Vec<Pass> = std::thread::scope(|scope| {
+            let pass = |t: usize| {
+                self.bounded_pass(
+                    query,
+                    l1 * rel,
+                    k,
+                    skip,
+                    t * share,
+                    ((t + 1) * share).min(n),
+                )
             };
-            run(t * share)
-        };
-        let parts: Vec<Vec<Scored>> = std::thread::scope(|scope| {
             let helpers: Vec<_> = (1..threads)
                 .filter(|t| t * share < n)
-                .map(|t| scope.spawn(move || range(t)))
+                .map(|t| scope.spawn(move || pass(t)))
                 .collect();
-            let mut parts = vec![range(0)];
+            let mut parts = vec![pass(0)];
             parts.extend(helpers.into_iter().filter_map(|h| h.join().ok()));
             parts
         });
+        // The k-th best lower bound over all items, and the items that can beat it.
+        let mut lower = Top::new(k);
+        for s in parts.iter().flat_map(|p| p.0.iter()) {
+            if lower.admits(s) {
+                lower.push(*s);
+            }
+        }
+        let tau = lower.threshold();
         let mut top = Top::new(k);
-        for s in parts.into_iter().flatten() {
-            if top.admits(&s) {
-                top.push(s);
+        let mut score = [0f32];
+        for &(r, upper) in parts.iter().flat_map(|p| p.1.iter()) {
+            if upper < tau {
+                continue;
+            }
+            dots(
+                query,
+                &self.matrix[r * self.dim..(r + 1) * self.dim],
+                &mut score,
+            );
+            let item = (score[0], self.ids[r]);
+            if top.admits(&item) {
+                top.push(item);
             }
         }
         top.items
+    }
+
+    /// The first pass over rows `lo..hi` in bfloat16: the best `k` lower bounds, and
+    /// every row (with its upper bound) that reached the k-th lower bound seen so far.
+    fn bounded_pass(
+        &self,
+        query: &[f32],
+        slack: f32,
+        k: usize,
+        skip: &(dyn Fn(u32) -> bool + Sync),
+        lo: usize,
+        hi: usize,
+    ) -> Pass {
+        let mut lower = Top::new(k);
+        let mut candidates = Vec::new();
+        let mut scores = vec![0f32; BLOCK];
+        for b in (lo..hi).step_by(BLOCK) {
+            let e = (b + BLOCK).min(hi);
+            bf16_dots(
+                query,
+                &self.approx[b * self.dim..e * self.dim],
+                &mut scores[..e - b],
+            );
+            for (j, &a) in scores[..e - b].iter().enumerate() {
+                let r = b + j;
+                let bound = slack * self.scale[r] + f32::MIN_POSITIVE;
+                if a + bound < lower.threshold() || skip(self.ids[r]) {
+                    continue;
+                }
+                candidates.push((r, a + bound));
+                let low = (a - bound, self.ids[r]);
+                if lower.admits(&low) {
+                    lower.push(low);
+                }
+            }
+        }
+        (lower.items, candidates)
     }
 }
 
@@ -140,6 +242,31 @@ pub fn dots(query: &[f32], rows: &[f32], out: &mut [f32]) {
         return;
     }
     portable_dots(query, rows, out);
+}
+
+/// `out[r]` = `query` · row `r` of `rows`, a bfloat16 matrix.
+fn bf16_dots(query: &[f32], rows: &[u16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has both features, checked just above.
+        unsafe { avx2::bf16_dots(query, rows, out) };
+        return;
+    }
+    portable_bf16_dots(query, rows, out);
+}
+
+fn portable_bf16_dots(query: &[f32], rows: &[u16], out: &mut [f32]) {
+    let dim = query.len();
+    let mut row32 = vec![0f32; dim];
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(dim.max(1))) {
+        for (x, &h) in row32.iter_mut().zip(row) {
+            *x = f32::from_bits(u32::from(h) << 16);
+        }
+        let mut one = [0f32];
+        portable_dots(query, &row32, &mut one);
+        *o = one[0];
+    }
 }
 
 fn portable_dots(query: &[f32], rows: &[f32], out: &mut [f32]) {
@@ -201,6 +328,80 @@ mod avx2 {
             }
         }
     }
+
+    /// The sum of the 8 lanes of `v`.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
+    }
+
+    /// 8 values of a bfloat16 row from column `c`, widened to f32.
+    ///
+    /// # Safety
+    /// `row[c..c + 8]` must be in bounds.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn widen(row: &[u16], c: usize) -> __m256 {
+        // SAFETY: the caller keeps `c + 8 <= row.len()`.
+        let h = unsafe { _mm_loadu_si128(row.as_ptr().add(c).cast()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
+
+    /// As [`dots`] over bfloat16 rows, widened to f32 eight at a time, four rows at
+    /// once (four independent FMA chains).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn bf16_dots(query: &[f32], rows: &[u16], out: &mut [f32]) {
+        let dim = query.len().max(1);
+        let wide = query.len() - query.len() % 8;
+        let tail = |row: &[u16]| -> f32 {
+            (wide..query.len())
+                .map(|c| query[c] * f32::from_bits(u32::from(row[c]) << 16))
+                .sum()
+        };
+        let mut groups = rows.chunks_exact(4 * dim);
+        let mut outs = out.chunks_exact_mut(4);
+        for (group, o) in (&mut groups).zip(&mut outs) {
+            let (r0, r1, r2, r3) = (
+                &group[..dim],
+                &group[dim..2 * dim],
+                &group[2 * dim..3 * dim],
+                &group[3 * dim..],
+            );
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for c in (0..wide).step_by(8) {
+                // SAFETY: `c + 8 <= wide <= dim`, the length of the query and each row.
+                unsafe {
+                    let q = _mm256_loadu_ps(query.as_ptr().add(c));
+                    acc[0] = _mm256_fmadd_ps(q, widen(r0, c), acc[0]);
+                    acc[1] = _mm256_fmadd_ps(q, widen(r1, c), acc[1]);
+                    acc[2] = _mm256_fmadd_ps(q, widen(r2, c), acc[2]);
+                    acc[3] = _mm256_fmadd_ps(q, widen(r3, c), acc[3]);
+                }
+            }
+            for (k, r) in [r0, r1, r2, r3].into_iter().enumerate() {
+                o[k] = hsum(acc[k]) + tail(r);
+            }
+        }
+        for (row, o) in groups
+            .remainder()
+            .chunks_exact(dim)
+            .zip(outs.into_remainder())
+        {
+            let mut acc = _mm256_setzero_ps();
+            for c in (0..wide).step_by(8) {
+                // SAFETY: as above.
+                unsafe {
+                    let q = _mm256_loadu_ps(query.as_ptr().add(c));
+                    acc = _mm256_fmadd_ps(q, widen(row, c), acc);
+                }
+            }
+            *o = hsum(acc) + tail(row);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -247,7 +448,7 @@ mod tests {
             let q: Vec<f32> = (0..dim).map(|_| next()).collect();
             let live: Vec<u32> = (0..items as u32).filter(|i| i % 7 != 3).collect();
             let search = ItemSearch::new(dim, &emb, live);
-            let skip = |i: u32| i % 5 == 0;
+            let skip = |i: u32| i.is_multiple_of(5);
             let got = search.top_k(&q, k, &skip);
             let want: Vec<Scored> = sorted_all(&search, &q, &skip).into_iter().take(k).collect();
             prop_assert_eq!(got.len(), want.len());
@@ -275,6 +476,73 @@ mod tests {
             got.iter().map(|s| s.1).collect::<Vec<_>>(),
             want.iter().map(|s| s.1).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn the_bounded_two_pass_search_is_exact() {
+        // Real-valued embeddings, many near-ties: the top k must equal the f32 sort.
+        for (dim, items, seed) in [
+            (64, 3 * BLOCK + 5, 1u64),
+            (13, 2 * BLOCK + 77, 2),
+            (128, BLOCK + 1, 3),
+        ] {
+            let mut x = seed;
+            let mut next = || {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * if x & 1 == 0 { 1e-3 } else { 1.0 }
+            };
+            let emb: Vec<f32> = (0..items * dim).map(|_| next()).collect();
+            let q: Vec<f32> = (0..dim).map(|_| next()).collect();
+            let search = ItemSearch::new(dim, &emb, 0..items as u32);
+            let skip = |i: u32| i % 3 == 1;
+            for k in [1, 10, 100] {
+                let got = search.top_k(&q, k, &skip);
+                let mut all: Vec<Scored> = (0..items)
+                    .filter(|&r| !skip(r as u32))
+                    .map(|r| {
+                        let mut s = [0f32];
+                        dots(&q, &emb[r * dim..(r + 1) * dim], &mut s);
+                        (s[0], r as u32)
+                    })
+                    .collect();
+                all.sort_by(|a, b| {
+                    if better(a, b) {
+                        std::cmp::Ordering::Less
+                    } else {
+                        std::cmp::Ordering::Greater
+                    }
+                });
+                all.truncate(k);
+                assert_eq!(got, all, "dim {dim}, k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_and_dots_agree() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        assert_eq!(
+            f32::from_bits(u32::from(to_bf16(1.0 + 2f32.powi(-8))) << 16),
+            1.0
+        ); // tie -> even
+        assert_eq!(
+            f32::from_bits(u32::from(to_bf16(1.0 + 3.0 * 2f32.powi(-8))) << 16),
+            1.015625
+        ); // tie -> even
+        for dim in [1, 7, 8, 9, 31, 64] {
+            let q: Vec<f32> = (0..dim).map(|c| (c as f32).sin()).collect();
+            let rows: Vec<u16> = (0..9 * dim)
+                .map(|c| to_bf16((c as f32 * 0.37).cos()))
+                .collect();
+            let (mut a, mut b) = (vec![0f32; 9], vec![0f32; 9]);
+            bf16_dots(&q, &rows, &mut a);
+            portable_bf16_dots(&q, &rows, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-4, "dim {dim}: {x} vs {y}");
+            }
+        }
     }
 
     #[test]
