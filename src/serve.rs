@@ -271,7 +271,7 @@ impl Serving {
                 .write()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?;
             for (seq, table, rows) in events {
-                data.append(&table, &rows, None)
+                data.append(&table, &rows, false)
                     .map_err(|e| anyhow::anyhow!("replaying appended event {seq}: {e}"))?;
                 data.seq = seq;
             }
@@ -282,9 +282,9 @@ impl Serving {
 
     /// Loads the model in `dir` as the serving version of `name` (a new version when one
     /// is serving already, swapped in atomically). Returns the version.
-    pub fn load_model(&self, name: &str, dir: &Path, version: Option<u64>) -> anyhow::Result<u64> {
+    pub fn load_model(&self, name: &str, dir: &Path) -> anyhow::Result<u64> {
         let manifest = model::read_manifest(dir)?;
-        let (plan, base, prepared) = {
+        let (plan, base, model, ranking, endpoints) = {
             let data = self.data.read().map_err(poisoned)?;
             let mut plan = plan_query(&data.db, &manifest.query, &PlanOptions::default())?;
             plan.splits = manifest.splits.splits();
@@ -293,6 +293,8 @@ impl Serving {
                 .iter()
                 .map(|c| c.apply(&data.db))
                 .collect::<Result<_, _>>()?;
+            // What loading checks the model against; dropped before the lock, so an
+            // append never has to copy the graph.
             let prepared = Prepared {
                 view: data.graph.clone(),
                 graph: data.graph.clone(),
@@ -304,25 +306,18 @@ impl Serving {
                     .map(|e| (e.src, e.dst))
                     .collect(),
             };
-            (plan, base, prepared)
-        };
-        let (model, ranking) = {
-            let data = self.data.read().map_err(poisoned)?;
             let rows = model::fit::item_rows(&data.db, &manifest.target);
             let model = model::load(dir, &prepared, rows)?;
             let ranking = ranking_of(&model, &plan, &data.db, &data.graph);
-            (model, ranking)
+            (plan, base, model, ranking, prepared.endpoints)
         };
-        let endpoints = prepared.endpoints.clone();
-        drop(prepared);
         let (entity_table, entity_key) = (plan.task.entity_table, plan.task.entity_key);
-        let version = version.unwrap_or_else(|| {
-            self.models
-                .read()
-                .ok()
-                .and_then(|m| m.get(name).map(|s| s.version + 1))
-                .unwrap_or(1)
-        });
+        let version = self
+            .models
+            .read()
+            .ok()
+            .and_then(|m| m.get(name).map(|s| s.version + 1))
+            .unwrap_or(1);
         let mut data = self.data.write().map_err(poisoned)?;
         // Rows appended since the features above were encoded.
         let mut features = base;
@@ -425,7 +420,7 @@ impl Serving {
                 "this server has no store for appended rows (start it with --store DIR)".into(),
             ));
         }
-        data.append(table, rows, Some(()))
+        data.append(table, rows, true)
     }
 
     /// The entity rows a ticket asks for, with their keys, in the order asked.

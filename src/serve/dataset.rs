@@ -20,7 +20,7 @@ impl Dataset {
         &mut self,
         table: &str,
         rows: &RecordBatch,
-        log: Option<()>,
+        log: bool,
     ) -> Result<Appended, ServeError> {
         let t = self
             .db
@@ -132,7 +132,7 @@ impl Dataset {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(format!("`{table}`: {e}")))?;
         let seq = self.seq + 1;
-        if log.is_some() {
+        if log {
             let store = self.store.as_ref().ok_or_else(|| invalid("no store"))?;
             store
                 .append_event(seq, table, &batch)

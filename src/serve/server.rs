@@ -84,7 +84,7 @@ pub fn setup_serving(args: &ServeArgs) -> Result<Arc<Serving>> {
     let serving = Serving::new(db, store, args.limits())?;
     for (name, dir) in &args.models {
         serving
-            .load_model(name, dir, None)
+            .load_model(name, dir)
             .with_context(|| format!("model `{name}` ({})", dir.display()))?;
     }
     Ok(Arc::new(serving))
@@ -128,7 +128,7 @@ pub fn spawn_watch(serving: Arc<Serving>, models: Vec<(String, PathBuf)>, every:
                 if now == *seen {
                     continue;
                 }
-                match serving.load_model(name, dir, None) {
+                match serving.load_model(name, dir) {
                     Ok(v) => {
                         *seen = now;
                         tracing::warn!(model = %name, version = v, "serving a new version");
