@@ -280,8 +280,18 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServeError> + Send + 'static,
 ) -> Result<T, Status> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let queued = std::time::Instant::now();
     let job: Job = Box::new(move || {
-        let _ = tx.send(f());
+        let started = std::time::Instant::now();
+        let result = f();
+        metrics::histogram!("relgraph_serve_queue_seconds")
+            .record((started - queued).as_secs_f64());
+        metrics::histogram!("relgraph_serve_compute_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("relgraph_serve_errors_total").increment(1);
+        }
+        let _ = tx.send(result);
     });
     Executor::get()
         .queue
