@@ -280,9 +280,9 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServeError> + Send + 'static,
 ) -> Result<T, Status> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let queued = std::time::Instant::now();
+    let queued = Instant::now();
     let job: Job = Box::new(move || {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = f();
         metrics::histogram!("relgraph_serve_queue_seconds")
             .record((started - queued).as_secs_f64());
