@@ -536,10 +536,7 @@ mod tests {
         assert_eq!(quantize(&[0.0, 0.0], 0.0).collect::<Vec<_>>(), [0, 0]);
         for dim in [1, 7, 8, 9, 31, 64] {
             let q: Vec<f32> = (0..dim).map(|c| (c as f32).sin()).collect();
-            let rows: Vec<i8> = (0..9 * dim)
-                .map(|c| ((c * 37) % 255) as i32 - 127)
-                .map(|v| v as i8)
-                .collect();
+            let rows: Vec<i8> = (0..9 * dim).map(|c| ((c * 37) % 255 - 127) as i8).collect();
             let (mut a, mut b) = (vec![0f32; 9], vec![0f32; 9]);
             int8_dots(&q, &rows, &mut a);
             portable_int8_dots(&q, &rows, &mut b);
