@@ -35,7 +35,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::serve::Limits;
-use crate::serve::flight::{NodeService, Sessions};
+use crate::serve::auth::Sessions;
+use crate::serve::flight::NodeService;
 
 /// Largest message either side accepts: a hop's answer for a chunk of seeds at [128, 64]
 /// can pass tonic's 4 MiB default.

@@ -4,17 +4,12 @@
 //! client works without relgraph code: tickets and commands are JSON (README, "Flight
 //! API").
 //!
-//! Authentication: with a token configured, `Handshake` takes it (as the password of
-//! HTTP Basic auth, as pyarrow's `authenticate_basic_token` sends it, or as the payload)
-//! and answers a session token, in the `authorization` header and the payload; every
-//! other call needs `authorization: Bearer <session token>` (or the configured token
-//! itself, as workers send each other) and gets `Unauthenticated` otherwise.
+//! Authentication is [`super::auth`]'s; requests are computed on [`super::executor`]'s
+//! threads.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
@@ -28,19 +23,16 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use futures::{StreamExt, TryStreamExt};
-use relgraph_coordinator::auth::same;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{Sessions, basic_password};
+use super::executor::{Executor, Job, blocking};
 use super::{Limits, ServeError, Served, Serving, Ticket as ScoreTicket};
 use crate::cluster::flight::SampleService;
 
-/// How long a session token from `Handshake` stays valid.
-const SESSION: Duration = Duration::from_secs(12 * 3600);
-/// Entities per answered batch when a ticket asks for a whole partition.
 const BATCH_ROWS: usize = 4096;
 
 impl From<ServeError> for Status {
@@ -52,114 +44,6 @@ impl From<ServeError> for Status {
             ServeError::Internal(m) => Status::internal(m),
         }
     }
-}
-
-/// The configured token and the session tokens issued for it.
-#[derive(Debug, Default)]
-pub struct Sessions {
-    token: Option<String>,
-    issued: Mutex<HashMap<String, Instant>>,
-}
-
-impl Sessions {
-    pub fn new(token: Option<String>) -> Self {
-        Sessions {
-            token,
-            issued: Mutex::default(),
-        }
-    }
-
-    /// Lets a call through when no token is configured, or it carries the token or a
-    /// live session token.
-    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
-        let given = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some(given) = given else {
-            return Err(Status::unauthenticated(
-                "this server requires a token: call Handshake with it and send authorization: Bearer <session token>",
-            ));
-        };
-        if same(given.as_bytes(), token.as_bytes()) {
-            return Ok(());
-        }
-        let mut issued = self
-            .issued
-            .lock()
-            .map_err(|_| Status::internal("sessions"))?;
-        let now = Instant::now();
-        issued.retain(|_, until| *until > now);
-        if issued.contains_key(given) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("invalid or expired token"))
-        }
-    }
-
-    /// A new session token for a client presenting `presented`.
-    fn open(&self, presented: Option<&[u8]>) -> Result<String, Status> {
-        if let Some(token) = &self.token {
-            match presented {
-                Some(p) if same(p, token.as_bytes()) => {}
-                Some(_) => return Err(Status::unauthenticated("invalid token")),
-                None => {
-                    return Err(Status::unauthenticated(
-                        "Handshake needs the token: as the Basic auth password or as the payload",
-                    ));
-                }
-            }
-        }
-        let session = random_token()?;
-        let mut issued = self
-            .issued
-            .lock()
-            .map_err(|_| Status::internal("sessions"))?;
-        issued.insert(session.clone(), Instant::now() + SESSION);
-        Ok(session)
-    }
-}
-
-fn random_token() -> Result<String, Status> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Status::internal(format!("no randomness for a session token: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// The password of an `authorization: Basic base64(user:password)` header.
-fn basic_password(metadata: &MetadataMap) -> Option<Vec<u8>> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ")?;
-    let decoded = base64_decode(encoded.trim())?;
-    let colon = decoded.iter().position(|&b| b == b':')?;
-    Some(decoded[colon + 1..].to_vec())
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' | b'-' => Some(62),
-        b'/' | b'_' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        acc = (acc << 6) | u32::from(value(c)?);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
 }
 
 /// Incoming messages decoded one at a time: a schema, then record batches; a message
@@ -225,81 +109,6 @@ pub fn server(service: NodeService, limits: &Limits) -> FlightServiceServer<Node
     FlightServiceServer::new(service)
         .max_decoding_message_size(limits.message)
         .max_encoding_message_size(limits.message)
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Where requests are computed: one thread per core, each the only worker of its own
-/// rayon pool, so a small request's parallel loops run inline on its thread instead of
-/// waking other threads for every kernel call (which costs more than the work).
-/// Requests queue for a free thread.
-#[derive(Debug)]
-struct Executor {
-    queue: std::sync::mpsc::SyncSender<Job>,
-}
-
-impl Executor {
-    fn get() -> &'static Executor {
-        static EXECUTOR: std::sync::OnceLock<Executor> = std::sync::OnceLock::new();
-        EXECUTOR.get_or_init(|| {
-            let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(4096);
-            let jobs = Arc::new(Mutex::new(jobs));
-            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            for i in 0..threads {
-                let jobs = jobs.clone();
-                std::thread::Builder::new()
-                    .name(format!("relgraph-serve-{i}"))
-                    .spawn(move || {
-                        let pool = rayon::ThreadPoolBuilder::new()
-                            .num_threads(1)
-                            .use_current_thread()
-                            .build();
-                        let Ok(pool) = pool else { return };
-                        pool.install(|| {
-                            loop {
-                                let job = match jobs.lock() {
-                                    Ok(rx) => rx.recv(),
-                                    Err(_) => return,
-                                };
-                                match job {
-                                    Ok(job) => job(),
-                                    Err(_) => return,
-                                }
-                            }
-                        });
-                    })
-                    .expect("spawn a serving thread");
-            }
-            Executor { queue }
-        })
-    }
-}
-
-/// Runs `f` on a serving thread (scoring is CPU work, never done on tokio's threads).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ServeError> + Send + 'static,
-) -> Result<T, Status> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let queued = Instant::now();
-    let job: Job = Box::new(move || {
-        let started = Instant::now();
-        let result = f();
-        metrics::histogram!("relgraph_serve_queue_seconds")
-            .record((started - queued).as_secs_f64());
-        metrics::histogram!("relgraph_serve_compute_seconds")
-            .record(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            metrics::counter!("relgraph_serve_errors_total").increment(1);
-        }
-        let _ = tx.send(result);
-    });
-    Executor::get()
-        .queue
-        .send(job)
-        .map_err(|_| Status::unavailable("the serving threads stopped"))?;
-    rx.await
-        .map_err(|_| Status::internal("the request failed on its serving thread"))?
-        .map_err(Status::from)
 }
 
 fn encode(
@@ -753,51 +562,5 @@ impl FlightService for NodeService {
     ) -> Result<Response<Self::ListActionsStream>, Status> {
         self.sessions.check(request.metadata())?;
         Ok(Response::new(Box::pin(futures::stream::empty())))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_auth_passwords_decode() {
-        let mut m = MetadataMap::new();
-        // base64("relgraph:s3cret token")
-        m.insert(
-            "authorization",
-            "Basic cmVsZ3JhcGg6czNjcmV0IHRva2Vu"
-                .parse()
-                .expect("header"),
-        );
-        assert_eq!(basic_password(&m).as_deref(), Some(&b"s3cret token"[..]));
-        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
-        assert_eq!(base64_decode("YWI=").as_deref(), Some(&b"ab"[..]));
-        assert_eq!(base64_decode("YWJj").as_deref(), Some(&b"abc"[..]));
-        assert_eq!(base64_decode("Y!"), None);
-    }
-
-    #[test]
-    fn sessions_need_the_token() {
-        let s = Sessions::new(Some("t0k".into()));
-        assert!(s.open(None).is_err());
-        assert!(s.open(Some(b"nope")).is_err());
-        let session = s.open(Some(b"t0k")).expect("session");
-        let with = |v: &str| {
-            let mut m = MetadataMap::new();
-            m.insert("authorization", v.parse().expect("header"));
-            m
-        };
-        assert!(s.check(&with(&format!("Bearer {session}"))).is_ok());
-        assert!(s.check(&with("Bearer t0k")).is_ok());
-        assert_eq!(
-            s.check(&with("Bearer other")).expect_err("refused").code(),
-            tonic::Code::Unauthenticated
-        );
-        assert_eq!(
-            s.check(&MetadataMap::new()).expect_err("refused").code(),
-            tonic::Code::Unauthenticated
-        );
-        assert!(Sessions::new(None).check(&MetadataMap::new()).is_ok());
     }
 }

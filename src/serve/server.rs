@@ -13,7 +13,8 @@ use relgraph_common::Database;
 use relgraph_worker::store::PartitionStore;
 use tokio::net::TcpListener;
 
-use super::flight::{NodeService, Sessions, server};
+use super::auth::Sessions;
+use super::flight::{NodeService, server};
 use super::{Limits, Serving};
 use crate::cluster::flight::SampleService;
 
