@@ -8,19 +8,19 @@ use tonic::Status;
 
 use super::ServeError;
 
-pub(super) type Job = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Where requests are computed: one thread per core, each the only worker of its own
 /// rayon pool, so a small request's parallel loops run inline on its thread instead of
 /// waking other threads for every kernel call (which costs more than the work).
 /// Requests queue for a free thread.
 #[derive(Debug)]
-pub(super) struct Executor {
-    pub(super) queue: std::sync::mpsc::SyncSender<Job>,
+struct Executor {
+    queue: std::sync::mpsc::SyncSender<Job>,
 }
 
 impl Executor {
-    pub(super) fn get() -> &'static Executor {
+    fn get() -> &'static Executor {
         static EXECUTOR: std::sync::OnceLock<Executor> = std::sync::OnceLock::new();
         EXECUTOR.get_or_init(|| {
             let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(4096);
@@ -56,13 +56,21 @@ impl Executor {
     }
 }
 
+/// Queues `job` for the next free serving thread.
+pub(super) fn submit(job: impl FnOnce() + Send + 'static) -> Result<(), Status> {
+    Executor::get()
+        .queue
+        .send(Box::new(job))
+        .map_err(|_| Status::unavailable("the serving threads stopped"))
+}
+
 /// Runs `f` on a serving thread (scoring is CPU work, never done on tokio's threads).
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServeError> + Send + 'static,
 ) -> Result<T, Status> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let queued = Instant::now();
-    let job: Job = Box::new(move || {
+    submit(move || {
         let started = Instant::now();
         let result = f();
         metrics::histogram!("relgraph_serve_queue_seconds")
@@ -73,11 +81,7 @@ pub(super) async fn blocking<T: Send + 'static>(
             metrics::counter!("relgraph_serve_errors_total").increment(1);
         }
         let _ = tx.send(result);
-    });
-    Executor::get()
-        .queue
-        .send(job)
-        .map_err(|_| Status::unavailable("the serving threads stopped"))?;
+    })?;
     rx.await
         .map_err(|_| Status::internal("the request failed on its serving thread"))?
         .map_err(Status::from)

@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Sessions, basic_password};
-use super::executor::{Executor, Job, blocking};
+use super::executor::{blocking, submit};
 use super::{Limits, ServeError, Served, Serving, Ticket as ScoreTicket};
 use crate::cluster::flight::SampleService;
 
@@ -123,6 +123,22 @@ fn encode(
             other => Status::internal(other.to_string()),
         });
     Box::pin(stream)
+}
+
+/// The whole answer to a ticket naming its entities, computed on a serving thread.
+async fn predict_all(
+    serving: Arc<Serving>,
+    ticket: ScoreTicket,
+) -> Result<Vec<RecordBatch>, Status> {
+    blocking(move || {
+        let mut out = Vec::new();
+        serving.predict(&ticket, usize::MAX, &mut |b| {
+            out.push(b);
+            Ok(())
+        })?;
+        Ok(out)
+    })
+    .await
 }
 
 /// Model `name`'s flight: its predictions for every entity.
@@ -312,16 +328,7 @@ impl NodeService {
                     keys,
                     ..base.clone()
                 };
-                let serving = serving.clone();
-                let answer = blocking(move || {
-                    let mut out = Vec::new();
-                    serving.predict(&ticket, usize::MAX, &mut |b| {
-                        out.push(b);
-                        Ok(())
-                    })?;
-                    Ok(out)
-                })
-                .await;
+                let answer = predict_all(serving.clone(), ticket).await;
                 match answer {
                     Ok(batches) => {
                         for b in batches {
@@ -447,15 +454,7 @@ impl FlightService for NodeService {
         metrics::counter!("relgraph_flight_gets_total").increment(1);
         if ticket.part.is_none() {
             // Small: answer or fail as a whole.
-            let batches = blocking(move || {
-                let mut out = Vec::new();
-                serving.predict(&ticket, usize::MAX, &mut |b| {
-                    out.push(b);
-                    Ok(())
-                })?;
-                Ok(out)
-            })
-            .await?;
+            let batches = predict_all(serving, ticket).await?;
             return Ok(Response::new(encode(
                 schema,
                 futures::stream::iter(batches.into_iter().map(Ok)),
@@ -463,7 +462,7 @@ impl FlightService for NodeService {
         }
         // A whole partition: streamed as it is scored.
         let (tx, rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(2);
-        let job: Job = Box::new(move || {
+        submit(move || {
             let result = serving.predict(&ticket, BATCH_ROWS, &mut |b| {
                 tx.blocking_send(Ok(b))
                     .map_err(|_| ServeError::Internal("the client went away".into()))
@@ -471,11 +470,7 @@ impl FlightService for NodeService {
             if let Err(e) = result {
                 let _ = tx.blocking_send(Err(FlightError::Tonic(Box::new(e.into()))));
             }
-        });
-        Executor::get()
-            .queue
-            .send(job)
-            .map_err(|_| Status::unavailable("the serving threads stopped"))?;
+        })?;
         Ok(Response::new(encode(schema, ReceiverStream::new(rx))))
     }
 

@@ -402,8 +402,14 @@ impl<'a> Loader<'a> {
 }
 
 impl Model {
-    fn loader(&self) -> Loader<'_> {
-        Loader::new(&self.manifest, &self.net, &self.item_rows)
+    /// Batches for inference, sampling `fanouts` neighbors per hop when given (else
+    /// training's).
+    fn loader<'a>(&'a self, fanouts: Option<&'a [u32]>) -> Loader<'a> {
+        let mut loader = Loader::new(&self.manifest, &self.net, &self.item_rows);
+        if let Some(f) = fanouts {
+            loader.fanouts = f;
+        }
+        loader
     }
 
     /// The model's output for the examples (`relevant`: each example's relevant items,
@@ -462,10 +468,7 @@ impl Model {
             .filter(|(_, r)| **r != u32::MAX)
             .map(|(&i, &r)| (i, r))
             .unzip();
-        let mut loader = self.loader();
-        if let Some(f) = fanouts {
-            loader.fanouts = f;
-        }
+        let loader = self.loader(fanouts);
         pipeline(
             chunks.len(),
             |j| {
@@ -530,10 +533,7 @@ impl Model {
         fanouts: Option<&[u32]>,
         index: &FxHashMap<u32, u32>,
     ) -> Result<RankParts, ModelError> {
-        let mut loader = self.loader();
-        if let Some(f) = fanouts {
-            loader.fanouts = f;
-        }
+        let loader = self.loader(fanouts);
         let seed = combine(self.manifest.config.seed, 0x5EED);
         let batch = loader.batch(data, rows, anchors, seed, Vec::new())?;
         let mut tape = Tape::new(&self.backend, &self.params);
