@@ -1,5 +1,6 @@
 //! `relgraph bench`: measured throughput of the hot paths on real or generated data.
 
+mod explain;
 mod serve;
 mod train;
 
@@ -31,6 +32,9 @@ pub enum BenchCommand {
     /// Serving over Flight on loopback: online p50/p99 at a fixed request rate per
     /// model (scores, or top-k for ranking models) and batch entities/s.
     Serve(serve::ServeBenchArgs),
+    /// Explanations: each attribution method's faithfulness (agreement with the effect
+    /// of removing each column) and cost.
+    Explain(explain::ExplainBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +109,7 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Ingest(args) => ingest_bench(args),
         BenchCommand::Serve(args) => serve::run(args),
+        BenchCommand::Explain(args) => explain::run(args),
     }
 }
 

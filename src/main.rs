@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod demo;
+mod explain;
 mod generate;
 mod inspect;
 mod labels;
@@ -10,6 +11,7 @@ mod pql;
 mod predict;
 mod serve;
 mod train;
+mod uplift;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,17 +90,7 @@ enum Command {
         command: cluster::AdminCommand,
     },
     /// Score a saved model again on the splits it was trained with.
-    Evaluate {
-        model: PathBuf,
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long)]
-        schema: Option<PathBuf>,
-        #[arg(long)]
-        threads: Option<usize>,
-        #[arg(long)]
-        json: bool,
-    },
+    Evaluate(train::EvaluateArgs),
     /// Predict with a saved model for every entity the query selects at one anchor time.
     Predict {
         query: String,
@@ -126,7 +118,17 @@ enum Command {
         format: predict::Format,
         #[arg(long)]
         threads: Option<usize>,
+        /// Add each entity's explanation: `top_columns` (shares of the columns that
+        /// weighed most) and `top_rows` (the linked rows that did).
+        #[arg(long)]
+        explain: bool,
+        /// With --explain: `gradient` or `integrated[:STEPS]`.
+        #[arg(long, default_value = "gradient")]
+        explain_method: relgraph_worker::model::explain::Method,
     },
+    /// Why a saved model predicts what it does for an entity: shares per table and
+    /// column, and the linked rows that weighed most.
+    Explain(explain::ExplainArgs),
     /// Serve saved models over Arrow Flight: scores, recommendations, appended rows.
     Serve(serve::server::ServeArgs),
     /// Write the training table of a query (entity key, anchor_time, label, split) to Parquet.
@@ -186,13 +188,7 @@ fn main() -> ExitCode {
         Command::Local(args) => cluster::run_local(&args),
         Command::Serve(args) => serve::server::run(&args),
         Command::Admin { command } => cluster::run_admin(&command),
-        Command::Evaluate {
-            model,
-            data,
-            schema,
-            threads,
-            json,
-        } => train::run_evaluate(&model, &data, schema.as_deref(), threads, json),
+        Command::Evaluate(args) => train::run_evaluate(&args),
         Command::Predict {
             query,
             model,
@@ -201,6 +197,7 @@ fn main() -> ExitCode {
             parts,
             data,
             out,
+            explain,
             ..
         } => {
             let remote = predict::remote::Remote {
@@ -208,6 +205,7 @@ fn main() -> ExitCode {
                 token,
                 parts,
                 anchor: data.anchor.first().cloned(),
+                explain,
             };
             predict::remote::run(&query, &model.to_string_lossy(), &remote, &out)
         }
@@ -218,8 +216,17 @@ fn main() -> ExitCode {
             out,
             format,
             threads,
+            explain,
+            explain_method,
             ..
-        } => predict::run(&query, &model, &data, &out, format, threads),
+        } => {
+            let explain = explain.then_some(predict::ExplainOptions {
+                method: explain_method,
+                top: 5,
+            });
+            predict::run(&query, &model, &data, &out, format, threads, explain)
+        }
+        Command::Explain(args) => explain::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,8 @@ use anyhow::{Context, Result, anyhow};
 use relgraph_common::Database;
 use relgraph_common::pql::{self, PlanOptions, Split, TaskPlan};
 use relgraph_common::time::{DAY, parse_timestamp};
-use relgraph_worker::label::{LabelColumn, Labels, LocalFacts, build};
+use relgraph_worker::label::{LabelColumn, Labels, LocalFacts, build, build_treated};
+use relgraph_worker::model::config::Assuming;
 use serde_json::json;
 
 #[derive(Debug, clap::Subcommand)]
@@ -89,10 +90,29 @@ pub fn plan_query(db: &Database, query: &str, options: &PlanOptions) -> Result<T
     pql::plan(task, db, options).context("cannot plan the query")
 }
 
-/// Labels of every entity (or of the ids the query names).
-pub fn label_all(db: &Database, plan: &TaskPlan) -> Result<Labels> {
+/// Labels of every entity (or of the ids the query names), with the query's ASSUMING
+/// read as `assuming` says (PQL.md §7); the reading is reported on stderr.
+pub fn label_all(db: &Database, plan: &TaskPlan, assuming: Assuming) -> Result<Labels> {
     let entities = entity_rows(db, plan)?;
-    Ok(build(plan, db, &entities, &LocalFacts { db })?)
+    let facts = LocalFacts { db };
+    if plan.task.assuming.is_none() || assuming == Assuming::Conditional {
+        return Ok(build(plan, db, &entities, &facts)?);
+    }
+    let labels = build_treated(plan, db, &entities, &facts)?;
+    let insist = (assuming == Assuming::Counterfactual).then_some(true);
+    let (labels, reading) = labels
+        .read_assuming(&plan.task.task, insist)
+        .map_err(|e| anyhow!("{e}"))?;
+    eprintln!(
+        "ASSUMING read as {}: {}",
+        if reading.counterfactual {
+            "a treatment (counterfactual: one model, scored with it on and off)"
+        } else {
+            "a condition (training on the examples where it held)"
+        },
+        reading.why
+    );
+    Ok(labels)
 }
 
 pub fn entity_rows(db: &Database, plan: &TaskPlan) -> Result<Vec<usize>> {
@@ -124,7 +144,7 @@ pub fn entity_rows(db: &Database, plan: &TaskPlan) -> Result<Vec<usize>> {
 pub fn run(command: &PqlCommand) -> Result<()> {
     let PqlCommand::Check { query, data, json } = command;
     let (db, plan) = prepare(query, data)?;
-    let labels = label_all(&db, &plan)?;
+    let labels = label_all(&db, &plan, Assuming::Auto)?;
     if *json {
         println!(
             "{}",

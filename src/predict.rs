@@ -11,12 +11,17 @@ use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{
     ArrayRef, Float64Array, RecordBatch, StringArray, TimestampSecondArray, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use relgraph_common::pql::{self, PlanOptions};
 use relgraph_common::time::format_timestamp;
 use relgraph_common::{Database, pql::plan::time_range};
 use relgraph_worker::model::{self, Output, TargetCode, metrics};
 
+use std::collections::HashMap;
+
+use relgraph_worker::model::explain::{Method, on_threads};
+
+use crate::explain::Describer;
 use crate::pql::{DataArgs, ensure_parent, entity_rows, plan_query};
 use crate::train::{load_model, set_threads};
 
@@ -26,6 +31,13 @@ pub enum Format {
     Csv,
 }
 
+/// `--explain` on `predict`: add each entity's explanation as columns.
+#[derive(Clone, Copy, Debug)]
+pub struct ExplainOptions {
+    pub method: Method,
+    pub top: usize,
+}
+
 pub fn run(
     query: &str,
     model_dir: &Path,
@@ -33,18 +45,12 @@ pub fn run(
     out: &Path,
     format: Format,
     threads: Option<usize>,
+    explain: Option<ExplainOptions>,
 ) -> Result<()> {
     set_threads(threads);
     let db = Database::load(data.dir()?, data.schema.as_deref())?;
     let (model, prepared, trained) = load_model(model_dir, &db)?;
-    let anchor = match data.anchor.as_slice() {
-        [] => last_timestamp(&db)
-            .ok_or_else(|| anyhow!("the data holds no timestamps: give --anchor"))?,
-        [one] => relgraph_common::time::parse_timestamp(one).ok_or_else(|| {
-            anyhow!("--anchor: `{one}` is not a timestamp (YYYY-MM-DD[ HH:MM:SS])")
-        })?,
-        _ => bail!("predict scores one anchor time; give --anchor once"),
-    };
+    let anchor = anchor_of(&db, data)?;
     let plan = plan_query(
         &db,
         query,
@@ -53,7 +59,7 @@ pub fn run(
             anchors: vec![anchor],
         },
     )?;
-    let (entities, batch) = predictions(&db, &trained, &plan, &model, &prepared, anchor)?;
+    let (entities, batch) = predictions(&db, &trained, &plan, &model, &prepared, anchor, explain)?;
     ensure_parent(out)?;
     match format {
         Format::Parquet => {
@@ -75,6 +81,35 @@ pub fn run(
     Ok(())
 }
 
+/// The anchor time `--anchor` names (once), or the data's last timestamp.
+pub fn anchor_of(db: &Database, data: &DataArgs) -> Result<i64> {
+    match data.anchor.as_slice() {
+        [] => {
+            last_timestamp(db).ok_or_else(|| anyhow!("the data holds no timestamps: give --anchor"))
+        }
+        [one] => relgraph_common::time::parse_timestamp(one)
+            .ok_or_else(|| anyhow!("--anchor: `{one}` is not a timestamp (YYYY-MM-DD[ HH:MM:SS])")),
+        _ => bail!("predict scores one anchor time; give --anchor once"),
+    }
+}
+
+/// Fails unless `plan` asks what the model (trained for `trained`) answers: it may
+/// differ in WHERE and `FOR ... IN` only.
+pub fn same_question(
+    trained: &pql::TaskPlan,
+    plan: &pql::TaskPlan,
+    model: &model::Model,
+) -> Result<()> {
+    let (t, m) = (&plan.task, &trained.task);
+    if t.task != m.task || t.target != m.target || t.entity_table != m.entity_table {
+        bail!(
+            "this query asks something else than the model was trained for ({}); predict may change WHERE and FOR ... IN only",
+            model.manifest.query
+        );
+    }
+    Ok(())
+}
+
 /// The data's last timestamp: where predictions look from unless told otherwise.
 pub fn last_timestamp(db: &Database) -> Option<i64> {
     time_range(db, 0..db.tables.len()).map(|r| r.1)
@@ -90,14 +125,9 @@ pub fn predictions(
     model: &model::Model,
     prepared: &model::Prepared,
     anchor: i64,
+    explain: Option<ExplainOptions>,
 ) -> Result<(usize, RecordBatch)> {
-    let (t, m) = (&plan.task, &trained.task);
-    if t.task != m.task || t.target != m.target || t.entity_table != m.entity_table {
-        bail!(
-            "this query asks something else than the model was trained for ({}); predict may change WHERE and FOR ... IN only",
-            model.manifest.query
-        );
-    }
+    same_question(trained, plan, model)?;
     let entities = entity_rows(db, plan)?;
     let (rows, output) = model::predict(model, prepared, db, plan, &entities, anchor)?;
     let keys = model::fit::keys(db, plan.task.entity_table);
@@ -105,14 +135,79 @@ pub fn predictions(
     let entity = &db.tables[plan.task.entity_table];
     let key_name = &entity.schema.columns[plan.task.entity_key].name;
     let batch = to_batch(key_name, &keys, anchor, &output, &model.manifest.target)?;
+    let Some(options) = explain else {
+        return Ok((rows.len(), batch));
+    };
+    let describer = Describer::new(db, model);
+    let texts: Vec<(String, String)> = on_threads(&rows, |&r| {
+        let e = model.explain(prepared.inputs(), r as u32, anchor, options.method)?;
+        Ok((
+            describer.top_columns(&e, options.top),
+            describer.top_rows(&e, options.top.min(3)),
+        ))
+    })
+    .into_iter()
+    .collect::<Result<_, model::ModelError>>()?;
+    let batch = add_explanations(batch, &keys, &texts)?;
     Ok((rows.len(), batch))
+}
+
+/// The schema of predictions with explanation columns (`explain`) or without.
+pub fn explained_schema(schema: &SchemaRef, explain: bool) -> SchemaRef {
+    if !explain {
+        return schema.clone();
+    }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| (**f).clone()).collect();
+    fields.push(Field::new("top_columns", DataType::Utf8, false));
+    fields.push(Field::new("top_rows", DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// `batch` (predictions of the entities `keys`) with each row's entity's
+/// `(top_columns, top_rows)` from `texts` (one per key) as two more columns.
+pub fn add_explanations(
+    batch: RecordBatch,
+    keys: &[&str],
+    texts: &[(String, String)],
+) -> Result<RecordBatch> {
+    // Output rows follow the entities in order (several per entity for rankings).
+    let by_key: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let column = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| anyhow!("the key column is not text"))?;
+    let entity: Vec<usize> = (0..batch.num_rows())
+        .map(|i| by_key[column.value(i)])
+        .collect();
+    let schema = explained_schema(&batch.schema(), true);
+    let mut arrays = batch.columns().to_vec();
+    arrays.push(Arc::new(StringArray::from_iter_values(
+        entity.iter().map(|&e| texts[e].0.as_str()),
+    )));
+    arrays.push(Arc::new(StringArray::from_iter_values(
+        entity.iter().map(|&e| texts[e].1.as_str()),
+    )));
+    Ok(RecordBatch::try_new(schema, arrays)?)
 }
 
 /// The columns a model's predictions have after the entity key and `anchor_time`
 /// (PQL.md §4): `prob`; `value`; `class`, `prob`; `step`, `value`; or `item`, `rank`,
-/// `score` (one row per entity and item).
-fn output_fields(code: &TargetCode) -> Vec<Field> {
+/// `score` (one row per entity and item). A treatment model (counterfactual ASSUMING,
+/// §7) gives `prob_with`, `prob_without`, `uplift` (`value_with`, ... for a number).
+fn output_fields(code: &TargetCode, treatment: bool) -> Vec<Field> {
     let f = |name: &str, t: DataType| Field::new(name, t, false);
+    if treatment {
+        let kind = match code {
+            TargetCode::Binary => "prob",
+            _ => "value",
+        };
+        return vec![
+            f(&format!("{kind}_with"), DataType::Float64),
+            f(&format!("{kind}_without"), DataType::Float64),
+            f("uplift", DataType::Float64),
+        ];
+    }
     match code {
         TargetCode::Binary => vec![f("prob", DataType::Float64)],
         TargetCode::Regression { .. } => vec![f("value", DataType::Float64)],
@@ -131,7 +226,7 @@ fn output_fields(code: &TargetCode) -> Vec<Field> {
 }
 
 /// The schema of a model's predictions, whose entity key column is `key_name`.
-pub fn output_schema(key_name: &str, code: &TargetCode) -> Arc<Schema> {
+pub fn output_schema(key_name: &str, code: &TargetCode, treatment: bool) -> Arc<Schema> {
     let mut fields = vec![
         Field::new(key_name, DataType::Utf8, false),
         Field::new(
@@ -140,7 +235,7 @@ pub fn output_schema(key_name: &str, code: &TargetCode) -> Arc<Schema> {
             false,
         ),
     ];
-    fields.extend(output_fields(code));
+    fields.extend(output_fields(code, treatment));
     Arc::new(Schema::new(fields))
 }
 
@@ -157,6 +252,13 @@ pub fn to_batch(
     let mut entity_of: Vec<usize> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     match (output, code) {
+        (Output::Uplift { with, without }, _) => {
+            entity_of.extend(0..keys.len());
+            let uplift: Vec<f64> = with.iter().zip(without).map(|(a, b)| a - b).collect();
+            columns.push(Arc::new(Float64Array::from(with.clone())));
+            columns.push(Arc::new(Float64Array::from(without.clone())));
+            columns.push(Arc::new(Float64Array::from(uplift)));
+        }
         (Output::Probs(p), _) => {
             entity_of.extend(0..keys.len());
             columns.push(Arc::new(Float64Array::from(p.clone())));
@@ -210,7 +312,11 @@ pub fn to_batch(
     let anchors: ArrayRef = Arc::new(TimestampSecondArray::from(vec![anchor; entity_of.len()]));
     let mut arrays = vec![key, anchors];
     arrays.extend(columns);
-    Ok(RecordBatch::try_new(output_schema(key_name, code), arrays)?)
+    let treatment = matches!(output, Output::Uplift { .. });
+    Ok(RecordBatch::try_new(
+        output_schema(key_name, code, treatment),
+        arrays,
+    )?)
 }
 
 /// One cell as text.

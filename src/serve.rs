@@ -36,9 +36,11 @@ use relgraph_worker::store::PartitionStore;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
+use crate::explain::Describer;
 use crate::pql::plan_query;
-use crate::predict::{output_schema, to_batch};
+use crate::predict::{add_explanations, output_schema, to_batch};
 use recommend::{Ranking, ranking_of, recommend};
+use relgraph_worker::model::explain::Method;
 
 /// Neighbors per hop when a request names none: fewer than training's (ARCHITECTURE.md
 /// §8), never more.
@@ -130,6 +132,10 @@ pub struct Ticket {
     /// Neighbors per hop; [`SERVING_FANOUTS`] when absent.
     #[serde(default)]
     pub fanouts: Option<Vec<u32>>,
+    /// Add each entity's explanation (gradient x input) as `top_columns` and
+    /// `top_rows` (as `predict --explain` does).
+    #[serde(default)]
+    pub explain: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -325,7 +331,7 @@ impl Serving {
             name: name.to_string(),
             version,
             dir: dir.to_path_buf(),
-            schema: output_schema(&key_name, &manifest.target),
+            schema: output_schema(&key_name, &manifest.target, manifest.treatment),
             key_name,
             entity_table,
             query: manifest.query.clone(),
@@ -593,8 +599,27 @@ impl Serving {
                 )?,
             };
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let batch = to_batch(&served.key_name, &keys, anchor, &output, code)
+            let mut batch = to_batch(&served.key_name, &keys, anchor, &output, code)
                 .map_err(|e| ServeError::Internal(e.to_string()))?;
+            if ticket.explain {
+                let describer =
+                    Describer::new(&data.db, &served.model).with_appended(&data.appended);
+                let texts = rows
+                    .iter()
+                    .map(|&r| {
+                        let e = served.model.explain_with(
+                            inputs,
+                            r,
+                            anchor,
+                            Method::Gradient,
+                            Some(&fanouts),
+                        )?;
+                        Ok((describer.top_columns(&e, 5), describer.top_rows(&e, 3)))
+                    })
+                    .collect::<Result<Vec<_>, ServeError>>()?;
+                batch = add_explanations(batch, &keys, &texts)
+                    .map_err(|e| ServeError::Internal(e.to_string()))?;
+            }
             emit(batch)?;
         }
         Ok(())

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use relgraph_common::Database;
 use relgraph_common::pql::{PlanOptions, TaskPlan};
 use relgraph_worker::label::Labels;
+use relgraph_worker::model::config::Assuming;
 use relgraph_worker::model::metrics::Metrics;
 use relgraph_worker::model::{
     self, Assessment, Prepared, Progress, Session, TrainConfig, TrainReport,
@@ -17,6 +18,7 @@ use relgraph_worker::model::{
 use serde_json::json;
 
 use crate::pql::{DataArgs, label_all, plan_query, prepare};
+use crate::uplift;
 
 /// Set by Ctrl-C: training stops after the current step and saves what it has.
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -42,6 +44,10 @@ pub struct ConfigArgs {
     pub fanouts: Option<Vec<u32>>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// How ASSUMING is read: `auto` (counterfactual when the assumption is a treatment
+    /// the data varies), `conditional` or `counterfactual` (PQL.md §7).
+    #[arg(long)]
+    pub assuming: Option<Assuming>,
     /// Threads for sampling and kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -60,7 +66,15 @@ impl ConfigArgs {
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = &self.$f { c.$f = v.clone(); })* };
         }
-        set!(epochs, max_steps_per_epoch, batch_size, lr, channels, seed);
+        set!(
+            epochs,
+            max_steps_per_epoch,
+            batch_size,
+            lr,
+            channels,
+            seed,
+            assuming
+        );
         if let Some(f) = &self.fanouts {
             c.layers = f.len();
             c.fanouts = f.clone();
@@ -121,7 +135,7 @@ pub fn metrics_text(model: &Metrics, baseline: &Metrics) -> String {
 }
 
 pub fn assessment_text(a: &Assessment) -> String {
-    format!(
+    let mut out = format!(
         "{} — val {} / test {} examples ({} train); baseline: {}\n  val\n{}  test\n{}",
         a.task_type,
         a.examples.val,
@@ -130,7 +144,15 @@ pub fn assessment_text(a: &Assessment) -> String {
         a.baseline.name,
         metrics_text(&a.metrics.val, &a.baseline.val),
         metrics_text(&a.metrics.test, &a.baseline.test),
-    )
+    );
+    if !a.importance.is_empty() {
+        out.push_str("  column importance (mean share of validation explanations)\n");
+        for c in a.importance.iter().take(8) {
+            let name = format!("{}.{}", c.table, c.column);
+            out.push_str(&format!("    {name:<40} {:>5.1}%\n", c.share));
+        }
+    }
+    out
 }
 
 /// The `--json` object of `train`.
@@ -145,6 +167,7 @@ pub fn report_json(a: &Assessment, r: &TrainReport) -> serde_json::Value {
         "seeds_per_second": r.seeds_per_second,
         "interrupted": r.interrupted,
         "examples": a.examples,
+        "importance": a.importance,
     })
 }
 
@@ -165,7 +188,7 @@ pub fn train_on(
     out: &Path,
     show_progress: bool,
 ) -> Result<Trained> {
-    let labels = label_all(db, plan)?;
+    let labels = label_all(db, plan, config.assuming)?;
     let mut bar = progress_bar(show_progress && std::io::stderr().is_terminal());
     let session = Session {
         stop: &STOP,
@@ -251,6 +274,14 @@ pub fn run_train(
     Ok(())
 }
 
+/// How a saved model read its query's ASSUMING.
+pub fn reading_of(manifest: &model::Manifest) -> Assuming {
+    match manifest.treatment {
+        true => Assuming::Counterfactual,
+        false => Assuming::Conditional,
+    }
+}
+
 /// Loads a saved model for the database at `data`.
 pub fn load_model(dir: &Path, db: &Database) -> Result<(model::Model, Prepared, TaskPlan)> {
     let manifest = model::read_manifest(dir)?;
@@ -262,22 +293,70 @@ pub fn load_model(dir: &Path, db: &Database) -> Result<(model::Model, Prepared, 
     Ok((model, data, plan))
 }
 
-pub fn run_evaluate(
-    dir: &Path,
-    data: &Path,
-    schema: Option<&Path>,
-    threads: Option<usize>,
-    json: bool,
-) -> Result<()> {
-    set_threads(threads);
-    let db = Database::load(data, schema)?;
-    let (model, prepared, plan) = load_model(dir, &db)?;
-    let labels = label_all(&db, &plan)?;
+/// What `relgraph evaluate` scores.
+#[derive(Debug, clap::Args)]
+pub struct EvaluateArgs {
+    /// The model directory.
+    pub model: PathBuf,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    /// Counterfactual models: each entity's true effect (CSV: entity key first, a
+    /// `true_uplift` column; default DATA/_truth/uplift.csv where it exists).
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    /// Counterfactual models: also train a T-learner (two models of the same
+    /// configuration, on the treated and on the untreated examples) and rank by it.
+    #[arg(long)]
+    pub t_learner: bool,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_evaluate(args: &EvaluateArgs) -> Result<()> {
+    set_threads(args.threads);
+    let db = Database::load(&args.data, args.schema.as_deref())?;
+    let (model, prepared, plan) = load_model(&args.model, &db)?;
+    let labels = label_all(&db, &plan, reading_of(&model.manifest))?;
     let assessment = model::assess(&model, &prepared, &db, &plan, &labels)?;
-    if json {
-        println!("{}", serde_json::to_string(&assessment)?);
+    let uplift = if model.manifest.treatment {
+        let truth_path = args.truth.clone().or_else(|| {
+            let p = args.data.join("_truth").join("uplift.csv");
+            p.exists().then_some(p)
+        });
+        let truth = truth_path.as_deref().map(uplift::read_truth).transpose()?;
+        let evaluation = uplift::Evaluation {
+            db: &db,
+            query: &model.manifest.query,
+            plan: &plan,
+            labels: &labels,
+        };
+        Some(evaluation.run(&model, &prepared, truth.as_ref(), args.t_learner)?)
+    } else if args.t_learner || args.truth.is_some() {
+        bail!(
+            "--t-learner and --truth evaluate uplift: the model was not trained with ASSUMING as a treatment"
+        );
     } else {
-        print!("{}", assessment_text(&assessment));
+        None
+    };
+    if args.json {
+        let mut out = serde_json::to_value(&assessment)?;
+        if let Some((n, share, rankings)) = &uplift {
+            out["uplift"] = json!({"examples": n, "treated_share": share, "rankings": rankings});
+        }
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    print!("{}", assessment_text(&assessment));
+    if let Some((n, share, rankings)) = &uplift {
+        println!(
+            "uplift — test split, {n} examples, {:.1}% treated",
+            100.0 * share
+        );
+        print!("{}", uplift::table(rankings));
     }
     Ok(())
 }

@@ -124,6 +124,12 @@ def check(client):
     info = client.get_flight_info(flight.FlightDescriptor.for_path("tables", "orders"), options)
     assert info.total_records == rows_before + n
 
+    # Explanations as two more columns; the appended orders are rows like any other.
+    explained = get({"v": 1, "model": "churn", "keys": ["CU-1003"], "explain": True})
+    assert explained.column_names[-2:] == ["top_columns", "top_rows"], explained.schema
+    assert explained.column("prob")[0].as_py() == after
+    assert "%" in explained.column("top_columns")[0].as_py()
+
     # A wrong schema is refused whole, with the column named.
     bad = pa.table({"order_id": ["O-bad"], "colour": ["red"]})
     message = expect_error(pa.ArrowInvalid, lambda: put(client, options, bad))

@@ -80,8 +80,13 @@ impl World {
 
     /// `relgraph train --json` with the small configuration.
     fn train(&self, query: &str, data: &Path, model: &str) -> Value {
-        let config = self.dir.path().join("small.toml");
-        std::fs::write(&config, SMALL).expect("write config");
+        self.train_with(query, data, model, "")
+    }
+
+    /// [`World::train`] with more configuration lines.
+    fn train_with(&self, query: &str, data: &Path, model: &str, more: &str) -> Value {
+        let config = self.dir.path().join(format!("{model}.toml"));
+        std::fs::write(&config, format!("{SMALL}{more}")).expect("write config");
         let out = self.model(model);
         let text = relgraph(&[
             "train",
@@ -244,7 +249,7 @@ fn multiclass_beats_the_majority_and_a_saved_model_scores_the_same() {
 fn conditional_binary_beats_its_baselines_and_predicts_probabilities() {
     let w = World::promotions();
     let query = "PREDICT COUNT(PURCHASES.*, 1, 4, days) > 0 FOR EACH USERS.USER_ID WHERE USERS.NOTIF_ELIGIBLE = 1 ASSUMING COUNT(NOTIFICATIONS.* WHERE NOTIFICATIONS.TYPE = 'PUSH', 0, 1, days) > 0";
-    let r = w.train(query, &w.data(), "promo");
+    let r = w.train_with(query, &w.data(), "promo", "assuming = \"conditional\"\n");
     assert_eq!(r["task_type"], "binary classification");
     let (auc, base) = (
         metric(&r, "model", "test", "auroc"),

@@ -104,7 +104,7 @@ pub fn run(args: &TrainBenchArgs) -> Result<()> {
     let db = Database::load(dir.path(), None)?;
     let query = "PREDICT COUNT(transactions.*, 0, 7, days) > 0 FOR EACH users.user_id";
     let plan = plan_query(&db, query, &PlanOptions::default())?;
-    let labels = label_all(&db, &plan)?;
+    let labels = label_all(&db, &plan, model::config::Assuming::Auto)?;
     let config = TrainConfig {
         layers: args.fanouts.len(),
         fanouts: args.fanouts.clone(),

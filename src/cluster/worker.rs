@@ -454,9 +454,9 @@ fn train_job(
         tables,
         ..stage(JobState::Label, 0, 0)
     });
-    let labels = label_all(&db, &plan)?;
-    let split = peers.split(job, &db, stop)?;
     let config = TrainConfig::from_toml(&job.config_toml).context("the job's training config")?;
+    let labels = label_all(&db, &plan, config.assuming)?;
+    let split = peers.split(job, &db, stop)?;
     let out = PathBuf::from(&job.output_dir);
     let resume: Option<TrainState> = if job.checkpoint.is_empty() {
         None

@@ -20,6 +20,8 @@ pub struct Remote {
     pub token: Option<String>,
     pub parts: usize,
     pub anchor: Option<String>,
+    /// Ask for each entity's explanation columns.
+    pub explain: bool,
 }
 
 async fn connect(remote: &Remote) -> Result<FlightClient> {
@@ -68,7 +70,13 @@ pub fn run(query: &str, model: &str, remote: &Remote, out: &Path) -> Result<()> 
         let started = Instant::now();
         let mut tasks = Vec::new();
         for part in 0..remote.parts {
-            let mut ticket = json!({"v": 1, "model": model, "query": query, "part": [part, remote.parts]});
+            let mut ticket = json!({
+                "v": 1,
+                "model": model,
+                "query": query,
+                "part": [part, remote.parts],
+                "explain": remote.explain,
+            });
             if let Some(a) = &remote.anchor {
                 ticket["anchor"] = json!(a);
             }

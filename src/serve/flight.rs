@@ -32,6 +32,7 @@ use super::auth::{Sessions, basic_password};
 use super::executor::{blocking, submit};
 use super::{Limits, ServeError, Served, Serving, Ticket as ScoreTicket};
 use crate::cluster::flight::SampleService;
+use crate::predict::explained_schema;
 
 const BATCH_ROWS: usize = 4096;
 
@@ -282,7 +283,7 @@ impl NodeService {
             ));
         }
         let served = serving.model(&base.model)?;
-        let schema = served.schema.clone();
+        let schema = explained_schema(&served.schema, base.explain);
         let (tx, rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(4);
         let mut rest = rest;
         tokio::spawn(async move {
@@ -450,7 +451,7 @@ impl FlightService for NodeService {
         self.sessions.check(request.metadata())?;
         let serving = self.serving()?.clone();
         let ticket = Self::parse_ticket(&request.into_inner().ticket)?;
-        let schema = serving.model(&ticket.model)?.schema.clone();
+        let schema = explained_schema(&serving.model(&ticket.model)?.schema, ticket.explain);
         metrics::counter!("relgraph_flight_gets_total").increment(1);
         if ticket.part.is_none() {
             // Small: answer or fail as a whole.

@@ -120,11 +120,97 @@ pub struct Labels {
     pub anchors: Vec<i64>,
     pub splits: Vec<Split>,
     pub labels: LabelColumn,
+    /// Counterfactual ASSUMING ([`build_treated`]): whether the assumption held for each
+    /// example (empty otherwise).
+    pub treated: Vec<bool>,
     /// Candidate examples that were not kept, by reason.
     pub dropped: BTreeMap<&'static str, u64>,
 }
 
+/// How a task's ASSUMING ended up being read, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub counterfactual: bool,
+    /// Examples where the assumption held, and all examples (before any were dropped).
+    pub held: usize,
+    pub examples: usize,
+    pub why: String,
+}
+
 impl Labels {
+    /// Resolves how ASSUMING is read from labels built by [`build_treated`]: keeps them
+    /// (counterfactual) or only the examples where the assumption held (conditional).
+    /// `counterfactual`: `None` decides (counterfactual when the target is a yes/no or a
+    /// number and the assumption varies: it holds for at least 30 examples and 1%, and
+    /// fails for as many); `Some` insists, and fails with the reason if it cannot be.
+    pub fn read_assuming(
+        mut self,
+        task: &TaskType,
+        counterfactual: Option<bool>,
+    ) -> Result<(Labels, Reading), String> {
+        let n = self.treated.len();
+        let held = self.treated.iter().filter(|&&t| t).count();
+        let floor = 30.max(n / 100);
+        let varies = held >= floor && n - held >= floor;
+        let numeric = matches!(task, TaskType::Binary | TaskType::Regression);
+        let why = if !numeric {
+            format!("a {} target has no uplift", task.name())
+        } else if !varies {
+            format!(
+                "the assumption held for {held} of {n} examples; a treatment needs at least {floor} each way"
+            )
+        } else {
+            format!("the assumption held for {held} of {n} examples")
+        };
+        let counterfactual = match counterfactual {
+            Some(true) if !(numeric && varies) => {
+                return Err(format!(
+                    "counterfactual ASSUMING is not possible here: {why}"
+                ));
+            }
+            Some(c) => c,
+            None => numeric && varies,
+        };
+        if !counterfactual {
+            let keep: Vec<usize> = (0..n).filter(|&i| self.treated[i]).collect();
+            let mut kept = self.subset(&keep);
+            kept.dropped = self.dropped;
+            *kept
+                .dropped
+                .entry("ASSUMING is false or unknown")
+                .or_default() += (n - held) as u64;
+            self = kept;
+        }
+        Ok((
+            self,
+            Reading {
+                counterfactual,
+                held,
+                examples: n,
+                why,
+            },
+        ))
+    }
+
+    /// The examples at positions `keep`, without treatment flags or drop counts.
+    pub fn subset(&self, keep: &[usize]) -> Labels {
+        fn pick<T: Copy>(v: &[T], keep: &[usize]) -> Vec<T> {
+            keep.iter().map(|&i| v[i]).collect()
+        }
+        let mut labels = LabelColumn::Empty;
+        for l in keep.iter().filter_map(|&i| self.labels.get(i)) {
+            labels.push(l);
+        }
+        Labels {
+            entities: pick(&self.entities, keep),
+            anchors: pick(&self.anchors, keep),
+            splits: pick(&self.splits, keep),
+            labels,
+            treated: Vec::new(),
+            dropped: BTreeMap::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entities.len()
     }
@@ -200,12 +286,35 @@ fn time_splits(times: &TimestampSecondArray, entities: &[usize]) -> Vec<Split> {
     splits
 }
 
-/// Builds the labels of `entities` (rows of the entity table) for `plan`.
+/// Builds the labels of `entities` (rows of the entity table) for `plan`, keeping the
+/// examples where its ASSUMING holds (the conditional reading).
 pub fn build(
     plan: &TaskPlan,
     db: &Database,
     entities: &[usize],
     facts: &dyn FactSource,
+) -> Result<Labels, LabelError> {
+    build_with(plan, db, entities, facts, false)
+}
+
+/// Builds the labels of `entities` for `plan` with its ASSUMING as a treatment (the
+/// counterfactual reading): every example is kept, and [`Labels::treated`] says whether
+/// the assumption held on its future.
+pub fn build_treated(
+    plan: &TaskPlan,
+    db: &Database,
+    entities: &[usize],
+    facts: &dyn FactSource,
+) -> Result<Labels, LabelError> {
+    build_with(plan, db, entities, facts, true)
+}
+
+fn build_with(
+    plan: &TaskPlan,
+    db: &Database,
+    entities: &[usize],
+    facts: &dyn FactSource,
+    treated: bool,
 ) -> Result<Labels, LabelError> {
     let task = &plan.task;
     let aggs = link_all(&task.aggregates, entities, facts)?;
@@ -247,12 +356,17 @@ pub fn build(
                     else {
                         continue;
                     };
-                    match example(plan, &env) {
+                    match example(plan, &env, treated) {
                         Ok(label) => {
                             acc.entities.push(row);
                             acc.anchors.push(anchor);
                             acc.splits.push(split);
                             acc.labels.push(label);
+                            if treated {
+                                let held =
+                                    plan.task.assuming.as_ref().is_some_and(|a| holds(a, &env));
+                                acc.treated.push(held);
+                            }
                         }
                         Err(reason) => *acc.dropped.entry(reason).or_default() += 1,
                     }
@@ -265,6 +379,7 @@ pub fn build(
             out.anchors.extend(part.anchors);
             out.splits.extend(part.splits);
             out.labels.extend(part.labels);
+            out.treated.extend(part.treated);
             for (k, v) in part.dropped {
                 *out.dropped.entry(k).or_default() += v;
             }
@@ -381,13 +496,14 @@ fn holds(e: &BoundExpr, env: &EntityEnv<'_>) -> bool {
     eval(e, env) == Value::Bool(true)
 }
 
-/// The label of one (entity, anchor), or why there is none.
-fn example(plan: &TaskPlan, env: &EntityEnv<'_>) -> Result<Label, &'static str> {
+/// The label of one (entity, anchor), or why there is none; with `treated`, ASSUMING
+/// is a treatment and does not drop the example.
+fn example(plan: &TaskPlan, env: &EntityEnv<'_>, treated: bool) -> Result<Label, &'static str> {
     let task = &plan.task;
     if task.filter.as_ref().is_some_and(|f| !holds(f, env)) {
         return Err("WHERE is false or unknown");
     }
-    if task.assuming.as_ref().is_some_and(|a| !holds(a, env)) {
+    if !treated && task.assuming.as_ref().is_some_and(|a| !holds(a, env)) {
         return Err("ASSUMING is false or unknown");
     }
     let value = match &task.target {

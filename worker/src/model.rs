@@ -6,12 +6,14 @@
 //!   the task heads, as calls on a kernels [`Tape`](relgraph_kernels::Tape).
 //! - [`task`]: labels as targets, outputs as predictions, metrics and baselines.
 //! - [`trainer`]: minibatch training with a loader thread, validation, early stopping.
+//! - [`explain`]: attributions of an output to tables, columns and linked rows.
 //! - [`checkpoint`]: the saved model's format.
 //! - [`fit`]: one task end to end, and scoring a saved model again.
 
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod explain;
 pub mod features;
 pub mod fit;
 pub mod metrics;

@@ -32,6 +32,8 @@ pub struct LayerPlan {
 #[derive(Clone, Debug, Default)]
 pub struct TableBatch {
     pub input: EncoderInput,
+    /// The table row of each of the encoder's rows.
+    pub rows: Vec<u32>,
     pub nodes: Arc<Vec<u32>>,
     pub days: Vec<f32>,
 }
@@ -233,6 +235,7 @@ fn table_batch(
         .collect();
     TableBatch {
         input: features.gather(&distinct),
+        rows: distinct,
         nodes: Arc::new(nodes),
         days,
     }

@@ -97,6 +97,9 @@ pub struct Manifest {
     pub codes: Vec<TableCode>,
     pub target: TargetCode,
     pub splits: StoredSplits,
+    /// Counterfactual ASSUMING: the head takes the assumption's truth value as an input.
+    #[serde(default)]
+    pub treatment: bool,
     #[serde(default)]
     pub params: Vec<ParamShape>,
     #[serde(default)]
@@ -142,6 +145,7 @@ impl Manifest {
             },
             code => Head::Linear {
                 outputs: code.outputs(),
+                treatment: self.treatment,
             },
         };
         let names: Vec<String> = data

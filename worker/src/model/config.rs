@@ -22,6 +22,37 @@ pub enum RegressionLoss {
     Huber,
 }
 
+/// How a query's ASSUMING is read (PQL.md §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assuming {
+    /// Counterfactual when the assumption is a treatment the data varies (it holds for
+    /// some examples and not for others) and the target is a yes/no or a number;
+    /// conditional otherwise.
+    #[default]
+    Auto,
+    /// Train only on the examples where the assumption held.
+    Conditional,
+    /// Train one model with the assumption's truth value as an input; score with it
+    /// forced on and off.
+    Counterfactual,
+}
+
+impl std::str::FromStr for Assuming {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Assuming::Auto),
+            "conditional" => Ok(Assuming::Conditional),
+            "counterfactual" => Ok(Assuming::Counterfactual),
+            _ => Err(format!(
+                "`{s}`: ASSUMING is read as auto, conditional or counterfactual"
+            )),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -52,6 +83,8 @@ pub struct TrainConfig {
     /// Ranking: items scored per step besides the batch's positives (all items when
     /// there are no more than this).
     pub negatives: usize,
+    /// How ASSUMING is read.
+    pub assuming: Assuming,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +107,7 @@ impl Default for TrainConfig {
             text_buckets: 4096,
             regression_loss: RegressionLoss::L1,
             negatives: 1024,
+            assuming: Assuming::Auto,
         }
     }
 }

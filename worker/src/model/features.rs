@@ -122,7 +122,20 @@ pub struct EncoderOptions {
     pub text_buckets: u32,
 }
 
-const TIMESTAMP_WIDTH: usize = 8;
+pub const TIMESTAMP_WIDTH: usize = 8;
+
+impl ColumnCode {
+    /// The column's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ColumnCode::Numerical { column, .. }
+            | ColumnCode::Timestamp { column, .. }
+            | ColumnCode::Categorical { column, .. }
+            | ColumnCode::Multicategorical { column, .. }
+            | ColumnCode::Text { column, .. } => column,
+        }
+    }
+}
 
 impl TableCode {
     /// Fits the encoders of every non-key column of `table` but those in `skip` (a

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::checkpoint::{FORMAT, Manifest, StoredSplits, VERSION};
 use super::config::TrainConfig;
+use super::explain::Method;
 use super::features::{EncoderOptions, TableCode};
 use super::metrics::{self, Metrics};
 use super::task::{self, Output, TargetCode, Targets};
@@ -24,7 +25,21 @@ pub struct Assessment {
     pub metrics: SplitMetrics,
     pub baseline: BaselineMetrics,
     pub examples: ExampleCounts,
+    /// Global column importance: each column's mean absolute share of the explanations
+    /// of a sample of validation examples (gradient x input), largest first.
+    pub importance: Vec<ColumnImportance>,
 }
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ColumnImportance {
+    pub table: String,
+    pub column: String,
+    /// Percent.
+    pub share: f64,
+}
+
+/// Validation examples whose explanations make the global column importance.
+const IMPORTANCE_SAMPLE: usize = 256;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SplitMetrics {
@@ -82,7 +97,7 @@ pub fn item_rows(db: &Database, code: &TargetCode) -> Vec<u32> {
         .collect()
 }
 
-fn split_examples(labels: &Labels, targets: &Targets, split: Split) -> (Examples, Vec<usize>) {
+pub fn split_examples(labels: &Labels, targets: &Targets, split: Split) -> (Examples, Vec<usize>) {
     let idx: Vec<usize> = (0..labels.len())
         .filter(|&i| labels.splits[i] == split)
         .collect();
@@ -90,6 +105,11 @@ fn split_examples(labels: &Labels, targets: &Targets, split: Split) -> (Examples
         rows: idx.iter().map(|&i| labels.entities[i] as u32).collect(),
         anchors: idx.iter().map(|&i| labels.anchors[i]).collect(),
         targets: targets.select(&idx),
+        treated: if labels.treated.is_empty() {
+            Vec::new()
+        } else {
+            idx.iter().map(|&i| labels.treated[i]).collect()
+        },
     };
     (examples, idx)
 }
@@ -131,6 +151,13 @@ pub fn fit(
         _ => None,
     };
     let target = TargetCode::fit(&plan.task.task, labels, &train_mask, items)?;
+    let treatment = !labels.treated.is_empty();
+    if treatment && !matches!(target, TargetCode::Binary | TargetCode::Regression { .. }) {
+        return Err(ModelError::Mismatch(format!(
+            "counterfactual ASSUMING needs a yes/no or numeric target (uplift of a probability or a value), not a {} task; use the conditional reading",
+            plan.task.task.name()
+        )));
+    }
     let splits = StoredSplits::of(&plan.splits).ok_or_else(|| {
         ModelError::Mismatch("training needs split anchors, not given ones".into())
     })?;
@@ -148,6 +175,7 @@ pub fn fit(
             .map(|e| e.name.clone())
             .collect(),
         config: config.clone(),
+        treatment,
         codes,
         target,
         splits,
@@ -189,6 +217,7 @@ pub fn assess(
             train: train.rows.len(),
             ..ExampleCounts::default()
         },
+        importance: Vec::new(),
     };
     let mut candidates: Vec<(String, Metrics, Metrics)> = Vec::new();
     for split in [Split::Val, Split::Test] {
@@ -226,6 +255,7 @@ pub fn assess(
             Split::Val => {
                 out.metrics.val = metrics;
                 out.examples.val = idx.len();
+                out.importance = importance(model, data, &examples)?;
             }
             _ => {
                 out.metrics.test = metrics;
@@ -248,6 +278,31 @@ pub fn assess(
         out.baseline = BaselineMetrics { name, val, test };
     }
     Ok(out)
+}
+
+/// Global column importance over an evenly spaced sample of `examples`.
+fn importance(
+    model: &Model,
+    data: &Prepared,
+    examples: &Examples,
+) -> Result<Vec<ColumnImportance>, ModelError> {
+    let n = examples.rows.len();
+    let step = n.div_ceil(IMPORTANCE_SAMPLE).max(1);
+    let pick: Vec<usize> = (0..n).step_by(step).collect();
+    let rows: Vec<u32> = pick.iter().map(|&i| examples.rows[i]).collect();
+    let anchors: Vec<i64> = pick.iter().map(|&i| examples.anchors[i]).collect();
+    let columns = model.importance(data.inputs(), &rows, &anchors, Method::Gradient)?;
+    Ok(columns
+        .iter()
+        .map(|c| {
+            let code = &model.manifest.codes[c.table];
+            ColumnImportance {
+                table: code.table.clone(),
+                column: code.columns[c.column].name().to_string(),
+                share: c.value,
+            }
+        })
+        .collect())
 }
 
 /// The model's output for the entities `plan` selects at `anchor` (rows of the entity

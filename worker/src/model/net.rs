@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 
 use super::batch::ModelBatch;
 use super::config::{Aggregation, TrainConfig};
-use super::features::{EncoderInput, TableCode};
+use super::features::{ColumnCode, EncoderInput, TIMESTAMP_WIDTH, TableCode};
 
 #[derive(Clone, Copy, Debug)]
 struct Linear {
@@ -58,15 +58,24 @@ struct Layer {
 #[derive(Clone, Copy, Debug)]
 pub enum Head {
     /// `outputs` numbers per seed: a logit, a value, class logits or forecast steps.
-    Linear { outputs: usize },
+    /// With `treatment`, a second head adds the effect of a binary treatment input
+    /// (counterfactual ASSUMING, PQL.md §7): `y = head(h) + t · effect(h)`.
+    Linear { outputs: usize, treatment: bool },
     /// Two-tower scores against a shallow embedding per item, plus a pairwise score for
     /// the items inside the seed's subgraph.
     Ranking { items: usize, table: usize },
 }
 
+/// The treatment effect head: `second(relu(first(h)))`.
+#[derive(Clone, Copy, Debug)]
+struct Effect {
+    first: Linear,
+    second: Linear,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum HeadParams {
-    Linear(Linear),
+    Linear(Linear, Option<Effect>),
     Ranking {
         query: Linear,
         items: ParamId,
@@ -121,6 +130,15 @@ impl<B: Backend> Init<'_, B> {
             beta: self.constant(format!("{name}.beta"), cols, 0.0),
         }
     }
+}
+
+/// A table's column sum split into its terms ([`Net::column_parts`]), each `rows x C`.
+#[derive(Clone, Debug)]
+pub struct ColumnParts {
+    /// The bias and the constant column.
+    pub base: Vec<f32>,
+    /// One per encoded column, in the order of the table code's columns.
+    pub columns: Vec<Vec<f32>>,
 }
 
 /// Each table's edge types, as the graph names them: (source table, destination table).
@@ -184,7 +202,13 @@ impl Net {
             })
             .collect();
         let head_params = match head {
-            Head::Linear { outputs } => HeadParams::Linear(init.linear("head", c, outputs, true)),
+            Head::Linear { outputs, treatment } => HeadParams::Linear(
+                init.linear("head", c, outputs, true),
+                treatment.then(|| Effect {
+                    first: init.linear("head.effect.first", c, c, true),
+                    second: init.linear("head.effect.second", c, outputs, true),
+                }),
+            ),
             Head::Ranking { items, .. } => HeadParams::Ranking {
                 query: init.linear("head.query", c, c, true),
                 items: init.tensor("head.items".to_string(), items, c, 0.1),
@@ -218,7 +242,9 @@ impl Net {
         tape.layer_norm(x, g, b, 1e-5)
     }
 
-    fn encode<B: Backend>(&self, tape: &mut Tape<B>, e: &Encoder, input: &EncoderInput) -> Var {
+    /// The sum of a table's encoded columns before the MLP blocks (rows x C): the dense
+    /// block's linear map and the categorical and bag embeddings.
+    fn encode_columns<B: Backend>(tape: &mut Tape<B>, e: &Encoder, input: &EncoderInput) -> Var {
         let backend = tape.backend();
         let index = |v: &[u32]| Arc::new(Index::from_host(backend, v));
         let dense: Vec<B::E> = input
@@ -245,6 +271,11 @@ impl Net {
                 h = tape.add(h, v);
             }
         }
+        h
+    }
+
+    /// The encoder's MLP blocks and final norm over the column sum `h`.
+    fn encode_rest<B: Backend>(tape: &mut Tape<B>, e: &Encoder, mut h: Var) -> Var {
         for block in &e.blocks {
             let z = Self::norm(tape, h, block.norm);
             let z = Self::linear(tape, z, block.first);
@@ -255,18 +286,41 @@ impl Net {
         Self::norm(tape, h, e.norm)
     }
 
-    /// The input embedding of every node the first layer reads, per table.
-    fn inputs<B: Backend>(&self, tape: &mut Tape<B>, batch: &ModelBatch) -> Vec<Option<Var>> {
+    /// The input embedding of every node the first layer reads, per table. With
+    /// `probe`, a table's column sum is that host matrix instead of the computed one, as
+    /// a watched input (returned second) whose gradient the backward pass keeps.
+    fn inputs<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        batch: &ModelBatch,
+        probe: Option<&[Option<Vec<f32>>]>,
+    ) -> (Vec<Option<Var>>, Vec<Option<Var>>) {
         let backend = tape.backend();
-        batch
+        let mut watched = vec![None; batch.tables.len()];
+        let out = batch
             .tables
             .iter()
             .zip(&self.encoders)
-            .map(|(t, e)| {
+            .enumerate()
+            .map(|(i, (t, e))| {
                 if t.nodes.is_empty() {
                     return None;
                 }
-                let rows = self.encode(tape, e, &t.input);
+                let sum = match probe.and_then(|p| p[i].as_ref()) {
+                    Some(h) => {
+                        let h: Vec<B::E> = h.iter().map(|&v| B::E::of(f64::from(v))).collect();
+                        let v = tape.watched(Tensor::from_host(
+                            backend,
+                            t.input.rows,
+                            self.channels,
+                            &h,
+                        ));
+                        watched[i] = Some(v);
+                        v
+                    }
+                    None => Self::encode_columns(tape, e, &t.input),
+                };
+                let rows = Self::encode_rest(tape, e, sum);
                 let x = tape.gather(rows, Arc::new(Index::from_host(backend, &t.nodes)));
                 let days: Vec<B::E> = t.days.iter().map(|&d| B::E::of(f64::from(d))).collect();
                 let years: Vec<B::E> = t
@@ -283,7 +337,98 @@ impl Net {
                 let x = tape.add(x, time);
                 Some(tape.add(x, age))
             })
-            .collect()
+            .collect();
+        (out, watched)
+    }
+
+    /// Each encoded column's part of table `t`'s column sum, computed on the host from
+    /// the parameters for the rows of `input` (each `rows x C`, in the order of
+    /// `code.columns`), and the rest of the sum (the bias and the constant column): the
+    /// terms an attribution splits the encoder's input into. They add up to what
+    /// [`Net::embed`] computes.
+    pub fn column_parts<B: Backend>(
+        &self,
+        backend: &B,
+        params: &Params<B>,
+        t: usize,
+        code: &TableCode,
+        input: &EncoderInput,
+    ) -> ColumnParts {
+        let e = &self.encoders[t];
+        let c = self.channels;
+        let rows = input.rows;
+        let host = |id: ParamId| -> Vec<f32> {
+            params
+                .get(id)
+                .to_host(backend)
+                .iter()
+                .map(|v| v.f64() as f32)
+                .collect()
+        };
+        let w = host(e.dense.w);
+        let width = code.dense;
+        let mut base = vec![0f32; rows * c];
+        let bias = e.dense.b.map(host).unwrap_or_else(|| vec![0.0; c]);
+        for r in 0..rows {
+            let one = input.dense[r * width];
+            for (j, b) in base[r * c..(r + 1) * c].iter_mut().enumerate() {
+                *b = bias[j] + one * w[j];
+            }
+        }
+        let embedding = e.embedding.map(host).unwrap_or_default();
+        let row_of = |id: u32| &embedding[id as usize * c..(id as usize + 1) * c];
+        let categorical = input.ids.len() / rows.max(1);
+        let (mut slot, mut cat, mut bag) = (1, 0, 0);
+        let mut parts = Vec::with_capacity(code.columns.len());
+        for column in &code.columns {
+            let mut part = vec![0f32; rows * c];
+            match column {
+                ColumnCode::Numerical { .. } | ColumnCode::Timestamp { .. } => {
+                    let span = if matches!(column, ColumnCode::Numerical { .. }) {
+                        2
+                    } else {
+                        TIMESTAMP_WIDTH
+                    };
+                    for r in 0..rows {
+                        let out = &mut part[r * c..(r + 1) * c];
+                        for k in slot..slot + span {
+                            let x = input.dense[r * width + k];
+                            if x != 0.0 {
+                                for (o, &wv) in out.iter_mut().zip(&w[k * c..(k + 1) * c]) {
+                                    *o += x * wv;
+                                }
+                            }
+                        }
+                    }
+                    slot += span;
+                }
+                ColumnCode::Categorical { .. } => {
+                    for r in 0..rows {
+                        let id = input.ids[r * categorical + cat];
+                        part[r * c..(r + 1) * c].copy_from_slice(row_of(id));
+                    }
+                    cat += 1;
+                }
+                ColumnCode::Multicategorical { .. } | ColumnCode::Text { .. } => {
+                    let b = &input.bags[bag];
+                    for r in 0..rows {
+                        let ids = &b.ids[b.offsets[r] as usize..b.offsets[r + 1] as usize];
+                        let out = &mut part[r * c..(r + 1) * c];
+                        for &id in ids {
+                            for (o, &v) in out.iter_mut().zip(row_of(id)) {
+                                *o += v / ids.len() as f32;
+                            }
+                        }
+                    }
+                    bag += 1;
+                }
+            }
+            parts.push(part);
+        }
+        ColumnParts {
+            base,
+            columns: parts,
+        }
     }
 
     /// The last layer's output per table (`None` where it computes no rows).
@@ -293,8 +438,20 @@ impl Net {
         batch: &ModelBatch,
         endpoints: &Endpoints,
     ) -> Vec<Option<Var>> {
+        self.embed_probed(tape, batch, endpoints, None).0
+    }
+
+    /// [`Net::embed`] with the column sums of `probe` (see [`Net::inputs`]); also
+    /// returns the watched column sums.
+    pub fn embed_probed<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        batch: &ModelBatch,
+        endpoints: &Endpoints,
+        probe: Option<&[Option<Vec<f32>>]>,
+    ) -> (Vec<Option<Var>>, Vec<Option<Var>>) {
         let backend = tape.backend();
-        let mut x = self.inputs(tape, batch);
+        let (mut x, watched) = self.inputs(tape, batch, probe);
         for (layer, plan) in self.layers.iter().zip(&batch.layers) {
             let mut out = Vec::with_capacity(x.len());
             for (t, rows) in plan.rows.iter().enumerate() {
@@ -329,7 +486,7 @@ impl Net {
             }
             x = out;
         }
-        x
+        (x, watched)
     }
 
     /// The seeds' embeddings (batch seeds x C).
@@ -340,17 +497,63 @@ impl Net {
         endpoints: &Endpoints,
     ) -> (Var, Vec<Option<Var>>) {
         let out = self.embed(tape, batch, endpoints);
+        self.pick_seeds(tape, batch, out)
+    }
+
+    /// The seeds' rows of the last layer's output.
+    pub fn pick_seeds<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        batch: &ModelBatch,
+        out: Vec<Option<Var>>,
+    ) -> (Var, Vec<Option<Var>>) {
         let top = out[self.entity_table].expect("the last layer computes the seeds");
         let idx = Arc::new(Index::from_host(tape.backend(), &batch.seeds));
         (tape.gather(top, idx), out)
     }
 
-    /// The linear head's outputs (seeds x outputs).
+    /// The linear head's outputs (seeds x outputs); with a treatment head, those of the
+    /// untreated.
     pub fn predict<B: Backend>(&self, tape: &mut Tape<B>, seeds: Var) -> Var {
         match self.head_params {
-            HeadParams::Linear(l) => Self::linear(tape, seeds, l),
+            HeadParams::Linear(l, _) => Self::linear(tape, seeds, l),
             HeadParams::Ranking { .. } => panic!("a ranking head scores items, see `score_items`"),
         }
+    }
+
+    /// Whether the head takes a treatment input.
+    pub fn has_treatment(&self) -> bool {
+        matches!(self.head_params, HeadParams::Linear(_, Some(_)))
+    }
+
+    /// The treatment's effect on the head's outputs (seeds x outputs), if the head has a
+    /// treatment input.
+    pub fn effect<B: Backend>(&self, tape: &mut Tape<B>, seeds: Var) -> Option<Var> {
+        let HeadParams::Linear(_, Some(e)) = self.head_params else {
+            return None;
+        };
+        let z = Self::linear(tape, seeds, e.first);
+        let z = tape.relu(z);
+        Some(Self::linear(tape, z, e.second))
+    }
+
+    /// The head's outputs for seeds with treatment `treated` (seeds x 1 of 0 and 1; the
+    /// plain head when the model has no treatment input).
+    pub fn predict_treated<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        seeds: Var,
+        treated: Option<&[f32]>,
+    ) -> Var {
+        let y = self.predict(tape, seeds);
+        let (Some(t), Some(u)) = (treated, self.effect(tape, seeds)) else {
+            return y;
+        };
+        let backend = tape.backend();
+        let t: Vec<B::E> = t.iter().map(|&v| B::E::of(f64::from(v))).collect();
+        let t = tape.input(Tensor::from_host(backend, t.len(), 1, &t));
+        let tu = tape.mul(t, u);
+        tape.add(y, tu)
     }
 
     /// A ranking head's query vectors (seeds x C): an item's score is the dot product
@@ -367,7 +570,7 @@ impl Net {
     pub fn item_embeddings<'a, B: Backend>(&self, params: &'a Params<B>) -> Option<&'a Tensor<B>> {
         match self.head_params {
             HeadParams::Ranking { items, .. } => Some(&params.values[items.0]),
-            HeadParams::Linear(_) => None,
+            HeadParams::Linear(..) => None,
         }
     }
 

@@ -62,6 +62,12 @@ pub enum Output {
     Series(Vec<Vec<f64>>),
     /// Top-k items with their scores.
     Ranked(Vec<Ranked>, Vec<Vec<f64>>),
+    /// A treatment model's probabilities (binary) or values (regression) with the
+    /// treatment forced on and off (counterfactual ASSUMING, PQL.md §7).
+    Uplift {
+        with: Vec<f64>,
+        without: Vec<f64>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

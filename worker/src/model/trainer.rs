@@ -144,6 +144,8 @@ pub struct Examples {
     pub rows: Vec<u32>,
     pub anchors: Vec<i64>,
     pub targets: Targets,
+    /// Counterfactual ASSUMING: whether each example was treated (empty otherwise).
+    pub treated: Vec<bool>,
 }
 
 /// A trained (or loaded) model.
@@ -253,13 +255,15 @@ struct Step {
     batch: ModelBatch,
     target: Vec<f32>,
     cols: usize,
+    /// The treatment input of a model that has one (1 treated, 0 not).
+    treated: Option<Vec<f32>>,
     /// Ranking: candidate item embeddings and their table rows.
     candidates: Option<(Vec<u32>, Vec<u32>)>,
 }
 
 /// What building a batch needs from a model (borrowed apart from its parameters, so
 /// the loader thread can build the next batch while the step updates them).
-struct Loader<'a> {
+pub(crate) struct Loader<'a> {
     config: &'a TrainConfig,
     target: &'a TargetCode,
     item_rows: &'a [u32],
@@ -284,7 +288,7 @@ impl<'a> Loader<'a> {
         }
     }
 
-    fn batch(
+    pub(crate) fn batch(
         &self,
         data: Inputs<'_>,
         rows: &[u32],
@@ -392,10 +396,16 @@ impl<'a> Loader<'a> {
                 (target, 1, Some((candidates, rows)))
             }
         };
+        let treated = (!train.treated.is_empty()).then(|| {
+            idx.iter()
+                .map(|&i| f32::from(u8::from(train.treated[i])))
+                .collect()
+        });
         Ok(Step {
             batch,
             target,
             cols,
+            treated,
             candidates,
         })
     }
@@ -404,7 +414,7 @@ impl<'a> Loader<'a> {
 impl Model {
     /// Batches for inference, sampling `fanouts` neighbors per hop when given (else
     /// training's).
-    fn loader<'a>(&'a self, fanouts: Option<&'a [u32]>) -> Loader<'a> {
+    pub(crate) fn loader<'a>(&'a self, fanouts: Option<&'a [u32]>) -> Loader<'a> {
         let mut loader = Loader::new(&self.manifest, &self.net, &self.item_rows);
         if let Some(f) = fanouts {
             loader.fanouts = f;
@@ -437,6 +447,9 @@ impl Model {
 
     /// [`Model::infer`] over borrowed inputs, sampling `fanouts` neighbors per hop
     /// instead of training's when given.
+    ///
+    /// A model with a treatment input scores each entity twice, treated and not
+    /// ([`Output::Uplift`]).
     pub fn infer_on(
         &self,
         data: Inputs<'_>,
@@ -445,7 +458,23 @@ impl Model {
         relevant: Option<&[Vec<u32>]>,
         fanouts: Option<&[u32]>,
     ) -> Result<Output, ModelError> {
+        self.run(data, rows, anchors, relevant, fanouts, None)
+    }
+
+    /// [`Model::infer_on`]; with `observed`, a treatment model scores each example with
+    /// the treatment it had (for its metrics).
+    fn run(
+        &self,
+        data: Inputs<'_>,
+        rows: &[u32],
+        anchors: &[i64],
+        relevant: Option<&[Vec<u32>]>,
+        fanouts: Option<&[u32]>,
+        observed: Option<&[bool]>,
+    ) -> Result<Output, ModelError> {
         let code = &self.manifest.target;
+        let both = self.net.has_treatment() && observed.is_none();
+        let mut treated_raw: Vec<f32> = Vec::new();
         let items = self.item_rows.len();
         let size = match code {
             // Keep a batch's score matrix near 16 M entries.
@@ -485,8 +514,16 @@ impl Model {
                 let mut tape = Tape::new(&self.backend, &self.params);
                 let (seeds, out) = self.net.seeds(&mut tape, &batch, data.endpoints);
                 if items == 0 {
-                    let y = self.net.predict(&mut tape, seeds);
+                    let (lo, hi) = chunks[j];
+                    let t: Option<Vec<f32>> = observed
+                        .map(|o| o[lo..hi].iter().map(|&b| f32::from(u8::from(b))).collect());
+                    let y = self.net.predict_treated(&mut tape, seeds, t.as_deref());
                     raw.extend(tape.value(y).to_host(&self.backend));
+                    if both {
+                        let ones = vec![1f32; hi - lo];
+                        let y = self.net.predict_treated(&mut tape, seeds, Some(&ones));
+                        treated_raw.extend(tape.value(y).to_host(&self.backend));
+                    }
                     return Ok(true);
                 }
                 let s = self
@@ -506,6 +543,16 @@ impl Model {
         )?;
         Ok(match code {
             TargetCode::Ranking { .. } => Output::Ranked(ranked, scores),
+            _ if both => {
+                let numbers = |raw: &[f32]| match code.decode(raw, rows.len()) {
+                    Output::Probs(v) | Output::Values(v) => v,
+                    _ => Vec::new(),
+                };
+                Output::Uplift {
+                    with: numbers(&treated_raw),
+                    without: numbers(&raw),
+                }
+            }
             _ => code.decode(&raw, rows.len()),
         })
     }
@@ -577,7 +624,18 @@ impl Model {
             Targets::Items(t) => Some(t.as_slice()),
             _ => None,
         };
-        let output = self.infer(data, &examples.rows, &examples.anchors, relevant)?;
+        let observed = self
+            .net
+            .has_treatment()
+            .then_some(examples.treated.as_slice());
+        let output = self.run(
+            data.inputs(),
+            &examples.rows,
+            &examples.anchors,
+            relevant,
+            None,
+            observed,
+        )?;
         Ok(evaluate(&self.manifest.target, &output, &examples.targets))
     }
 
@@ -609,7 +667,7 @@ fn gradients(
         let (seeds, out) = net.seeds(&mut tape, &step.batch, &data.endpoints);
         let pred = match &step.candidates {
             Some((c, rows)) => net.score_items(&mut tape, (seeds, &out), &step.batch, c, rows),
-            None => net.predict(&mut tape, seeds),
+            None => net.predict_treated(&mut tape, seeds, step.treated.as_deref()),
         };
         let n = step.target.len() / step.cols;
         let target = tape.input(Tensor::from_host(b, n, step.cols, &step.target));
@@ -717,9 +775,23 @@ pub fn train(
         ..AdamConfig::default()
     };
     // Ranking examples without a known item teach nothing.
-    let usable: Vec<usize> = (0..train.rows.len())
+    let mut usable: Vec<usize> = (0..train.rows.len())
         .filter(|&i| !matches!(&train.targets, Targets::Items(t) if t[i].is_empty()))
         .collect();
+    // A treatment model learns the effect from the treated, who are often few: repeat
+    // them until both arms are about equally frequent (at most 8 times). Resampling by
+    // the treatment alone leaves what the model estimates, y given (x, t), as it is.
+    if !train.treated.is_empty() {
+        let (treated, control): (Vec<usize>, Vec<usize>) =
+            usable.iter().partition(|&&i| train.treated[i]);
+        if !treated.is_empty() && treated.len() < control.len() {
+            let times = (control.len() / treated.len()).clamp(1, 8);
+            usable = control;
+            for _ in 0..times {
+                usable.extend(&treated);
+            }
+        }
+    }
     if usable.is_empty() {
         return Err(TaskError::NoTraining.into());
     }
