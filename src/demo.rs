@@ -226,8 +226,25 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             .expect("every question names a generated world");
         let data_dir = args.dir.join(world);
         let model_dir = args.dir.join("models").join(format!("{k}"));
+        // The uplift's effect head learns from the treated twelfth of the examples: the
+        // demo gives it a smaller model trained longer (same time budget, a far better
+        // ranking by uplift; README, "Explanations and uplift").
+        let (config, config_text) = if *world == "promotions" {
+            let uplift = TrainConfig {
+                channels: 64,
+                encoder_blocks: 1,
+                fanouts: vec![32, 16],
+                epochs: 4,
+                max_steps_per_epoch: 250,
+                ..config.clone()
+            };
+            let text = " --config uplift.toml  # channels = 64, encoder_blocks = 1, fanouts = [32, 16], epochs = 4, max_steps_per_epoch = 250";
+            (uplift, text)
+        } else {
+            (config.clone(), "")
+        };
         println!(
-            "== {name}\n$ relgraph train \"{query}\" --data {} --out {}",
+            "== {name}\n$ relgraph train \"{query}\" --data {} --out {}{config_text}",
             data_dir.display(),
             model_dir.display()
         );

@@ -5,6 +5,7 @@
 //! count. Rows are formatted straight into per-table byte buffers and written in chunk
 //! order, one CSV file per table.
 
+mod planted;
 mod promotions;
 mod retail;
 
@@ -23,6 +24,7 @@ use relgraph_common::schema::{
 use relgraph_common::time::{write_date, write_timestamp};
 use serde::Serialize;
 
+pub use planted::Planted;
 pub use promotions::{Promotions, PromotionsSize};
 pub use retail::{Retail, RetailSize};
 
@@ -69,6 +71,17 @@ pub enum Kind {
         #[arg(long, default_value_t = 180)]
         days: i64,
     },
+    /// Customers whose segment one column decides (`planted`), beside noise columns and
+    /// orders: a world for checking explanations.
+    Planted {
+        #[command(flatten)]
+        output: Output,
+        #[arg(long, default_value_t = 1_500)]
+        customers: usize,
+        /// Move each `planted` value to another customer after the segments are drawn.
+        #[arg(long)]
+        permuted: bool,
+    },
 }
 
 pub fn run(kind: &Kind) -> Result<()> {
@@ -98,6 +111,20 @@ pub fn run(kind: &Kind) -> Result<()> {
             days,
         } => {
             let world = Promotions::new(PromotionsSize { users, days });
+            (
+                write(&world, &output.out, output.seed, &output.only)?,
+                output.json,
+            )
+        }
+        Kind::Planted {
+            ref output,
+            customers,
+            permuted,
+        } => {
+            let world = Planted {
+                customers,
+                permuted,
+            };
             (
                 write(&world, &output.out, output.seed, &output.only)?,
                 output.json,

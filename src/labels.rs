@@ -68,14 +68,15 @@ fn label_column(labels: &LabelColumn) -> ArrayRef {
     }
 }
 
-/// Columns: the entity key under its own name, `anchor_time`, `label`, `split`.
+/// Columns: the entity key under its own name, `anchor_time`, `label`, `split`, and for
+/// a counterfactual ASSUMING `treated` (whether the assumption held).
 pub fn to_batch(db: &Database, table: usize, key: usize, labels: &Labels) -> Result<RecordBatch> {
     let entity = &db.tables[table];
     let rows = UInt32Array::from_iter_values(labels.entities.iter().map(|&r| r as u32));
     let keys = take(entity.batch.column(key), &rows, None)?;
     let label = label_column(&labels.labels);
     let key_name = &entity.schema.columns[key].name;
-    let schema = Schema::new(vec![
+    let mut fields = vec![
         Field::new(key_name, keys.data_type().clone(), true),
         Field::new(
             "anchor_time",
@@ -84,13 +85,18 @@ pub fn to_batch(db: &Database, table: usize, key: usize, labels: &Labels) -> Res
         ),
         Field::new("label", label.data_type().clone(), true),
         Field::new("split", DataType::Utf8, false),
-    ]);
+    ];
     let anchors: ArrayRef = Arc::new(TimestampSecondArray::from(labels.anchors.clone()));
     let splits: ArrayRef = Arc::new(StringArray::from_iter_values(
         labels.splits.iter().map(|s| s.as_str()),
     ));
+    let mut columns = vec![keys, anchors, label, splits];
+    if !labels.treated.is_empty() {
+        fields.push(Field::new("treated", DataType::Boolean, false));
+        columns.push(Arc::new(BooleanArray::from(labels.treated.clone())));
+    }
     Ok(RecordBatch::try_new(
-        Arc::new(schema),
-        vec![keys, anchors, label, splits],
+        Arc::new(Schema::new(fields)),
+        columns,
     )?)
 }

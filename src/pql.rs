@@ -183,6 +183,10 @@ fn split_stats(labels: &Labels, split: Split) -> serde_json::Value {
         .filter(|&i| labels.splits[i] == split)
         .collect();
     let mut out = json!({ "examples": idx.len() });
+    if !labels.treated.is_empty() {
+        let treated = idx.iter().filter(|&&i| labels.treated[i]).count();
+        out["treated_rate"] = json!(treated as f64 / idx.len().max(1) as f64);
+    }
     match &labels.labels {
         LabelColumn::Bool(v) => {
             let positives = idx.iter().filter(|&&i| v[i]).count();

@@ -2,6 +2,10 @@
 //! processes on 127.0.0.1 with ports picked by the OS, killed with SIGKILL mid-flight.
 //! Every wait is bounded; every process is killed when its handle drops.
 
+mod common;
+
+use common::path;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -101,10 +105,6 @@ fn finish(mut child: Child, secs: u64, what: &str) -> std::process::Output {
         stdout: reader.join().expect("stdout reader"),
         stderr: Vec::new(),
     }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
 }
 
 fn word_after<'a>(line: &'a str, key: &str) -> &'a str {

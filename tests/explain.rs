@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::fmt::Write;
 use std::path::Path;
 
 use common::{path, relgraph};
@@ -18,62 +17,14 @@ const QUERY: &str = "PREDICT customers.segment FOR EACH customers.customer_id";
 
 const SMALL: &str = "channels = 32\nencoder_blocks = 1\nfanouts = [8, 4]\nepochs = 8\nbatch_size = 128\nmax_steps_per_epoch = 20\n";
 
-/// A deterministic stream of numbers in [0, 1).
-struct Lcg(u64);
-
-impl Lcg {
-    fn unit(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.unit().max(1e-12), self.unit());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-/// Customers whose segment is decided by `planted` (plus a little noise), with two noise
-/// columns and linked orders of random amounts. With `permute`, the planted column's
-/// values are rotated among customers after the segments are drawn.
+/// `relgraph generate planted` (segment decided by the `planted` column), permuted or
+/// not.
 fn planted_world(dir: &Path, permute: bool) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let mut rng = Lcg(7);
-    let n = 1500;
-    let mut rows = Vec::new();
-    let mut orders = String::from("order_id,customer_id,amount,timestamp\n");
-    let mut order = 0;
-    for i in 0..n {
-        let planted = rng.normal();
-        let noise_a = rng.normal();
-        let noise_b = ["a", "b", "c", "d", "e"][(rng.unit() * 5.0) as usize];
-        let segment = if planted + 0.3 * rng.normal() > 0.0 {
-            "high"
-        } else {
-            "low"
-        };
-        rows.push((planted, noise_a, noise_b, segment));
-        for _ in 0..1 + (rng.unit() * 4.0) as usize {
-            order += 1;
-            let month = 1 + (rng.unit() * 8.0) as u32;
-            let day = 10 + (rng.unit() * 9.0) as u32;
-            let amount = 5.0 + 95.0 * rng.unit();
-            let _ = writeln!(
-                orders,
-                "O-{order},C-{i},{amount:.2},2025-0{month}-{day} 10:00:00"
-            );
-        }
+    let mut args = vec!["generate", "planted", "--out", path(dir)];
+    if permute {
+        args.push("--permuted");
     }
-    let mut customers = String::from("customer_id,planted,noise_a,noise_b,segment\n");
-    for (i, (_, a, b, s)) in rows.iter().enumerate() {
-        let planted = rows[if permute { (i * 7 + 3) % n } else { i }].0;
-        let _ = writeln!(customers, "C-{i},{planted:.4},{a:.4},{b},{s}");
-    }
-    std::fs::write(dir.join("customers.csv"), customers).expect("write");
-    std::fs::write(dir.join("orders.csv"), orders).expect("write");
+    relgraph(&args);
 }
 
 fn explain(model: &Path, data: &Path, entities: &[String], method: &str) -> Vec<Value> {

@@ -6,6 +6,10 @@
 //! The models are small (64 channels, one encoder block, fanouts [32, 16], 4 short
 //! epochs) so the suite stays fast; README "Model quality" has full-size figures.
 
+mod common;
+
+use common::{path, relgraph};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,23 +17,6 @@ use serde_json::Value;
 
 const SMALL: &str =
     "channels = 64\nencoder_blocks = 1\nfanouts = [32, 16]\nepochs = 4\nmax_steps_per_epoch = 20\n";
-
-fn relgraph(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_relgraph"))
-        .args(args)
-        .output()
-        .expect("run relgraph");
-    assert!(
-        out.status.success(),
-        "relgraph {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8 stdout")
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
 
 struct World {
     dir: tempfile::TempDir,

@@ -3,6 +3,10 @@
 //! scores, recommendations, request limits, appended rows that change the next answer,
 //! appends that survive `kill -9`, and a new model version swapped in under load.
 
+mod common;
+
+use common::{path, relgraph};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,23 +30,6 @@ const SMALL: &str =
 const CHURN: &str = "PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID WHERE COUNT(ORDERS.*, -90, 0, days) > 0";
 const RECS: &str = "PREDICT LIST_DISTINCT(ORDERS.PRODUCT_ID, 0, 14, days) RANK TOP 5 FOR EACH CUSTOMERS.CUSTOMER_ID";
 const TOKEN: &str = "s3cret-token";
-
-fn relgraph(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_relgraph"))
-        .args(args)
-        .output()
-        .expect("run relgraph");
-    assert!(
-        out.status.success(),
-        "relgraph {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8 stdout")
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
 
 /// One generated retail world and two small models, shared by the tests of this file.
 struct World {

@@ -66,7 +66,15 @@ fn generated_worlds_are_inferred_exactly_as_generated() {
         users: 400,
         days: 60,
     });
-    let worlds: [(&str, &dyn World); 2] = [("retail", &retail), ("promotions", &promotions)];
+    let planted = Planted {
+        customers: 300,
+        permuted: false,
+    };
+    let worlds: [(&str, &dyn World); 3] = [
+        ("retail", &retail),
+        ("promotions", &promotions),
+        ("planted", &planted),
+    ];
     for (name, world) in worlds {
         let dir = root.path().join(name);
         let summary = write(world, &dir, 1, &[]).expect("write");

@@ -18,7 +18,7 @@
 use relgraph_common::Database;
 use relgraph_common::pql::{self, PlanOptions, Split};
 use relgraph_common::time::parse_timestamp;
-use relgraph_worker::label::{Label, LocalFacts, build, key_text, value_at};
+use relgraph_worker::label::{Label, LocalFacts, build, build_treated, key_text, value_at};
 
 fn database() -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -333,6 +333,40 @@ fn assuming_keeps_the_examples_where_it_holds() {
     let (_dir, db) = database();
     let assuming = " ASSUMING COUNT(orders.* WHERE orders.status = 'z', 0, 3, days) > 0";
     check(&db, "COUNT(orders.*, 0, 3, days)", assuming, num(3.0), None);
+}
+
+#[test]
+fn assuming_as_a_treatment_keeps_every_example_and_flags_it() {
+    let (_dir, db) = database();
+    let query = "PREDICT COUNT(orders.*, 0, 3, days) > 0 FOR EACH customers.customer_id \
+                 ASSUMING COUNT(orders.* WHERE orders.status = 'z', 0, 3, days) > 0";
+    let task = pql::compile(query, &db.schema()).unwrap_or_else(|e| panic!("{}", e.render(query)));
+    let anchor = parse_timestamp("2024-02-10").expect("anchor");
+    let options = PlanOptions {
+        step: None,
+        anchors: vec![anchor],
+    };
+    let plan = pql::plan(task, &db, &options).expect("plan");
+    let everyone: Vec<usize> = (0..3).collect();
+    let facts = LocalFacts { db: &db };
+    let treated = build_treated(&plan, &db, &everyone, &facts).expect("labels");
+    // C1 (row 0) had a `z` order in the window, C2 (row 1) none; C3 is no example.
+    assert_eq!(treated.entities, vec![0, 1]);
+    assert_eq!(treated.treated, vec![true, false]);
+    assert_eq!(treated.labels.get(1), yes(false));
+    // Two examples cannot make a treatment: `auto` falls back to the conditional reading,
+    // which keeps what `build` keeps and counts the rest.
+    let conditional = build(&plan, &db, &everyone, &facts).expect("labels");
+    let (read, reading) = treated.read_assuming(&plan.task.task, None).expect("auto");
+    assert!(!reading.counterfactual, "{reading:?}");
+    assert_eq!(read.entities, conditional.entities);
+    assert_eq!(read.labels, conditional.labels);
+    assert_eq!(read.dropped, conditional.dropped);
+    let insisted = build_treated(&plan, &db, &everyone, &facts)
+        .expect("labels")
+        .read_assuming(&plan.task.task, Some(true));
+    let why = insisted.expect_err("too few to be a treatment");
+    assert!(why.contains("held for 1 of 2 examples"), "{why}");
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! - [`Method::Integrated`] (integrated gradients): the same with the gradient averaged
 //!   along the straight path from the baseline (every column vector zero, only the
 //!   constant part) to the input, so that the attributions add up to the output minus
-//!   the baseline's output.
+//!   the baseline's output (up to the quadrature: steps crowd near the baseline, where
+//!   the normalising layers make the output move fastest).
 //!
 //! Summing a column's attributions over the subgraph's rows gives the per-table and
 //! per-column shares; summing a row's over its columns gives the most influential
@@ -175,6 +176,7 @@ impl Model {
         data: Inputs<'_>,
         row: u32,
         anchor: i64,
+        fanouts: Option<&[u32]>,
     ) -> Result<(Explained, String), ModelError> {
         let code = &self.manifest.target;
         if self.net.has_treatment() {
@@ -208,7 +210,8 @@ impl Model {
                 head(vec![1.0 / n as f32; n], "the mean standardised step value")
             }
             TargetCode::Multiclass { classes } => {
-                let Output::Classes(p) = self.infer_on(data, &[row], &[anchor], None, None)? else {
+                let Output::Classes(p) = self.infer_on(data, &[row], &[anchor], None, fanouts)?
+                else {
                     unreachable!("a multiclass model gives classes");
                 };
                 let best = p[0]
@@ -222,7 +225,7 @@ impl Model {
             }
             TargetCode::Ranking { items, .. } => {
                 let Output::Ranked(ranked, _) =
-                    self.infer_on(data, &[row], &[anchor], None, None)?
+                    self.infer_on(data, &[row], &[anchor], None, fanouts)?
                 else {
                     unreachable!("a ranking model ranks");
                 };
@@ -364,7 +367,7 @@ impl Model {
         method: Method,
         fanouts: Option<&[u32]>,
     ) -> Result<Explanation, ModelError> {
-        let (explained, what) = self.explained(data, row, anchor)?;
+        let (explained, what) = self.explained(data, row, anchor, fanouts)?;
         let probe = self.probe(data, row, anchor, fanouts)?;
         let (output, grads, baseline) = match method {
             Method::Gradient => {
@@ -372,23 +375,24 @@ impl Model {
                 (v, g, f64::NAN)
             }
             Method::Integrated { steps } => {
+                // alpha = u^2 with u at the midpoints of `steps` equal parts (weight
+                // 2u/steps): the network normalises its inputs, so the output moves
+                // fastest where the columns are still small next to the bias, near 0.
                 let mut mean: Vec<Option<Vec<f32>>> = Vec::new();
                 for s in 0..steps {
-                    let alpha = (s as f32 + 0.5) / steps as f32;
-                    let (_, g) = self.evaluate_probe(data, &probe, &explained, alpha, None, true);
+                    let u = (s as f32 + 0.5) / steps as f32;
+                    let weight = 2.0 * u / steps as f32;
+                    let (_, g) = self.evaluate_probe(data, &probe, &explained, u * u, None, true);
                     if mean.is_empty() {
                         mean = vec![None; g.len()];
                     }
                     for (m, g) in mean.iter_mut().zip(g) {
                         let Some(g) = g else { continue };
                         match m {
-                            Some(m) => m.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
-                            None => *m = Some(g),
+                            Some(m) => m.iter_mut().zip(&g).for_each(|(a, b)| *a += weight * b),
+                            None => *m = Some(g.iter().map(|b| weight * b).collect()),
                         }
                     }
-                }
-                for m in mean.iter_mut().flatten() {
-                    m.iter_mut().for_each(|v| *v /= steps as f32);
                 }
                 let (v, _) = self.evaluate_probe(data, &probe, &explained, 1.0, None, false);
                 let (b, _) = self.evaluate_probe(data, &probe, &explained, 0.0, None, false);
@@ -452,7 +456,7 @@ impl Model {
         row: u32,
         anchor: i64,
     ) -> Result<Vec<ColumnAttribution>, ModelError> {
-        let (explained, _) = self.explained(data, row, anchor)?;
+        let (explained, _) = self.explained(data, row, anchor, None)?;
         let probe = self.probe(data, row, anchor, None)?;
         let (full, _) = self.evaluate_probe(data, &probe, &explained, 1.0, None, false);
         let columns: Vec<(usize, usize)> = probe
