@@ -18,11 +18,11 @@ use relgraph_worker::model::config::Assuming;
 
 use crate::pql::{DataArgs, ensure_parent, label_all, prepare};
 
-pub fn run(query: &str, data: &DataArgs, out: &Path) -> Result<()> {
+pub fn run(query: &str, data: &DataArgs, out: &Path, assuming: Assuming) -> Result<()> {
     let started = Instant::now();
     let (db, plan) = prepare(query, data)?;
     let loaded = started.elapsed().as_secs_f64();
-    let labels = label_all(&db, &plan, Assuming::Auto)?;
+    let labels = label_all(&db, &plan, assuming)?;
     let labelled = started.elapsed().as_secs_f64() - loaded;
     let batch = to_batch(&db, plan.task.entity_table, plan.task.entity_key, &labels)?;
     ensure_parent(out)?;

@@ -139,6 +139,9 @@ enum Command {
         /// The Parquet file to write.
         #[arg(long)]
         out: PathBuf,
+        /// How ASSUMING is read: auto, conditional or counterfactual (PQL.md §7).
+        #[arg(long, default_value = "auto")]
+        assuming: relgraph_worker::model::config::Assuming,
     },
 }
 
@@ -168,7 +171,12 @@ fn main() -> ExitCode {
         } => inspect::run(&dir, schema.as_deref(), json, emit_schema),
         Command::Pql { command } => pql::run(&command),
         Command::Bench { command } => bench::run(&command),
-        Command::Labels { query, data, out } => labels::run(&query, &data, &out),
+        Command::Labels {
+            query,
+            data,
+            out,
+            assuming,
+        } => labels::run(&query, &data, &out, assuming),
         Command::Train {
             query,
             data,

@@ -17,6 +17,9 @@ pub enum PqlCommand {
         query: String,
         #[command(flatten)]
         data: DataArgs,
+        /// How ASSUMING is read: auto, conditional or counterfactual (PQL.md §7).
+        #[arg(long, default_value = "auto")]
+        assuming: Assuming,
         #[arg(long)]
         json: bool,
     },
@@ -142,9 +145,14 @@ pub fn entity_rows(db: &Database, plan: &TaskPlan) -> Result<Vec<usize>> {
 }
 
 pub fn run(command: &PqlCommand) -> Result<()> {
-    let PqlCommand::Check { query, data, json } = command;
+    let PqlCommand::Check {
+        query,
+        data,
+        assuming,
+        json,
+    } = command;
     let (db, plan) = prepare(query, data)?;
-    let labels = label_all(&db, &plan, Assuming::Auto)?;
+    let labels = label_all(&db, &plan, *assuming)?;
     if *json {
         println!(
             "{}",

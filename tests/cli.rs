@@ -196,8 +196,39 @@ fn read_parquet(file: &Path) -> arrow::array::RecordBatch {
 fn pql_check_reports_plan_anchors_and_label_statistics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = promotions(dir.path());
+    // The push varies in the data, so ASSUMING is a treatment by default: every example
+    // is kept and flagged.
     let text = stdout_of(&["pql", "check", PUSH_QUERY, "--data", path(&data), "--json"]);
+    let treated: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let rate = treated["labels"]["train"]["treated_rate"]
+        .as_f64()
+        .expect("treated rate");
+    assert!(rate > 0.05 && rate < 0.3, "{rate}");
+    assert!(
+        treated["dropped"]
+            .get("ASSUMING is false or unknown")
+            .is_none()
+    );
+    let text = stdout_of(&[
+        "pql",
+        "check",
+        PUSH_QUERY,
+        "--data",
+        path(&data),
+        "--assuming",
+        "conditional",
+        "--json",
+    ]);
     let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let (all, held) = (
+        treated["labels"]["train"]["examples"]
+            .as_u64()
+            .expect("examples"),
+        doc["labels"]["train"]["examples"]
+            .as_u64()
+            .expect("examples"),
+    );
+    assert_eq!(held, (all as f64 * rate).round() as u64);
     assert_eq!(doc["task"], "binary classification");
     assert_eq!(doc["metrics"][0], "auroc");
     assert_eq!(doc["step_days"], 3.0);
@@ -222,6 +253,8 @@ fn pql_check_reports_plan_anchors_and_label_statistics() {
         path(&data),
         "--out",
         path(&out),
+        "--assuming",
+        "conditional",
     ]);
     let batch = read_parquet(&out);
     let names: Vec<String> = batch

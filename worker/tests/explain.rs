@@ -1,0 +1,154 @@
+//! Explanations on a small model with every kind of column (numerical, timestamp,
+//! categorical, multicategorical, text): the column parts add up to the encoder input
+//! the model really sees (the explained number equals the model's own output),
+//! integrated gradients add up to output minus baseline, and leaving every column out
+//! gives the baseline.
+
+use std::fmt::Write;
+use std::sync::atomic::AtomicBool;
+
+use relgraph_common::Database;
+use relgraph_common::pql::{self, PlanOptions};
+use relgraph_worker::label::{LocalFacts, build};
+use relgraph_worker::model::explain::Method;
+use relgraph_worker::model::{Output, Session, TrainConfig, fit};
+
+fn database() -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut customers = String::from("customer_id,score,joined,tier,tags,note\n");
+    let mut orders = String::from("order_id,customer_id,amount,timestamp\n");
+    let mut order = 0;
+    for c in 0..300u32 {
+        let tier = ["gold", "silver", "bronze"][c as usize % 3];
+        let tags = ["a|b", "b", "c|a|d", ""][c as usize % 4];
+        let note = ["likes fast delivery", "returns often", "quiet buyer"][c as usize % 3];
+        let _ = writeln!(
+            customers,
+            "C{c},{},2024-0{}-15,{tier},{tags},{note}",
+            (c * 37 % 101) as f64 / 10.0,
+            1 + c % 9
+        );
+        for k in 0..(c % 5) {
+            order += 1;
+            let day = 1 + (c * 7 + k * 11) % 27;
+            let month = 1 + (c + k) % 11;
+            let _ = writeln!(
+                orders,
+                "O{order},C{c},{},2024-{month:02}-{day:02} 12:00:00",
+                10 + (c * k) % 90
+            );
+        }
+    }
+    std::fs::write(dir.path().join("customers.csv"), customers).expect("write");
+    std::fs::write(dir.path().join("orders.csv"), orders).expect("write");
+    std::fs::write(
+        dir.path().join("schema.toml"),
+        "[tables.customers.columns]\n\
+         tags = { dtype = \"string\", stype = \"multicategorical\" }\n\
+         note = { dtype = \"string\", stype = \"text\" }\n\
+         [tables.orders]\nforeign_keys = { customer_id = \"customers\" }\n",
+    )
+    .expect("write");
+    let db = Database::load(dir.path(), None).expect("load");
+    (dir, db)
+}
+
+#[test]
+fn attributions_decompose_the_models_own_output() {
+    let (_dir, db) = database();
+    let query = "PREDICT COUNT(orders.*, 0, 60, days) > 0 FOR EACH customers.customer_id";
+    let task = pql::compile(query, &db.schema()).unwrap_or_else(|e| panic!("{}", e.render(query)));
+    let plan = pql::plan(task, &db, &PlanOptions::default()).expect("plan");
+    let everyone: Vec<usize> = (0..300).collect();
+    let labels = build(&plan, &db, &everyone, &LocalFacts { db: &db }).expect("labels");
+    let config = TrainConfig {
+        channels: 16,
+        encoder_blocks: 1,
+        fanouts: vec![8, 4],
+        epochs: 2,
+        max_steps_per_epoch: 5,
+        batch_size: 64,
+        max_vocab: 50,
+        text_buckets: 64,
+        ..TrainConfig::default()
+    };
+    let stop = AtomicBool::new(false);
+    let session = Session {
+        stop: &stop,
+        progress: &mut |_| {},
+        resume: None,
+        on_epoch: &mut |_| Ok(()),
+        group: None,
+        split: None,
+    };
+    let (model, data, _, _) = fit(&db, query, &plan, &labels, &config, session).expect("fit");
+    let kinds: Vec<String> = model.manifest.codes[0]
+        .columns
+        .iter()
+        .map(|c| {
+            format!("{c:?}")
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    for kind in [
+        "Numerical",
+        "Timestamp",
+        "Categorical",
+        "Multicategorical",
+        "Text",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} column in {kinds:?}"
+        );
+    }
+    let anchor = relgraph_common::time::parse_timestamp("2024-10-01").expect("anchor");
+    for row in [3u32, 4, 10, 77] {
+        let Output::Probs(p) = model.infer(&data, &[row], &[anchor], None).expect("infer") else {
+            panic!("a yes/no model gives probabilities");
+        };
+        let logit = (p[0] / (1.0 - p[0])).ln();
+        let gradient = model
+            .explain(data.inputs(), row, anchor, Method::Gradient)
+            .expect("explain");
+        // The host-computed column parts add up to what the encoders compute.
+        assert!(
+            (gradient.output - logit).abs() < 1e-3,
+            "{} vs {logit}",
+            gradient.output
+        );
+        let integrated = model
+            .explain(
+                data.inputs(),
+                row,
+                anchor,
+                Method::Integrated { steps: 256 },
+            )
+            .expect("explain");
+        let sum: f64 = integrated.columns.iter().map(|c| c.value).sum();
+        let change = integrated.output - integrated.baseline;
+        assert!(
+            (sum - change).abs() <= 0.05 * change.abs() + 1e-3,
+            "row {row}: attributions add up to {sum}, the output moved {change}"
+        );
+        let shares: f64 = integrated
+            .columns
+            .iter()
+            .map(|c| integrated.share(c.value).abs())
+            .sum();
+        assert!((shares - 100.0).abs() < 1e-9);
+        // Every row of the subgraph is listed once, its columns adding up to its value.
+        for r in &integrated.rows {
+            let total: f64 = r.columns.iter().sum();
+            assert!((total - r.value).abs() < 1e-9);
+        }
+        // Ablating a column moves the output by the difference to the output without it.
+        let ablation = model
+            .ablation(data.inputs(), row, anchor)
+            .expect("ablation");
+        assert_eq!(ablation.len(), integrated.columns.len());
+    }
+}
