@@ -39,3 +39,10 @@ if ! "$venv/bin/python" -c 'import pyarrow.flight' >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'pyarrow==26.0.1'
 fi
+
+# The CUDA kernels are compile-checked with NVRTC even without a GPU: NVIDIA's wheel
+# ships libnvrtc (dev.sh puts its lib folder on LD_LIBRARY_PATH for those tests).
+if ! ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 >/dev/null 2>&1; then
+  echo "setup: installing NVIDIA's NVRTC wheel into $venv (compile checks of the CUDA kernels)"
+  "$venv/bin/pip" install -q 'nvidia-cuda-nvrtc-cu12==12.9.86'
+fi

@@ -1,8 +1,10 @@
 //! CUDA devices through cudarc, loaded at run time (feature `cuda`): nothing CUDA is
 //! needed to build or to run, and a machine without a driver gets an error, not a crash.
 //! This is the device layer a CUDA [`crate::Backend`] will stand on (a context and its
-//! stream per device, on which kernels launch asynchronously); the CUDA kernels are not
-//! written yet.
+//! stream per device, on which kernels launch asynchronously), and the hand-written
+//! kernels ([`SOURCE`], their launch arithmetic in [`crate::launch`]) with their NVRTC
+//! compilation to PTX, cached on disk per device architecture. The backend that launches
+//! them is not written yet.
 
 use std::sync::Arc;
 
@@ -16,6 +18,67 @@ pub enum CudaError {
     NoDevice { ordinal: usize, count: usize },
     #[error("CUDA driver: {0}")]
     Driver(String),
+    #[error(
+        "no NVRTC library (libnvrtc.so.12) could be loaded: install NVIDIA's `nvidia-cuda-nvrtc-cu12` wheel (or the CUDA toolkit) and put its lib folder on LD_LIBRARY_PATH"
+    )]
+    NoNvrtc,
+    #[error("NVRTC could not compile the kernels for {arch}: {log}")]
+    Compile { arch: String, log: String },
+}
+
+/// The CUDA C source of every kernel.
+pub const SOURCE: &str = include_str!("cuda/kernels.cu");
+
+/// Whether libnvrtc loads (cudarc panics on first use without it).
+#[allow(unsafe_code)]
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to load the shared library and reports whether it could.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// The PTX of [`SOURCE`] for `arch` (`sm_80`, `sm_90`, ...).
+pub fn compile(arch: &'static str) -> Result<String, CudaError> {
+    compile_source(SOURCE, arch)
+}
+
+/// The PTX of CUDA C `source` for `arch`, or NVRTC's log.
+pub fn compile_source(source: &str, arch: &'static str) -> Result<String, CudaError> {
+    if !nvrtc_present() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let options = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        name: Some("relgraph_kernels.cu".to_string()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(source, options)
+        .map(|ptx| ptx.to_src())
+        .map_err(|e| CudaError::Compile {
+            arch: arch.to_string(),
+            log: e.to_string(),
+        })
+}
+
+/// [`compile`], through a cache in `dir`: one file per source hash and architecture,
+/// written beside its name and renamed into place.
+pub fn compile_cached(arch: &'static str, dir: &std::path::Path) -> Result<String, CudaError> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in SOURCE.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let path = dir.join(format!("kernels-{h:016x}-{arch}.ptx"));
+    if let Ok(ptx) = std::fs::read_to_string(&path) {
+        return Ok(ptx);
+    }
+    let ptx = compile(arch)?;
+    // A cache that cannot be written costs a compile next time, nothing more.
+    if std::fs::create_dir_all(dir).is_ok() {
+        let tmp = path.with_extension("ptx.tmp");
+        if std::fs::write(&tmp, &ptx).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(ptx)
 }
 
 fn driver<T>(r: Result<T, cudarc::driver::DriverError>) -> Result<T, CudaError> {

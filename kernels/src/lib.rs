@@ -7,13 +7,16 @@
 //! - [`Tape`]: a forward pass written as plain calls, whose backward runs each op's
 //!   hand-written backward in reverse order; [`Params`] holds parameters and Adam(W)
 //!   state, with sparse row updates for embedding tables.
-//! - `cuda` (feature): device discovery and selection through cudarc, loaded at run time.
-//!   The CUDA kernels themselves are not written yet: [`Cpu`] is the only backend.
+//! - `cuda` (feature): device discovery and selection through cudarc, loaded at run time,
+//!   and the hand-written CUDA kernels compiled by NVRTC; [`launch`]: their index
+//!   arithmetic, checked over simulated grids. No backend launches them yet: [`Cpu`] is
+//!   the only backend.
 
 pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod launch;
 pub mod real;
 pub mod tape;
 
