@@ -59,6 +59,9 @@ pub struct WorkerArgs {
     token: Option<String>,
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Serve the ready models trained on this database directory over Flight.
+    #[arg(long)]
+    serve_data: Option<PathBuf>,
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T> {
@@ -120,6 +123,9 @@ impl WorkerArgs {
         }
         if let Some(v) = &self.metrics_listen {
             c.metrics_listen = v.clone();
+        }
+        if let Some(d) = &self.serve_data {
+            c.serve_data = Some(d.to_string_lossy().into_owned());
         }
         anyhow::ensure!(
             !c.coordinators.is_empty(),

@@ -277,7 +277,7 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
 
     let mut nodes = three_coordinators(root, 1500);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-    let mut workers = start_workers(2, &addrs);
+    let (mut workers, _) = start_workers(2, &addrs, None);
 
     // Submit and follow from a separate client process.
     let out = root.join("model");
@@ -351,19 +351,34 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
 }
 
 /// Starts `n` workers; returns them with their metrics addresses.
-fn start_workers(n: usize, coordinators: &[String]) -> Vec<(Proc, String)> {
-    (1..=n)
+/// Starts `n` workers; the first serves the ready models of `serve` when given. Returns
+/// each with its metrics address, and the first one's Flight address.
+fn start_workers(
+    n: usize,
+    coordinators: &[String],
+    serve: Option<&Path>,
+) -> (Vec<(Proc, String)>, String) {
+    let mut first = String::new();
+    let workers = (1..=n)
         .map(|i| {
             let mut args = vec!["worker", "--threads", "1", "--token", TOKEN];
             for a in coordinators {
                 args.extend_from_slice(&["--coordinator", a]);
             }
+            if let (1, Some(dir)) = (i, serve) {
+                args.extend_from_slice(&["--serve-data", path(dir)]);
+            }
             let w = Proc::start(&format!("worker {i}"), &args);
-            let metrics = word_after(&w.line("listening on", 60), "metrics").to_string();
+            let listening = w.line("listening on", 60);
+            if i == 1 {
+                first = word_after(&listening, "on").to_string();
+            }
+            let metrics = word_after(&listening, "metrics").to_string();
             w.line("registered as", 60);
             (w, metrics)
         })
-        .collect()
+        .collect();
+    (workers, first)
 }
 
 #[test]
@@ -386,7 +401,7 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     .expect("config");
     let nodes = three_coordinators(root, 3000);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-    let mut workers = start_workers(3, &addrs);
+    let (mut workers, serving) = start_workers(3, &addrs, Some(&data));
 
     let out = root.join("cluster-model");
     let mut args = vec!["train", CHURN, "--data", path(&data), "--out", path(&out)];
@@ -419,6 +434,12 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     let jobs = admin(&["jobs"], &addrs);
     assert_eq!(jobs[0]["state"], "ready");
     assert_eq!(jobs[0]["attempt"], 2, "{jobs}");
+    // The first worker serves the ready model over its Flight service, under the name of
+    // the job's output directory, once the coordinator says it is ready.
+    workers[0].0.line("serving model", 60);
+    let scores = score_over_flight(&serving, "cluster-model", &["CU-1003", "CU-1001"]);
+    assert_eq!(scores.len(), 2, "{scores:?}");
+    assert!(scores.iter().all(|p| (0.0..=1.0).contains(p)), "{scores:?}");
     // The survivors stepped in lockstep through both attempts (the same count), and say
     // so on /metrics.
     let steps: Vec<u64> = workers
@@ -452,6 +473,50 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     eprintln!("test AUROC: 3 workers {c:.4}, 1 worker {l:.4}");
     assert!((c - l).abs() <= 0.01, "3 workers {c}, 1 worker {l}");
     assert!(c > 0.55, "the model learned nothing: {c}");
+}
+
+/// The churn probabilities of `keys` from model `model` of the Flight service at `addr`.
+fn score_over_flight(addr: &str, model: &str, keys: &[&str]) -> Vec<f64> {
+    use futures::TryStreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut c = arrow_flight::FlightClient::new(channel);
+        let session = c
+            .handshake(TOKEN.as_bytes().to_vec())
+            .await
+            .expect("handshake");
+        let session = String::from_utf8(session.to_vec()).expect("utf8 session");
+        c.add_header("authorization", &format!("Bearer {session}"))
+            .expect("header");
+        let ticket = serde_json::json!({"v": 1, "model": model, "keys": keys}).to_string();
+        let batches: Vec<arrow::array::RecordBatch> = c
+            .do_get(arrow_flight::Ticket::new(ticket))
+            .await
+            .expect("do_get")
+            .try_collect()
+            .await
+            .expect("batches");
+        batches
+            .iter()
+            .flat_map(|b| {
+                let p = b
+                    .column_by_name("prob")
+                    .expect("prob")
+                    .as_any()
+                    .downcast_ref::<arrow::array::Float64Array>()
+                    .expect("f64");
+                p.values().to_vec()
+            })
+            .collect()
+    })
 }
 
 #[test]

@@ -273,14 +273,19 @@ impl SampleService {
 
 /// The Flight server of a worker's `service` (and nothing else); every call needs
 /// `token` when one is given.
-pub fn server(service: SampleService, token: Option<String>) -> FlightServiceServer<NodeService> {
+/// A worker's Flight server: the sampling data plane, and with `serving` its models.
+pub fn server(
+    service: SampleService,
+    token: Option<String>,
+    serving: Option<Arc<crate::serve::Serving>>,
+) -> FlightServiceServer<NodeService> {
     let limits = Limits {
         message: MAX_MESSAGE,
         ..Limits::default()
     };
     let node = NodeService {
         sampling: service,
-        serving: None,
+        serving,
         sessions: Arc::new(Sessions::new(token)),
     };
     crate::serve::flight::server(node, &limits)
@@ -306,7 +311,7 @@ pub async fn serve_loopback(
 /// Serves `service` alone on `listener` until the runtime stops.
 pub fn serve(listener: TcpListener, service: SampleService, token: Option<String>) {
     let incoming = relgraph_coordinator::service::incoming(listener);
-    let server = server(service, token);
+    let server = server(service, token, None);
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(server)

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use relgraph_common::Database;
 use relgraph_coordinator::auth::check_token;
 use relgraph_coordinator::client::AdminClient;
 use relgraph_proto::cluster::collective_server::CollectiveServer;
 use relgraph_proto::cluster::{
-    HeartbeatRequest, Job, JobProgress, JobState, RegisterWorker, TableInfo,
+    HeartbeatRequest, Job, JobProgress, JobState, ListRequest, RegisterWorker, TableInfo,
 };
 use relgraph_worker::model::parallel::Collective;
 use relgraph_worker::model::{
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 use tonic::Code;
 
 use crate::pql::{DataArgs, label_all, prepare};
+use crate::serve::{Limits, Serving};
 use crate::train::{report_json, save_trained};
 
 /// Partitions of a data-parallel job's graph per worker (placement granularity).
@@ -54,6 +56,11 @@ pub struct WorkerConfig {
     pub metrics_listen: String,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// A database directory whose ready models this worker serves over its Flight
+    /// service (scores, recommendations, explanations), each under the name of its
+    /// job's output directory; a newer ready model for the same name is swapped in.
+    #[serde(default)]
+    pub serve_data: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -77,6 +84,7 @@ impl Default for WorkerConfig {
             token: None,
             metrics_listen: default_metrics_listen(),
             heartbeat_ms: default_heartbeat_ms(),
+            serve_data: None,
         }
     }
 }
@@ -93,6 +101,8 @@ pub struct Worker {
     pub addr: SocketAddr,
     mailbox: Arc<Mailbox>,
     sampling: SampleService,
+    /// With `serve_data`: the served database and models.
+    serving: Option<Arc<Serving>>,
 }
 
 impl Worker {
@@ -105,7 +115,15 @@ impl Worker {
         let mailbox = Arc::new(Mailbox::default());
         let service = CollectiveService(mailbox.clone());
         let sampling = SampleService::default();
-        let flight = flight::server(sampling.clone(), config.token.clone());
+        let serving = match &config.serve_data {
+            None => None,
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                let db = tokio::task::spawn_blocking(move || Database::load(&dir, None)).await??;
+                Some(Arc::new(Serving::new(db, None, Limits::default())?))
+            }
+        };
+        let flight = flight::server(sampling.clone(), config.token.clone(), serving.clone());
         let token = config.token.clone();
         let incoming = relgraph_coordinator::service::incoming(listener);
         tokio::spawn(async move {
@@ -124,7 +142,62 @@ impl Worker {
             addr,
             mailbox,
             sampling,
+            serving,
         })
+    }
+
+    /// Loads the ready models of the served database that are newer than those serving
+    /// (`served`: model id by name).
+    async fn follow_models(&self, client: &mut AdminClient, served: &mut HashMap<String, u64>) {
+        let (Some(serving), Some(dir)) = (&self.serving, &self.config.serve_data) else {
+            return;
+        };
+        let (models, jobs) = match (
+            client
+                .call(|mut c| async move { c.models(ListRequest { current: false }).await })
+                .await,
+            client
+                .call(|mut c| async move { c.jobs(ListRequest { current: false }).await })
+                .await,
+        ) {
+            (Ok(m), Ok(j)) => (m.models, j.jobs),
+            (Err(s), _) | (_, Err(s)) => {
+                tracing::warn!("cannot list models: {}", s.message());
+                return;
+            }
+        };
+        let same = |a: &str| {
+            let canon = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+            canon(a) == canon(dir)
+        };
+        for m in models {
+            let Some(job) = jobs.iter().find(|j| j.id == m.job) else {
+                continue;
+            };
+            if job.state() != JobState::Ready || !same(&job.data_dir) {
+                continue;
+            }
+            let name = Path::new(&job.output_dir).file_name().map_or_else(
+                || format!("model-{}", m.id),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            if served.get(&name).is_some_and(|&id| id >= m.id) {
+                continue;
+            }
+            let (serving, path, loaded) = (serving.clone(), PathBuf::from(&m.path), name.clone());
+            match tokio::task::spawn_blocking(move || serving.load_model(&loaded, &path)).await {
+                Ok(Ok(version)) => {
+                    println!("serving model {} as `{name}` (version {version})", m.id);
+                    served.insert(name, m.id);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot serve model {}: {e:#}", m.id);
+                    // Not retried every beat: a later model for the name is.
+                    served.insert(name, m.id);
+                }
+                Err(e) => tracing::warn!("model loader: {e}"),
+            }
+        }
     }
 
     pub async fn run(self) -> Result<()> {
@@ -135,10 +208,12 @@ impl Worker {
         let mut id: Option<u64> = None;
         let mut beat = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut served: HashMap<String, u64> = HashMap::new();
         loop {
             tokio::select! {
                 _ = beat.tick() => {
                     running.retain(|_, r| !r.thread.is_finished());
+                    self.follow_models(&mut client, &mut served).await;
                     let worker = match id {
                         Some(w) => w,
                         None => {
@@ -254,7 +329,7 @@ impl Group {
     fn split(
         &self,
         job: &Job,
-        db: &relgraph_common::Database,
+        db: &Database,
         stop: &Arc<AtomicBool>,
     ) -> Result<Option<FlightSplit>> {
         let Some(rank) = self.rank(job)? else {
