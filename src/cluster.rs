@@ -43,6 +43,10 @@ pub struct CoordinatorArgs {
     token: Option<String>,
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Also serve a Flight router here: one address for clients, forwarding each
+    /// ticket to a worker that serves its model.
+    #[arg(long)]
+    flight_listen: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -192,6 +196,25 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
     metrics_http::install()?;
     runtime()?.block_on(async {
         let c = start_coordinator(&config).await?;
+        if let Some(addr) = &args.flight_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("router: cannot listen on {addr}"))?;
+            let local = listener.local_addr()?;
+            let router =
+                crate::serve::router::Router::new(vec![c.addr.to_string()], config.token.clone());
+            let incoming = service::incoming(listener);
+            tokio::spawn(async move {
+                let result = tonic::transport::Server::builder()
+                    .add_service(crate::serve::router::server(router))
+                    .serve_with_incoming(incoming)
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!("router stopped: {e}");
+                }
+            });
+            println!("router listening on {local}");
+        }
         until_stopped().await;
         c.stop();
         Ok(())

@@ -17,6 +17,7 @@ mod dataset;
 mod executor;
 pub mod flight;
 mod recommend;
+pub mod router;
 pub mod server;
 pub mod topk;
 

@@ -116,7 +116,13 @@ fn word_after<'a>(line: &'a str, key: &str) -> &'a str {
 
 /// Starts coordinator `id`; joins `join` when given. Returns it with its gRPC and
 /// metrics addresses.
-fn coordinator(dir: &Path, id: u64, join: Option<&str>, lease_ms: u64) -> (Proc, String, String) {
+/// Coordinator `id` with its Flight router: (process, gRPC, metrics, router addresses).
+fn coordinator(
+    dir: &Path,
+    id: u64,
+    join: Option<&str>,
+    lease_ms: u64,
+) -> (Proc, String, String, String) {
     let data = dir.join(format!("coordinator-{id}"));
     let config = dir.join(format!("coordinator-{id}.toml"));
     let mut text = format!(
@@ -129,12 +135,19 @@ fn coordinator(dir: &Path, id: u64, join: Option<&str>, lease_ms: u64) -> (Proc,
     std::fs::write(&config, text).expect("write config");
     let p = Proc::start(
         &format!("coordinator {id}"),
-        &["coordinator", "--config", path(&config)],
+        &[
+            "coordinator",
+            "--config",
+            path(&config),
+            "--flight-listen",
+            "127.0.0.1:0",
+        ],
     );
     let line = p.line("listening on", 60);
     let addr = word_after(&line, "on").to_string();
     let metrics = word_after(&line, "metrics").to_string();
-    (p, addr, metrics)
+    let router = word_after(&p.line("router listening on", 60), "on").to_string();
+    (p, addr, metrics, router)
 }
 
 /// `GET /metrics` over a plain socket.
@@ -181,7 +194,7 @@ fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     panic!("timed out after {secs} s waiting for {what}");
 }
 
-fn three_coordinators(dir: &Path, lease_ms: u64) -> Vec<(Proc, String, String)> {
+fn three_coordinators(dir: &Path, lease_ms: u64) -> Vec<(Proc, String, String, String)> {
     let first = coordinator(dir, 1, None, lease_ms);
     let a1 = first.1.clone();
     let mut all = vec![first];
@@ -241,7 +254,7 @@ fn three_coordinators_elect_redirect_authenticate_and_survive_their_leader() {
         assert!(text.contains("relgraph_raft_commit_index"), "{text}");
     }
     // Kill the leader: the other two elect a new one, and still answer.
-    let (leader_proc, _, _) = nodes.remove((old - 1) as usize);
+    let (leader_proc, ..) = nodes.remove((old - 1) as usize);
     leader_proc.kill();
     let rest: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
     let status = until(30, "a new leader", || {
@@ -299,7 +312,7 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
     });
     let s = admin(&["status"], &addrs);
     let old = leader(&s).expect("leader");
-    let (p, _, _) = nodes.remove((old - 1) as usize);
+    let (p, ..) = nodes.remove((old - 1) as usize);
     p.kill();
     let rest: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
     // The job goes on under the new leader: another checkpoint is recorded.
@@ -440,6 +453,9 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     let scores = score_over_flight(&serving, "cluster-model", &["CU-1003", "CU-1001"]);
     assert_eq!(scores.len(), 2, "{scores:?}");
     assert!(scores.iter().all(|p| (0.0..=1.0).contains(p)), "{scores:?}");
+    // Any coordinator's router finds that worker and forwards the same ticket to it.
+    let routed = score_over_flight(&nodes[2].3, "cluster-model", &["CU-1003", "CU-1001"]);
+    assert_eq!(routed, scores);
     // The survivors stepped in lockstep through both attempts (the same count), and say
     // so on /metrics.
     let steps: Vec<u64> = workers

@@ -123,6 +123,36 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A handshake's answer stream.
+pub type HandshakeStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<arrow_flight::HandshakeResponse, Status>> + Send>,
+>;
+
+/// Answers a Flight `Handshake`: the token as the Basic auth password (what pyarrow's
+/// `authenticate_basic_token` sends) or as the first message's payload buys a session
+/// token, returned as the payload and as an `authorization: Bearer` header.
+pub async fn handshake(
+    sessions: &Sessions,
+    request: tonic::Request<tonic::Streaming<arrow_flight::HandshakeRequest>>,
+) -> Result<tonic::Response<HandshakeStream>, Status> {
+    let basic = basic_password(request.metadata());
+    let first = request.into_inner().message().await?;
+    let payload = first.map(|m| m.payload).filter(|p| !p.is_empty());
+    let presented = basic.or_else(|| payload.map(|p| p.to_vec()));
+    let session = sessions.open(presented.as_deref())?;
+    let answer = arrow_flight::HandshakeResponse {
+        protocol_version: 0,
+        payload: session.clone().into_bytes().into(),
+    };
+    let mut response: tonic::Response<HandshakeStream> =
+        tonic::Response::new(Box::pin(futures::stream::iter([Ok(answer)])));
+    let header = format!("Bearer {session}")
+        .parse()
+        .map_err(|_| Status::internal("session token"))?;
+    response.metadata_mut().insert("authorization", header);
+    Ok(response)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,3 +198,4 @@ mod tests {
         assert!(Sessions::new(None).check(&MetadataMap::new()).is_ok());
     }
 }
+

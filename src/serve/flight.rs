@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Sessions, basic_password};
+use super::auth::{self, Sessions};
 use super::executor::{blocking, submit};
 use super::{Limits, ServeError, Served, Serving, Ticket as ScoreTicket};
 use crate::cluster::flight::SampleService;
@@ -364,23 +364,7 @@ impl FlightService for NodeService {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        let basic = basic_password(request.metadata());
-        let mut stream = request.into_inner();
-        let first = stream.message().await?;
-        let payload = first.map(|m| m.payload).filter(|p| !p.is_empty());
-        let presented = basic.or_else(|| payload.map(|p| p.to_vec()));
-        let session = self.sessions.open(presented.as_deref())?;
-        let answer = HandshakeResponse {
-            protocol_version: 0,
-            payload: session.clone().into_bytes().into(),
-        };
-        let mut response: Response<Self::HandshakeStream> =
-            Response::new(Box::pin(futures::stream::iter([Ok(answer)])));
-        let header = format!("Bearer {session}")
-            .parse()
-            .map_err(|_| Status::internal("session token"))?;
-        response.metadata_mut().insert("authorization", header);
-        Ok(response)
+        auth::handshake(&self.sessions, request).await
     }
 
     async fn list_flights(

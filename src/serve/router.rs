@@ -1,0 +1,333 @@
+//! The coordinator's Flight router: one address for clients, which finds the workers
+//! serving the model a ticket names (`relgraph worker --serve-data`) and forwards the
+//! call to one of them, streaming its answer back untouched.
+//!
+//! Workers come from the coordinator's status (live ones only); which models each one
+//! serves, from its `ListFlights`, asked again at most every [`REFRESH`] and whenever a
+//! ticket names a model no known worker serves. Requests for a model go round-robin over
+//! the workers serving it. `DoGet`, `GetFlightInfo`, `GetSchema` and `ListFlights` are
+//! forwarded; `DoExchange` and `DoPut` are answered with where to send them instead.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::TryStreamExt;
+use relgraph_coordinator::client::AdminClient;
+use relgraph_proto::cluster::StatusRequest;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{self, Sessions};
+
+/// How long a worker's list of models is trusted.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// A worker's Flight client with its session.
+#[derive(Clone)]
+struct Upstream {
+    client: FlightServiceClient<Channel>,
+    session: Option<String>,
+}
+
+impl Upstream {
+    fn request<T>(&self, message: T) -> Result<Request<T>, Status> {
+        let mut r = Request::new(message);
+        if let Some(s) = &self.session {
+            let value = format!("Bearer {s}")
+                .parse()
+                .map_err(|_| Status::internal("session token"))?;
+            r.metadata_mut().insert("authorization", value);
+        }
+        Ok(r)
+    }
+}
+
+#[derive(Default)]
+struct Routes {
+    /// Worker address -> its client (kept across refreshes).
+    upstreams: BTreeMap<String, Upstream>,
+    /// Model name -> addresses of the workers serving it.
+    models: BTreeMap<String, Vec<String>>,
+    refreshed: Option<Instant>,
+}
+
+pub struct Router {
+    coordinators: Vec<String>,
+    token: Option<String>,
+    sessions: Arc<Sessions>,
+    routes: Mutex<Routes>,
+    next: AtomicUsize,
+}
+
+impl Router {
+    pub fn new(coordinators: Vec<String>, token: Option<String>) -> Self {
+        Router {
+            sessions: Arc::new(Sessions::new(token.clone())),
+            coordinators,
+            token,
+            routes: Mutex::new(Routes::default()),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Upstream, Status> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("worker {addr}: {e}")))?;
+        let mut client = FlightServiceClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let session = match &self.token {
+            None => None,
+            Some(t) => {
+                let hello = HandshakeRequest {
+                    protocol_version: 0,
+                    payload: t.clone().into_bytes().into(),
+                };
+                let mut answers = client
+                    .handshake(futures::stream::iter([hello]))
+                    .await?
+                    .into_inner();
+                let answer = answers
+                    .message()
+                    .await?
+                    .ok_or_else(|| Status::unavailable(format!("worker {addr}: no session")))?;
+                Some(String::from_utf8_lossy(&answer.payload).into_owned())
+            }
+        };
+        Ok(Upstream { client, session })
+    }
+
+    /// Asks the coordinators for the live workers and each of them for its models.
+    async fn refresh(&self, routes: &mut Routes) -> Result<(), Status> {
+        let mut admin = AdminClient::new(self.coordinators.clone(), self.token.clone());
+        let status = admin
+            .call(|mut c| async move { c.status(StatusRequest {}).await })
+            .await?;
+        let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for w in status.workers.iter().filter(|w| w.alive) {
+            let upstream = match routes.upstreams.get(&w.addr) {
+                Some(u) => u.clone(),
+                None => match self.connect(&w.addr).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!("router: {}", e.message());
+                        continue;
+                    }
+                },
+            };
+            let mut client = upstream.client.clone();
+            let listed = async {
+                let infos: Vec<FlightInfo> = client
+                    .list_flights(upstream.request(Criteria::default())?)
+                    .await?
+                    .into_inner()
+                    .try_collect()
+                    .await?;
+                Ok::<_, Status>(infos)
+            };
+            match listed.await {
+                Ok(infos) => {
+                    for info in infos {
+                        let model = info
+                            .flight_descriptor
+                            .as_ref()
+                            .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.cmd).ok())
+                            .and_then(|v| v["model"].as_str().map(str::to_string));
+                        if let Some(m) = model {
+                            models.entry(m).or_default().push(w.addr.clone());
+                        }
+                    }
+                    routes.upstreams.insert(w.addr.clone(), upstream);
+                }
+                // A worker without models answers UNIMPLEMENTED: not a serving worker.
+                Err(s) if s.code() == tonic::Code::Unimplemented => {}
+                Err(s) => {
+                    tracing::warn!("router: worker {}: {}", w.addr, s.message());
+                    routes.upstreams.remove(&w.addr);
+                }
+            }
+        }
+        routes.models = models;
+        routes.refreshed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A worker serving `model` (round-robin), refreshing the routes when they are old or
+    /// know no worker for it.
+    async fn upstream(&self, model: &str) -> Result<Upstream, Status> {
+        let mut routes = self.routes.lock().await;
+        let stale = routes.refreshed.is_none_or(|t| t.elapsed() > REFRESH);
+        if stale || !routes.models.contains_key(model) {
+            self.refresh(&mut routes).await?;
+        }
+        let addrs = routes
+            .models
+            .get(model)
+            .ok_or_else(|| Status::not_found(format!("no worker serves a model `{model}`")))?;
+        let addr = &addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()];
+        routes
+            .upstreams
+            .get(addr)
+            .cloned()
+            .ok_or_else(|| Status::unavailable(format!("worker {addr} went away")))
+    }
+
+    fn model_of(bytes: &[u8]) -> Result<String, Status> {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v["model"].as_str().map(str::to_string))
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "the router needs a ticket or command naming a model ({\"v\":1,\"model\":...})",
+                )
+            })
+    }
+}
+
+/// The router's Flight server.
+pub fn server(router: Router) -> FlightServiceServer<Router> {
+    FlightServiceServer::new(router)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+#[tonic::async_trait]
+impl FlightService for Router {
+    type HandshakeStream = auth::HandshakeStream;
+    type ListFlightsStream = Stream<FlightInfo>;
+    type DoGetStream = Stream<FlightData>;
+    type DoPutStream = Stream<PutResult>;
+    type DoExchangeStream = Stream<FlightData>;
+    type DoActionStream = Stream<arrow_flight::Result>;
+    type ListActionsStream = Stream<ActionType>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        auth::handshake(&self.sessions, request).await
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.sessions.check(request.metadata())?;
+        let mut routes = self.routes.lock().await;
+        self.refresh(&mut routes).await?;
+        let mut infos = Vec::new();
+        for (model, addrs) in &routes.models {
+            let upstream = &routes.upstreams[&addrs[0]];
+            let descriptor =
+                FlightDescriptor::new_cmd(serde_json::json!({"v": 1, "model": model}).to_string());
+            let info = upstream
+                .client
+                .clone()
+                .get_flight_info(upstream.request(descriptor)?)
+                .await?
+                .into_inner();
+            infos.push(Ok(info));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(infos))))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.sessions.check(request.metadata())?;
+        let descriptor = request.into_inner();
+        let upstream = self.upstream(&Self::model_of(&descriptor.cmd)?).await?;
+        upstream
+            .client
+            .clone()
+            .get_flight_info(upstream.request(descriptor)?)
+            .await
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("PollFlightInfo: use GetFlightInfo"))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        self.sessions.check(request.metadata())?;
+        let descriptor = request.into_inner();
+        let upstream = self.upstream(&Self::model_of(&descriptor.cmd)?).await?;
+        upstream
+            .client
+            .clone()
+            .get_schema(upstream.request(descriptor)?)
+            .await
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        self.sessions.check(request.metadata())?;
+        let ticket = request.into_inner();
+        let upstream = self.upstream(&Self::model_of(&ticket.ticket)?).await?;
+        metrics::counter!("relgraph_router_gets_total").increment(1);
+        let answer = upstream
+            .client
+            .clone()
+            .do_get(upstream.request(ticket)?)
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(answer)))
+    }
+
+    async fn do_put(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented(
+            "the router forwards DoGet, GetFlightInfo, GetSchema and ListFlights; append rows on a serving node (`relgraph serve`)",
+        ))
+    }
+
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented(
+            "the router forwards DoGet, GetFlightInfo, GetSchema and ListFlights; open exchanges with a worker that serves the model",
+        ))
+    }
+
+    async fn do_action(
+        &self,
+        _: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented("the router has no actions"))
+    }
+
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+}
