@@ -198,4 +198,3 @@ mod tests {
         assert!(Sessions::new(None).check(&MetadataMap::new()).is_ok());
     }
 }
-
