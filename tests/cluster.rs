@@ -456,6 +456,9 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     // Any coordinator's router finds that worker and forwards the same ticket to it.
     let routed = score_over_flight(&nodes[2].3, "cluster-model", &["CU-1003", "CU-1001"]);
     assert_eq!(routed, scores);
+    let exchanged =
+        exchange_over_flight(&nodes[2].3, "cluster-model", &[&["CU-1003"], &["CU-1001"]]);
+    assert_eq!(exchanged, scores);
     // The survivors stepped in lockstep through both attempts (the same count), and say
     // so on /metrics.
     let steps: Vec<u64> = workers
@@ -491,9 +494,8 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     assert!(c > 0.55, "the model learned nothing: {c}");
 }
 
-/// The churn probabilities of `keys` from model `model` of the Flight service at `addr`.
-fn score_over_flight(addr: &str, model: &str, keys: &[&str]) -> Vec<f64> {
-    use futures::TryStreamExt;
+/// Runs `f` with an authenticated Flight client of `addr` on a runtime of its own.
+fn with_flight<T>(addr: &str, f: impl AsyncFnOnce(&mut arrow_flight::FlightClient) -> T) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -512,6 +514,29 @@ fn score_over_flight(addr: &str, model: &str, keys: &[&str]) -> Vec<f64> {
         let session = String::from_utf8(session.to_vec()).expect("utf8 session");
         c.add_header("authorization", &format!("Bearer {session}"))
             .expect("header");
+        f(&mut c).await
+    })
+}
+
+fn probs(batches: &[arrow::array::RecordBatch]) -> Vec<f64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let p = b
+                .column_by_name("prob")
+                .expect("prob")
+                .as_any()
+                .downcast_ref::<arrow::array::Float64Array>()
+                .expect("f64");
+            p.values().to_vec()
+        })
+        .collect()
+}
+
+/// The churn probabilities of `keys` from model `model` of the Flight service at `addr`.
+fn score_over_flight(addr: &str, model: &str, keys: &[&str]) -> Vec<f64> {
+    use futures::TryStreamExt;
+    with_flight(addr, async |c| {
         let ticket = serde_json::json!({"v": 1, "model": model, "keys": keys}).to_string();
         let batches: Vec<arrow::array::RecordBatch> = c
             .do_get(arrow_flight::Ticket::new(ticket))
@@ -520,18 +545,38 @@ fn score_over_flight(addr: &str, model: &str, keys: &[&str]) -> Vec<f64> {
             .try_collect()
             .await
             .expect("batches");
-        batches
+        probs(&batches)
+    })
+}
+
+/// The same through `DoExchange`, one request per element of `requests`.
+fn exchange_over_flight(addr: &str, model: &str, requests: &[&[&str]]) -> Vec<f64> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    use futures::TryStreamExt;
+    let schema = std::sync::Arc::new(Schema::new(vec![Field::new("key", DataType::Utf8, false)]));
+    let batches: Vec<Result<arrow::array::RecordBatch, arrow_flight::error::FlightError>> =
+        requests
             .iter()
-            .flat_map(|b| {
-                let p = b
-                    .column_by_name("prob")
-                    .expect("prob")
-                    .as_any()
-                    .downcast_ref::<arrow::array::Float64Array>()
-                    .expect("f64");
-                p.values().to_vec()
+            .map(|keys| {
+                let column = std::sync::Arc::new(arrow::array::StringArray::from(keys.to_vec()));
+                Ok(arrow::array::RecordBatch::try_new(schema.clone(), vec![column]).expect("keys"))
             })
-            .collect()
+            .collect();
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(
+        serde_json::json!({"v": 1, "model": model}).to_string(),
+    );
+    with_flight(addr, async |c| {
+        let input = arrow_flight::encode::FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(descriptor))
+            .build(futures::stream::iter(batches));
+        let answers: Vec<arrow::array::RecordBatch> = c
+            .do_exchange(input)
+            .await
+            .expect("exchange")
+            .try_collect()
+            .await
+            .expect("answers");
+        probs(&answers)
     })
 }
 

@@ -5,8 +5,9 @@
 //! Workers come from the coordinator's status (live ones only); which models each one
 //! serves, from its `ListFlights`, asked again at most every [`REFRESH`] and whenever a
 //! ticket names a model no known worker serves. Requests for a model go round-robin over
-//! the workers serving it. `DoGet`, `GetFlightInfo`, `GetSchema` and `ListFlights` are
-//! forwarded; `DoExchange` and `DoPut` are answered with where to send them instead.
+//! the workers serving it. `DoGet`, `DoExchange` (the whole stream to one worker),
+//! `GetFlightInfo`, `GetSchema` and `ListFlights` are forwarded; `DoPut` is answered
+//! with where to send it instead.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -20,7 +21,7 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use relgraph_coordinator::client::AdminClient;
 use relgraph_proto::cluster::StatusRequest;
 use tokio::sync::Mutex;
@@ -304,17 +305,46 @@ impl FlightService for Router {
         _: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         Err(Status::unimplemented(
-            "the router forwards DoGet, GetFlightInfo, GetSchema and ListFlights; append rows on a serving node (`relgraph serve`)",
+            "the router forwards scores, not appends: append rows on a serving node (`relgraph serve`)",
         ))
     }
 
     async fn do_exchange(
         &self,
-        _: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented(
-            "the router forwards DoGet, GetFlightInfo, GetSchema and ListFlights; open exchanges with a worker that serves the model",
-        ))
+        self.sessions.check(request.metadata())?;
+        let mut incoming = request.into_inner();
+        let first = incoming.message().await?.ok_or_else(|| {
+            Status::invalid_argument(
+                "an exchange starts with a message whose descriptor names the model",
+            )
+        })?;
+        let cmd = first
+            .flight_descriptor
+            .as_ref()
+            .map(|d| d.cmd.clone())
+            .unwrap_or_default();
+        let upstream = self.upstream(&Self::model_of(&cmd)?).await?;
+        metrics::counter!("relgraph_router_exchanges_total").increment(1);
+        // The client's messages go on as they come; a broken client stream ends ours.
+        let (tx, rx) = tokio::sync::mpsc::channel::<FlightData>(4);
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = incoming.message().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let outgoing = futures::stream::once(async { first }).chain(rest);
+        let answer = upstream
+            .client
+            .clone()
+            .do_exchange(upstream.request(outgoing)?)
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(answer)))
     }
 
     async fn do_action(
