@@ -46,6 +46,25 @@ fn explain(model: &Path, data: &Path, entities: &[String], method: &str) -> Vec<
     serde_json::from_str(&relgraph(&args)).expect("a JSON list")
 }
 
+/// `relgraph predict --format csv` (with `more` flags) into `out`; the file's text.
+fn predict_csv(query: &str, model: &Path, data: &Path, out: &Path, more: &[&str]) -> String {
+    let mut args = vec![
+        "predict",
+        query,
+        "--model",
+        path(model),
+        "--data",
+        path(data),
+        "--out",
+        path(out),
+        "--format",
+        "csv",
+    ];
+    args.extend_from_slice(more);
+    relgraph(&args);
+    std::fs::read_to_string(out).expect("csv")
+}
+
 #[test]
 fn the_planted_column_explains_the_label() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -142,20 +161,7 @@ fn the_planted_column_explains_the_label() {
 
     // predict --explain adds each entity's top columns and rows.
     let out = dir.path().join("explained.csv");
-    relgraph(&[
-        "predict",
-        QUERY,
-        "--model",
-        path(&model),
-        "--data",
-        path(&data),
-        "--out",
-        path(&out),
-        "--format",
-        "csv",
-        "--explain",
-    ]);
-    let text = std::fs::read_to_string(&out).expect("csv");
+    let text = predict_csv(QUERY, &model, &data, &out, &["--explain"]);
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),
@@ -204,19 +210,7 @@ fn counterfactual_uplift_beats_the_t_learner_and_random() {
     ]);
     // Scored twice per user: with, without, and their difference.
     let out = dir.path().join("uplift.csv");
-    relgraph(&[
-        "predict",
-        query,
-        "--model",
-        path(&model),
-        "--data",
-        path(&data),
-        "--out",
-        path(&out),
-        "--format",
-        "csv",
-    ]);
-    let text = std::fs::read_to_string(&out).expect("csv");
+    let text = predict_csv(query, &model, &data, &out, &[]);
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),

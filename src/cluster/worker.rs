@@ -166,10 +166,9 @@ impl Worker {
                 return;
             }
         };
-        let same = |a: &str| {
-            let canon = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
-            canon(a) == canon(dir)
-        };
+        let canon = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+        let dir = canon(dir);
+        let same = |a: &str| canon(a) == dir;
         for m in models {
             let Some(job) = jobs.iter().find(|j| j.id == m.job) else {
                 continue;

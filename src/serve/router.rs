@@ -189,6 +189,17 @@ impl Router {
             .ok_or_else(|| Status::unavailable(format!("worker {addr} went away")))
     }
 
+    /// Checks the caller's session and finds a worker for the model `bytes` (a ticket or
+    /// a descriptor's command) names.
+    async fn route(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        bytes: &[u8],
+    ) -> Result<Upstream, Status> {
+        self.sessions.check(metadata)?;
+        self.upstream(&Self::model_of(bytes)?).await
+    }
+
     fn model_of(bytes: &[u8]) -> Result<String, Status> {
         serde_json::from_slice::<serde_json::Value>(bytes)
             .ok()
@@ -252,9 +263,10 @@ impl FlightService for Router {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.sessions.check(request.metadata())?;
+        let upstream = self
+            .route(request.metadata(), &request.get_ref().cmd)
+            .await?;
         let descriptor = request.into_inner();
-        let upstream = self.upstream(&Self::model_of(&descriptor.cmd)?).await?;
         upstream
             .client
             .clone()
@@ -273,9 +285,10 @@ impl FlightService for Router {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        self.sessions.check(request.metadata())?;
+        let upstream = self
+            .route(request.metadata(), &request.get_ref().cmd)
+            .await?;
         let descriptor = request.into_inner();
-        let upstream = self.upstream(&Self::model_of(&descriptor.cmd)?).await?;
         upstream
             .client
             .clone()
@@ -287,9 +300,10 @@ impl FlightService for Router {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        self.sessions.check(request.metadata())?;
+        let upstream = self
+            .route(request.metadata(), &request.get_ref().ticket)
+            .await?;
         let ticket = request.into_inner();
-        let upstream = self.upstream(&Self::model_of(&ticket.ticket)?).await?;
         metrics::counter!("relgraph_router_gets_total").increment(1);
         let answer = upstream
             .client

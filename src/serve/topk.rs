@@ -237,11 +237,17 @@ impl ItemSearch {
     }
 }
 
+/// Whether the AVX2 + FMA kernels can run here (checked at run time).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// `out[r]` = `query` · row `r` of `rows` (row-major, `query.len()` wide).
 pub fn dots(query: &[f32], rows: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU has both features, checked just above.
         unsafe { avx2::dots(query, rows, out) };
         return;
@@ -253,7 +259,7 @@ pub fn dots(query: &[f32], rows: &[f32], out: &mut [f32]) {
 fn int8_dots(query: &[f32], rows: &[i8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU has both features, checked just above.
         unsafe { avx2::int8_dots(query, rows, out) };
         return;

@@ -519,9 +519,9 @@ impl Model {
                         .map(|o| o[lo..hi].iter().map(|&b| f32::from(u8::from(b))).collect());
                     let y = self.net.predict_treated(&mut tape, seeds, t.as_deref());
                     raw.extend(tape.value(y).to_host(&self.backend));
-                    if both {
-                        let ones = vec![1f32; hi - lo];
-                        let y = self.net.predict_treated(&mut tape, seeds, Some(&ones));
+                    // Treated: the untreated output plus the treatment's effect.
+                    if both && let Some(u) = self.net.effect(&mut tape, seeds) {
+                        let y = tape.add(y, u);
                         treated_raw.extend(tape.value(y).to_host(&self.backend));
                     }
                     return Ok(true);
