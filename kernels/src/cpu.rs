@@ -92,7 +92,8 @@ fn lane_dot<E: Real>(a: &[E], b: &[E]) -> E {
         + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
 }
 
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64's finaliser: dropout masks hash (seed, position) through it.
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -672,20 +673,7 @@ impl<E: Real> Backend for Cpu<E> {
     }
 
     fn group_by(&self, idx: &Index<Self>, rows: usize) -> (Index<Self>, Index<Self>) {
-        let mut offsets = vec![0u32; rows + 1];
-        for &i in &idx.data {
-            assert!((i as usize) < rows, "group_by: id {i} of {rows} rows");
-            offsets[i as usize + 1] += 1;
-        }
-        for r in 0..rows {
-            offsets[r + 1] += offsets[r];
-        }
-        let mut cursor = offsets[..rows].to_vec();
-        let mut perm = vec![0u32; idx.len];
-        for (position, &i) in idx.data.iter().enumerate() {
-            perm[cursor[i as usize] as usize] = position as u32;
-            cursor[i as usize] += 1;
-        }
+        let (perm, offsets) = group_ids(&idx.data, rows);
         (index(perm), index(offsets))
     }
 
@@ -695,14 +683,7 @@ impl<E: Real> Backend for Cpu<E> {
             "coalesce: {} rows, {} ids",
             dy.rows, idx.len
         );
-        let mut ids = idx.data.clone();
-        ids.sort_unstable();
-        ids.dedup();
-        let local: Vec<u32> = idx
-            .data
-            .iter()
-            .map(|i| ids.binary_search(i).unwrap_or_default() as u32)
-            .collect();
+        let (ids, local) = distinct_ids(&idx.data);
         let sums = self.scatter_add_rows(dy, &index(local), ids.len());
         (index(ids), sums)
     }
@@ -830,6 +811,37 @@ impl<E: Real> Backend for Cpu<E> {
             }
         }
     }
+}
+
+/// [`Backend::group_by`] over host ids: `(perm, offsets)`, a counting sort.
+pub(crate) fn group_ids(ids: &[u32], rows: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut offsets = vec![0u32; rows + 1];
+    for &i in ids {
+        assert!((i as usize) < rows, "group_by: id {i} of {rows} rows");
+        offsets[i as usize + 1] += 1;
+    }
+    for r in 0..rows {
+        offsets[r + 1] += offsets[r];
+    }
+    let mut cursor = offsets[..rows].to_vec();
+    let mut perm = vec![0u32; ids.len()];
+    for (position, &i) in ids.iter().enumerate() {
+        perm[cursor[i as usize] as usize] = position as u32;
+        cursor[i as usize] += 1;
+    }
+    (perm, offsets)
+}
+
+/// The distinct ids of `ids`, ascending, and each id's position among them.
+pub(crate) fn distinct_ids(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let mut distinct = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let local = ids
+        .iter()
+        .map(|i| distinct.binary_search(i).unwrap_or_default() as u32)
+        .collect();
+    (distinct, local)
 }
 
 const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)

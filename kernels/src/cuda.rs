@@ -1,10 +1,13 @@
 //! CUDA devices through cudarc, loaded at run time (feature `cuda`): nothing CUDA is
 //! needed to build or to run, and a machine without a driver gets an error, not a crash.
-//! This is the device layer a CUDA [`crate::Backend`] will stand on (a context and its
-//! stream per device, on which kernels launch asynchronously), and the hand-written
-//! kernels ([`SOURCE`], their launch arithmetic in [`crate::launch`]) with their NVRTC
-//! compilation to PTX, cached on disk per device architecture. The backend that launches
-//! them is not written yet.
+//! Here: devices (a context and the stream kernels launch on), the hand-written kernels
+//! ([`SOURCE`], their launch arithmetic in [`crate::launch`]) with their NVRTC
+//! compilation to PTX, cached on disk per device architecture, and [`Cuda`], the
+//! [`crate::Backend`] that launches them.
+
+mod backend;
+
+pub use backend::{Cuda, DeviceBuf};
 
 use std::sync::Arc;
 
@@ -22,6 +25,10 @@ pub enum CudaError {
         "no NVRTC library (libnvrtc.so.12) could be loaded: install NVIDIA's `nvidia-cuda-nvrtc-cu12` wheel (or the CUDA toolkit) and put its lib folder on LD_LIBRARY_PATH"
     )]
     NoNvrtc,
+    #[error(
+        "no cuBLAS library (libcublas.so.12) could be loaded: install the CUDA toolkit or NVIDIA's `nvidia-cublas-cu12` wheel and put its lib folder on LD_LIBRARY_PATH"
+    )]
+    NoCublas,
     #[error("NVRTC could not compile the kernels for {arch}: {log}")]
     Compile { arch: String, log: String },
 }

@@ -31,28 +31,174 @@ pub enum Scheme {
     BlockPerRow,
 }
 
-/// Every kernel of `kernels.cu` and its scheme.
-pub const KERNELS: &[(&str, Scheme)] = &[
-    ("gather_rows", Scheme::GridStride),
-    ("scatter_add_rows", Scheme::GridStride),
-    ("segment_reduce", Scheme::WarpPerSegment),
-    ("segment_reduce_backward", Scheme::WarpPerSegment),
-    ("scatter_reduce", Scheme::GridStride),
-    ("scatter_max_finish", Scheme::GridStride),
-    ("embedding_bag_backward_compact", Scheme::WarpPerSegment),
-    ("activation", Scheme::GridStride),
-    ("activation_backward", Scheme::GridStride),
-    ("add", Scheme::GridStride),
-    ("mul", Scheme::GridStride),
-    ("add_bias", Scheme::GridStride),
-    ("layer_norm", Scheme::BlockPerRow),
-    ("layer_norm_backward", Scheme::BlockPerRow),
-    ("bce_with_logits", Scheme::GridStride),
-    ("regression_loss", Scheme::GridStride),
-    ("softmax_cross_entropy", Scheme::BlockPerRow),
-    ("adam", Scheme::GridStride),
-    ("adam_sparse", Scheme::GridStride),
-];
+/// A kernel parameter as the source declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// `const float*`
+    F32s,
+    /// `float*`
+    F32sMut,
+    /// `const unsigned*`
+    U32s,
+    /// `const int*`
+    I32s,
+    /// `int*`
+    I32sMut,
+    /// `long long`
+    I64,
+    /// `int`
+    I32,
+    /// `float`
+    F32,
+    /// `double`
+    F64,
+    /// `unsigned long long`
+    U64,
+}
+
+impl Param {
+    /// The parameter a C declaration (type and name) declares, if it is one of these.
+    pub fn parse(declaration: &str) -> Option<Param> {
+        let words: Vec<&str> = declaration.split_whitespace().collect();
+        let (name, ty) = words.split_last()?;
+        let pointer = name.starts_with('*') || ty.last().is_some_and(|t| t.ends_with('*'));
+        let ty = ty.join(" ").trim_end_matches('*').to_string();
+        Some(match (ty.as_str(), pointer) {
+            ("const float", true) => Param::F32s,
+            ("float", true) => Param::F32sMut,
+            ("const unsigned", true) => Param::U32s,
+            ("const int", true) => Param::I32s,
+            ("int", true) => Param::I32sMut,
+            ("long long", false) => Param::I64,
+            ("int", false) => Param::I32,
+            ("float", false) => Param::F32,
+            ("double", false) => Param::F64,
+            ("unsigned long long", false) => Param::U64,
+            _ => return None,
+        })
+    }
+}
+
+/// A kernel of `kernels.cu`: its name, launch scheme and parameters. A launch passes
+/// exactly these, which the CUDA backend checks before anything reaches the driver.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub scheme: Scheme,
+    pub params: &'static [Param],
+}
+
+/// Every kernel of `kernels.cu`, in source order.
+pub const KERNELS: &[Kernel] = {
+    use Param::*;
+    &[
+    Kernel {
+        name: "gather_rows",
+        scheme: Scheme::GridStride,
+        params: &[F32s, U32s, F32sMut, I64, I64],
+    },
+    Kernel {
+        name: "scatter_add_rows",
+        scheme: Scheme::GridStride,
+        params: &[F32s, U32s, F32sMut, I64, I64],
+    },
+    Kernel {
+        name: "segment_reduce",
+        scheme: Scheme::WarpPerSegment,
+        params: &[F32s, U32s, U32s, F32sMut, I32sMut, I64, I64, I32],
+    },
+    Kernel {
+        name: "segment_reduce_backward",
+        scheme: Scheme::WarpPerSegment,
+        params: &[F32s, U32s, U32s, I32s, F32sMut, I64, I64, I32],
+    },
+    Kernel {
+        name: "activation",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32sMut, I64, I32],
+    },
+    Kernel {
+        name: "activation_backward",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32s, F32sMut, I64, I32],
+    },
+    Kernel {
+        name: "mul",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32s, F32sMut, I64],
+    },
+    Kernel {
+        name: "add_bias",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32s, F32sMut, I64, I64],
+    },
+    Kernel {
+        name: "axpy",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32sMut, I64, F32],
+    },
+    Kernel {
+        name: "sum_rows",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32sMut, I64, I64],
+    },
+    Kernel {
+        name: "dropout_mask",
+        scheme: Scheme::GridStride,
+        params: &[F32sMut, I64, F64, F32, U64],
+    },
+    Kernel {
+        name: "time_encoding",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32sMut, I64, I64],
+    },
+    Kernel {
+        name: "time_encoding_backward",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32s, F32sMut, I64, I64],
+    },
+    Kernel {
+        name: "layer_norm",
+        scheme: Scheme::BlockPerRow,
+        params: &[F32s, F32s, F32s, F32sMut, F32sMut, I64, I64, F32],
+    },
+    Kernel {
+        name: "layer_norm_backward",
+        scheme: Scheme::BlockPerRow,
+        params: &[F32s, F32s, F32s, F32s, F32sMut, F32sMut, F32sMut, I64, I64],
+    },
+    Kernel {
+        name: "bce_with_logits",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32s, F32sMut, F32sMut, I64],
+    },
+    Kernel {
+        name: "regression_loss",
+        scheme: Scheme::GridStride,
+        params: &[F32s, F32s, F32sMut, F32sMut, I64, I32, F32],
+    },
+    Kernel {
+        name: "softmax_cross_entropy",
+        scheme: Scheme::BlockPerRow,
+        params: &[F32s, F32s, F32sMut, F32sMut, I64, I64],
+    },
+    Kernel {
+        name: "adam",
+        scheme: Scheme::GridStride,
+        params: &[F32sMut, F32s, F32sMut, F32sMut, I64, F32, F32, F32, F32, F32, F32, F32],
+    },
+    Kernel {
+        name: "adam_sparse",
+        scheme: Scheme::GridStride,
+        params: &[F32sMut, F32s, U32s, F32sMut, F32sMut, I64, I64, F32, F32, F32, F32, F32, F32, F32],
+    },
+    ]
+};
+
+/// The kernel named `name`.
+pub fn kernel(name: &str) -> Option<&'static Kernel> {
+    KERNELS.iter().find(|k| k.name == name)
+}
 
 /// The grid of a grid-stride launch over `n` elements (at least one block).
 pub fn grid_stride(n: u64) -> Grid {
@@ -282,14 +428,35 @@ mod tests {
     }
 
     #[test]
-    fn every_kernel_is_in_the_source_and_every_source_kernel_is_listed() {
+    fn every_kernel_is_listed_with_the_parameters_the_source_declares() {
         let source = include_str!("cuda/kernels.cu");
-        let in_source: Vec<&str> = source
-            .split("__global__ void ")
-            .skip(1)
-            .filter_map(|rest| rest.split('(').next())
+        let mut in_source = Vec::new();
+        for rest in source.split("__global__ void ").skip(1) {
+            let (name, rest) = rest.split_once('(').expect("a parameter list");
+            let params: Vec<Param> = rest
+                .split_once(')')
+                .expect("a closed parameter list")
+                .0
+                .split(',')
+                .map(|d| Param::parse(d).unwrap_or_else(|| panic!("{name}: parameter `{d}`")))
+                .collect();
+            in_source.push((name.to_string(), params));
+        }
+        let listed: Vec<(String, Vec<Param>)> = KERNELS
+            .iter()
+            .map(|k| (k.name.to_string(), k.params.to_vec()))
             .collect();
-        let listed: Vec<&str> = KERNELS.iter().map(|(k, _)| *k).collect();
         assert_eq!(in_source, listed);
+        assert!(kernel("gather_rows").is_some() && kernel("nothing").is_none());
+    }
+
+    #[test]
+    fn declarations_parse_to_parameters() {
+        assert_eq!(Param::parse("const float* x"), Some(Param::F32s));
+        assert_eq!(Param::parse(" float *out"), Some(Param::F32sMut));
+        assert_eq!(Param::parse("unsigned long long base"), Some(Param::U64));
+        assert_eq!(Param::parse("long long n"), Some(Param::I64));
+        assert_eq!(Param::parse("int act"), Some(Param::I32));
+        assert_eq!(Param::parse("short s"), None);
     }
 }

@@ -18,7 +18,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     for arch in ["sm_80", "sm_90"] {
         let ptx = cuda::compile(arch).unwrap_or_else(|e| panic!("{e}"));
         assert!(ptx.contains(&format!(".target {arch}")), "{arch}");
-        for (name, _) in KERNELS {
+        for kernel in KERNELS {
+            let name = kernel.name;
             assert!(
                 ptx.contains(&format!(".entry {name}(")),
                 "{name} missing for {arch}"

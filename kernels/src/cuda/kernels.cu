@@ -100,58 +100,9 @@ extern "C" __global__ void segment_reduce_backward(const float* g, const unsigne
     }
 }
 
-// Scatter reduce over unsorted destination indices: out[idx[r], c] (op)= x[r, c].
-// reduce: 0 sum (atomicAdd), 2 max (compare-and-swap on the float's bits; out starts at
-// -inf and rows no one reaches are set to 0 by scatter_max_finish).
-__device__ void atomic_max_float(float* address, float value) {
-    int* bits = (int*)address;
-    int old = *bits;
-    while (__int_as_float(old) < value) {
-        int assumed = old;
-        old = atomicCAS(bits, assumed, __float_as_int(value));
-        if (old == assumed) break;
-    }
-}
-
-extern "C" __global__ void scatter_reduce(const float* x, const unsigned* idx, float* out,
-                                          long long rows, long long cols, int reduce) {
-    long long n = rows * cols;
-    for (long long i = stride_start(); i < n; i += stride_step()) {
-        long long r = i / cols, c = i - r * cols;
-        float* target = &out[(long long)idx[r] * cols + c];
-        if (reduce == 2) atomic_max_float(target, x[i]);
-        else atomicAdd(target, x[i]);
-    }
-}
-
-extern "C" __global__ void scatter_max_finish(float* out, long long n) {
-    for (long long i = stride_start(); i < n; i += stride_step()) {
-        if (out[i] == -INFINITY) out[i] = 0.0f;
-    }
-}
-
-// ---- embedding bag ------------------------------------------------------------------
-// The forward pass is segment_reduce with idx = the bags' ids into the table and the
-// bags' offsets; its backward is segment_reduce_backward into the table's gradient
-// (dense), or into a compact gradient of the touched rows for the sparse optimizer:
-// rows `remap[id]` of `compact`.
-extern "C" __global__ void embedding_bag_backward_compact(const float* g, const unsigned* ids,
-                                                          const unsigned* offsets,
-                                                          const unsigned* remap, float* compact,
-                                                          long long bags, long long cols,
-                                                          int mean) {
-    long long warp = stride_start() / WARP;
-    int lane = threadIdx.x % WARP;
-    if (warp >= bags) return;
-    unsigned lo = offsets[warp], hi = offsets[warp + 1];
-    for (long long c = lane; c < cols; c += WARP) {
-        float d = g[warp * cols + c];
-        if (mean && hi > lo) d /= (float)(hi - lo);
-        for (unsigned e = lo; e < hi; ++e) {
-            atomicAdd(&compact[(long long)remap[ids[e]] * cols + c], d);
-        }
-    }
-}
+// The embedding bag is segment_reduce with idx = the bags' ids into the table; its
+// backward is segment_reduce_backward without idx (one gradient row per position), which
+// the backend then sums per distinct id with scatter_add_rows.
 
 // ---- activations ------------------------------------------------------------------
 // act: 0 relu, 1 gelu (tanh approximation).
@@ -184,11 +135,7 @@ extern "C" __global__ void activation_backward(const float* x, const float* g, f
     }
 }
 
-// out = a + b, out = a * b (same shapes), out[r, c] = a[r, c] + bias[c]
-extern "C" __global__ void add(const float* a, const float* b, float* out, long long n) {
-    for (long long i = stride_start(); i < n; i += stride_step()) out[i] = a[i] + b[i];
-}
-
+// out = a * b (same shapes); out[r, c] = a[r, c] + bias[c] (out may be a); y += alpha * x
 extern "C" __global__ void mul(const float* a, const float* b, float* out, long long n) {
     for (long long i = stride_start(); i < n; i += stride_step()) out[i] = a[i] * b[i];
 }
@@ -197,6 +144,67 @@ extern "C" __global__ void add_bias(const float* a, const float* bias, float* ou
                                     long long rows, long long cols) {
     long long n = rows * cols;
     for (long long i = stride_start(); i < n; i += stride_step()) out[i] = a[i] + bias[i % cols];
+}
+
+extern "C" __global__ void axpy(const float* x, float* y, long long n, float alpha) {
+    for (long long i = stride_start(); i < n; i += stride_step()) y[i] += alpha * x[i];
+}
+
+// out[c] = sum over rows of x[r, c], in row order (one thread per column: deterministic).
+extern "C" __global__ void sum_rows(const float* x, float* out, long long rows, long long cols) {
+    for (long long c = stride_start(); c < cols; c += stride_step()) {
+        float acc = 0.0f;
+        for (long long r = 0; r < rows; ++r) acc += x[r * cols + c];
+        out[c] = acc;
+    }
+}
+
+// ---- dropout and time encoding ------------------------------------------------------
+
+// SplitMix64's finaliser, as `mix` in src/cpu.rs: the same seed gives the CPU's mask.
+__device__ __forceinline__ unsigned long long mix(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+// out[i] = 0 with probability p, else keep (= 1 / (1 - p)); base = mix(seed).
+extern "C" __global__ void dropout_mask(float* out, long long n, double p, float keep,
+                                        unsigned long long base) {
+    for (long long i = stride_start(); i < n; i += stride_step()) {
+        double u = (double)(mix(base ^ (unsigned long long)i) >> 11) / 9007199254740992.0;
+        out[i] = u < p ? 0.0f : keep;
+    }
+}
+
+// out[r, 2k] = sin(t[r] w_k), out[r, 2k + 1] = cos(t[r] w_k), w_k = 10000^(-2k / dims);
+// one thread per (row, k).
+__device__ __forceinline__ float frequency(long long k, long long dims) {
+    return (float)pow(10000.0, -2.0 * (double)k / (double)dims);
+}
+
+extern "C" __global__ void time_encoding(const float* t, float* out, long long rows,
+                                         long long dims) {
+    long long half = dims / 2, n = rows * half;
+    for (long long i = stride_start(); i < n; i += stride_step()) {
+        long long r = i / half, k = i - r * half;
+        float a = t[r] * frequency(k, dims);
+        out[r * dims + 2 * k] = sinf(a);
+        out[r * dims + 2 * k + 1] = cosf(a);
+    }
+}
+
+// gt[r] = sum_k (g[r, 2k] cos(t w_k) - g[r, 2k + 1] sin(t w_k)) w_k; one thread per row.
+extern "C" __global__ void time_encoding_backward(const float* t, const float* g, float* gt,
+                                                  long long rows, long long dims) {
+    for (long long r = stride_start(); r < rows; r += stride_step()) {
+        float acc = 0.0f;
+        for (long long k = 0; k < dims / 2; ++k) {
+            float w = frequency(k, dims), a = t[r] * w;
+            acc += (g[r * dims + 2 * k] * cosf(a) - g[r * dims + 2 * k + 1] * sinf(a)) * w;
+        }
+        gt[r] = acc;
+    }
 }
 
 // ---- layer norm (block per row, shared-memory reductions) ---------------------------
@@ -213,10 +221,10 @@ __device__ float block_sum(float v, float* shared) {
     return total;
 }
 
-// y = (x - mean) / sqrt(var + eps) * gamma + beta; keeps mean and 1/std per row.
+// y = (x - mean) / sqrt(var + eps) * gamma + beta; keeps (mean, 1/std) per row in stats.
 // blockDim.x must be a power of two; shared memory: blockDim.x floats.
 extern "C" __global__ void layer_norm(const float* x, const float* gamma, const float* beta,
-                                      float* y, float* mean_out, float* rstd_out,
+                                      float* y, float* stats,
                                       long long rows, long long cols, float eps) {
     extern __shared__ float shared[];
     long long r = blockIdx.x;
@@ -235,21 +243,21 @@ extern "C" __global__ void layer_norm(const float* x, const float* gamma, const 
         y[r * cols + c] = (row[c] - mean) * rstd * gamma[c] + beta[c];
     }
     if (threadIdx.x == 0) {
-        mean_out[r] = mean;
-        rstd_out[r] = rstd;
+        stats[2 * r] = mean;
+        stats[2 * r + 1] = rstd;
     }
 }
 
 // dx = rstd / C * (C * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)), dxhat = g * gamma;
 // dgamma and dbeta accumulate with atomics across rows.
 extern "C" __global__ void layer_norm_backward(const float* x, const float* gamma,
-                                               const float* g, const float* mean_in,
-                                               const float* rstd_in, float* gx, float* ggamma,
+                                               const float* g, const float* stats, float* gx,
+                                               float* ggamma,
                                                float* gbeta, long long rows, long long cols) {
     extern __shared__ float shared[];
     long long r = blockIdx.x;
     if (r >= rows) return;
-    float mean = mean_in[r], rstd = rstd_in[r];
+    float mean = stats[2 * r], rstd = stats[2 * r + 1];
     const float* row = x + r * cols;
     const float* grow = g + r * cols;
     float a = 0.0f, b = 0.0f;
@@ -286,13 +294,17 @@ extern "C" __global__ void bce_with_logits(const float* z, const float* t, float
     }
 }
 
-// kind: 0 L1, 1 Huber with delta.
+// kind: 0 L1, 1 Huber with delta, 2 BPR (pred the positive scores, t the negative ones:
+// -ln sigmoid(pred - t)).
 extern "C" __global__ void regression_loss(const float* pred, const float* t, float* grad,
                                            float* loss, long long n, int kind, float delta) {
     for (long long i = stride_start(); i < n; i += stride_step()) {
         float d = pred[i] - t[i];
         float l, dl;
-        if (kind == 0) {
+        if (kind == 2) {
+            l = fmaxf(-d, 0.0f) + log1pf(expf(-fabsf(d)));
+            dl = -1.0f / (1.0f + expf(d));
+        } else if (kind == 0) {
             l = fabsf(d);
             dl = d > 0.0f ? 1.0f : (d < 0.0f ? -1.0f : 0.0f);
         } else if (fabsf(d) <= delta) {
