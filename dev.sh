@@ -16,7 +16,9 @@ case "${1:-}" in
   test)
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
-    # The CUDA layer builds (and its tests run) without CUDA: cudarc loads it at run time.
+    # The CUDA backend and `--device cuda` build (and the kernels' tests run) without
+    # CUDA: cudarc loads it at run time.
+    cargo clippy --features cuda --all-targets --quiet -- -D warnings
     cargo clippy -p relgraph-kernels --features cuda --all-targets --quiet -- -D warnings
     cargo test --workspace
     # With NVIDIA's NVRTC (installed by setup.sh) every CUDA kernel is compiled for

@@ -66,6 +66,9 @@ pub struct WorkerArgs {
     /// Serve the ready models trained on this database directory over Flight.
     #[arg(long)]
     serve_data: Option<PathBuf>,
+    /// Train on CUDA device N (run one worker per GPU); default: the CPU.
+    #[arg(long)]
+    gpu: Option<usize>,
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T> {
@@ -130,6 +133,9 @@ impl WorkerArgs {
         }
         if let Some(d) = &self.serve_data {
             c.serve_data = Some(d.to_string_lossy().into_owned());
+        }
+        if self.gpu.is_some() {
+            c.gpu = self.gpu;
         }
         anyhow::ensure!(
             !c.coordinators.is_empty(),

@@ -10,6 +10,7 @@ use arrow::array::{Array, Float64Array, RecordBatch, StringArray};
 use relgraph_common::Database;
 use relgraph_common::pql::PlanOptions;
 use relgraph_common::time::format_timestamp;
+use relgraph_kernels::Device;
 use relgraph_worker::model::explain::Method;
 use relgraph_worker::model::{Model, Prepared, TrainConfig, metrics};
 
@@ -254,7 +255,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             data,
             assessment,
             report,
-        } = train_on(db, query, &plan, &config, &model_dir, true)?;
+        } = train_on(db, query, &plan, &config, &model_dir, true, Device::Cpu)?;
         print!("{}", assessment_text(&assessment));
         println!(
             "  {} epochs, {:.1} s, {:.0} seeds/s",

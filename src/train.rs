@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use relgraph_common::Database;
 use relgraph_common::pql::{PlanOptions, TaskPlan};
+use relgraph_kernels::Device;
 use relgraph_worker::label::Labels;
 use relgraph_worker::model::config::Assuming;
 use relgraph_worker::model::metrics::Metrics;
@@ -51,6 +52,10 @@ pub struct ConfigArgs {
     /// Threads for sampling and kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where training runs: `auto` (a CUDA device when this build and machine have
+    /// one, else the CPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 impl ConfigArgs {
@@ -81,6 +86,13 @@ impl ConfigArgs {
         }
         c.check()?;
         Ok(c)
+    }
+
+    /// The device `--device` names (default `auto`), saying on stderr which it is.
+    pub fn device(&self) -> Result<Device> {
+        let (device, chosen) = Device::choose(self.device.as_deref().unwrap_or("auto"))?;
+        eprintln!("training on {chosen}");
+        Ok(device)
     }
 }
 
@@ -187,6 +199,7 @@ pub fn train_on(
     config: &TrainConfig,
     out: &Path,
     show_progress: bool,
+    device: Device,
 ) -> Result<Trained> {
     let labels = label_all(db, plan, config.assuming)?;
     let mut bar = progress_bar(show_progress && std::io::stderr().is_terminal());
@@ -197,6 +210,7 @@ pub fn train_on(
         on_epoch: &mut |_| Ok(()),
         group: None,
         split: None,
+        device,
     };
     fit_and_save(db, query, plan, &labels, config, out, session)
 }
@@ -245,11 +259,12 @@ pub fn run_train(
     json: bool,
 ) -> Result<()> {
     set_threads(config.threads);
+    let device = config.device()?;
     let config = config.config()?;
     let (db, plan) = prepare(query, data)?;
     let Trained {
         assessment, report, ..
-    } = train_on(&db, query, &plan, &config, out, true)?;
+    } = train_on(&db, query, &plan, &config, out, true, device)?;
     if json {
         println!(
             "{}",

@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
 use relgraph_common::pql::{Split, TaskPlan};
+use relgraph_kernels::Device;
 use relgraph_worker::label::Labels;
 use relgraph_worker::model::config::Assuming;
 use relgraph_worker::model::fit::{keys, split_examples};
@@ -144,6 +145,7 @@ impl Evaluation<'_> {
                     on_epoch: &mut |_| Ok(()),
                     group: None,
                     split: None,
+                    device: Device::Cpu,
                 };
                 let (m, d, _, _) =
                     model::fit(self.db, self.query, self.plan, &labels, &config, session)?;

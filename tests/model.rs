@@ -440,3 +440,30 @@ fn ctrl_c_stops_training_and_saves_the_best_model() {
     assert_eq!(manifest["format"], "relgraph-model");
     assert_eq!(manifest["version"], 1);
 }
+
+#[test]
+fn a_device_is_named_or_refused_with_the_reason_before_any_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (device, says) in [
+        ("gpu", "expected cpu, cuda, cuda:N or auto"),
+        // No such device here (or no CUDA in this build): the error names it.
+        ("cuda:3", "device `cuda:3`: "),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+            .args([
+                "train",
+                "PREDICT CUSTOMERS.SEGMENT FOR EACH CUSTOMERS.CUSTOMER_ID",
+                "--data",
+                path(&dir.path().join("missing")),
+                "--out",
+                path(&dir.path().join("model")),
+                "--device",
+                device,
+            ])
+            .output()
+            .expect("run relgraph");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{device}: {stderr}");
+        assert!(!stderr.contains("missing"), "{device}: the device is checked first");
+    }
+}

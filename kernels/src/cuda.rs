@@ -100,6 +100,25 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// Whether cuBLAS loads.
+#[allow(unsafe_code)]
+pub fn cublas_present() -> bool {
+    // SAFETY: only tries to load the shared library and reports whether it could.
+    unsafe { cudarc::cublas::sys::is_culib_present() }
+}
+
+/// Device `ordinal`, once every library [`Cuda`] needs (driver, NVRTC, cuBLAS) loads.
+pub fn usable(ordinal: usize) -> Result<CudaDevice, CudaError> {
+    let device = CudaDevice::open(ordinal)?;
+    if !nvrtc_present() {
+        return Err(CudaError::NoNvrtc);
+    }
+    if !cublas_present() {
+        return Err(CudaError::NoCublas);
+    }
+    Ok(device)
+}
+
 /// Devices visible to this process.
 pub fn device_count() -> Result<usize, CudaError> {
     if !driver_present() {

@@ -7,10 +7,10 @@
 //! - [`Tape`]: a forward pass written as plain calls, whose backward runs each op's
 //!   hand-written backward in reverse order; [`Params`] holds parameters and Adam(W)
 //!   state, with sparse row updates for embedding tables.
-//! - `cuda` (feature): device discovery and selection through cudarc, loaded at run time,
-//!   and the hand-written CUDA kernels compiled by NVRTC; [`launch`]: their index
-//!   arithmetic, checked over simulated grids. No backend launches them yet: [`Cpu`] is
-//!   the only backend.
+//! - `cuda` (feature): `cuda::Cuda`, the backend on a CUDA device through cudarc (loaded
+//!   at run time: builds and runs without CUDA), launching the hand-written kernels
+//!   compiled by NVRTC, cuBLAS for GEMM; [`launch`]: the kernels' signatures and index
+//!   arithmetic, checked over simulated grids.
 
 pub mod backend;
 pub mod cpu;
@@ -46,8 +46,15 @@ pub enum DeviceError {
 impl Device {
     /// Resolves an operator's choice against what this build and machine have.
     pub fn select(name: &str) -> Result<Device, DeviceError> {
+        Device::choose(name).map(|(d, _)| d)
+    }
+
+    /// [`Device::select`], with a line saying what was chosen and, for `auto` on the
+    /// CPU, why no GPU was.
+    pub fn choose(name: &str) -> Result<(Device, String), DeviceError> {
+        let cpu = || format!("cpu ({} threads)", rayon::current_num_threads());
         let wanted = match name {
-            "cpu" => return Ok(Device::Cpu),
+            "cpu" => return Ok((Device::Cpu, cpu())),
             "auto" => None,
             "cuda" => Some(0),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
@@ -57,9 +64,15 @@ impl Device {
         };
         #[cfg(feature = "cuda")]
         {
-            match cuda::CudaDevice::open(wanted.unwrap_or(0)) {
-                Ok(d) => Ok(Device::Cuda(d.ordinal)),
-                Err(_) if wanted.is_none() => Ok(Device::Cpu),
+            match cuda::usable(wanted.unwrap_or(0)) {
+                Ok(d) => Ok((
+                    Device::Cuda(d.ordinal),
+                    format!(
+                        "cuda:{} ({}, sm_{}{})",
+                        d.ordinal, d.name, d.compute_capability.0, d.compute_capability.1
+                    ),
+                )),
+                Err(e) if wanted.is_none() => Ok((Device::Cpu, format!("{} (auto: {e})", cpu()))),
                 Err(e) => Err(DeviceError::Unavailable {
                     name: name.to_string(),
                     problem: e.to_string(),
@@ -68,7 +81,10 @@ impl Device {
         }
         #[cfg(not(feature = "cuda"))]
         match wanted {
-            None => Ok(Device::Cpu),
+            None => Ok((
+                Device::Cpu,
+                format!("{} (auto: built without CUDA support)", cpu()),
+            )),
             Some(_) => Err(DeviceError::NoCudaSupport(name.to_string())),
         }
     }

@@ -13,6 +13,7 @@ use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
 use relgraph_common::pql::{PlanOptions, Split};
 use relgraph_common::time::{DAY, days_from_civil, format_timestamp};
+use relgraph_kernels::Device;
 use relgraph_worker::model::Session;
 use relgraph_worker::model::{self, TrainConfig};
 use serde_json::json;
@@ -133,6 +134,7 @@ pub fn run(args: &TrainBenchArgs) -> Result<()> {
             on_epoch: &mut |_| Ok(()),
             group: None,
             split: None,
+            device: Device::Cpu,
         },
     )?;
     let (steps, seconds) = match marks.as_slice() {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use relgraph_kernels::Device;
 use anyhow::{Context, Result};
 use relgraph_common::Database;
 use relgraph_coordinator::auth::check_token;
@@ -61,6 +62,9 @@ pub struct WorkerConfig {
     /// job's output directory; a newer ready model for the same name is swapped in.
     #[serde(default)]
     pub serve_data: Option<String>,
+    /// The CUDA device this worker trains on (one worker per GPU); none: the CPU.
+    #[serde(default)]
+    pub gpu: Option<usize>,
 }
 
 fn default_listen() -> String {
@@ -85,6 +89,7 @@ impl Default for WorkerConfig {
             metrics_listen: default_metrics_listen(),
             heartbeat_ms: default_heartbeat_ms(),
             serve_data: None,
+            gpu: None,
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct Worker {
     sampling: SampleService,
     /// With `serve_data`: the served database and models.
     serving: Option<Arc<Serving>>,
+    /// Where this worker's training steps run.
+    device: Device,
 }
 
 impl Worker {
@@ -112,6 +119,14 @@ impl Worker {
             .await
             .with_context(|| format!("worker: cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let device = match config.gpu {
+            None => Device::Cpu,
+            Some(n) => {
+                let (device, chosen) = Device::choose(&format!("cuda:{n}"))?;
+                println!("worker trains on {chosen}");
+                device
+            }
+        };
         let mailbox = Arc::new(Mailbox::default());
         let service = CollectiveService(mailbox.clone());
         let sampling = SampleService::default();
@@ -143,6 +158,7 @@ impl Worker {
             mailbox,
             sampling,
             serving,
+            device,
         })
     }
 
@@ -248,6 +264,7 @@ impl Worker {
                                 mailbox: self.mailbox.clone(),
                                 sampling: self.sampling.clone(),
                                 runtime: tokio::runtime::Handle::current(),
+                                device: self.device,
                             };
                             reconcile(&mut running, &group, reply.jobs, &tx);
                         }
@@ -303,6 +320,7 @@ struct Group {
     mailbox: Arc<Mailbox>,
     sampling: SampleService,
     runtime: tokio::runtime::Handle,
+    device: Device,
 }
 
 impl Group {
@@ -579,6 +597,7 @@ fn train_job(
         on_epoch: &mut on_epoch,
         group,
         split: split.as_ref().map(|s| s as &dyn GraphSplit),
+        device: peers.device,
     };
     let (mut model, _, assessment, trained) =
         model::fit(&db, &job.query, &plan, &labels, &config, session)?;

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use relgraph_common::Database;
 use relgraph_common::pql::{self, PlanOptions};
+use relgraph_kernels::Device;
 use relgraph_worker::label::{LocalFacts, build};
 use relgraph_worker::model::explain::Method;
 use relgraph_worker::model::{Output, Session, TrainConfig, fit};
@@ -73,15 +74,30 @@ fn attributions_decompose_the_models_own_output() {
         ..TrainConfig::default()
     };
     let stop = AtomicBool::new(false);
-    let session = Session {
-        stop: &stop,
-        progress: &mut |_| {},
-        resume: None,
-        on_epoch: &mut |_| Ok(()),
-        group: None,
-        split: None,
-    };
-    let (model, data, _, _) = fit(&db, query, &plan, &labels, &config, session).expect("fit");
+    macro_rules! session {
+        ($device:expr) => {
+            Session {
+                stop: &stop,
+                progress: &mut |_| {},
+                resume: None,
+                on_epoch: &mut |_| Ok(()),
+                group: None,
+                split: None,
+                device: $device,
+            }
+        };
+    }
+    // A CUDA device this machine or build lacks is an error that says what is missing.
+    if let Err(e) = fit(&db, query, &plan, &labels, &config, session!(Device::Cuda(7))) {
+        let e = e.to_string();
+        assert!(
+            e.starts_with("device: cuda:7: ")
+                && (e.contains("no CUDA support") || e.contains("no CUDA")),
+            "{e}"
+        );
+    }
+    let (model, data, _, _) =
+        fit(&db, query, &plan, &labels, &config, session!(Device::Cpu)).expect("fit");
     let kinds: Vec<String> = model.manifest.codes[0]
         .columns
         .iter()
@@ -106,6 +122,18 @@ fn attributions_decompose_the_models_own_output() {
         );
     }
     let anchor = relgraph_common::time::parse_timestamp("2024-10-01").expect("anchor");
+    // A copy on another backend scores the same: the way a model trained on a GPU comes
+    // back to the CPU.
+    let copy = model.to_backend(relgraph_kernels::Cpu::<f32>::new());
+    let rows: Vec<u32> = (0..300).collect();
+    let anchors = vec![anchor; rows.len()];
+    let (Output::Probs(a), Output::Probs(b)) = (
+        model.infer(&data, &rows, &anchors, None).expect("infer"),
+        copy.infer(&data, &rows, &anchors, None).expect("infer"),
+    ) else {
+        panic!("a yes/no model gives probabilities");
+    };
+    assert_eq!(a, b);
     for row in [3u32, 4, 10, 77] {
         let Output::Probs(p) = model.infer(&data, &[row], &[anchor], None).expect("infer") else {
             panic!("a yes/no model gives probabilities");

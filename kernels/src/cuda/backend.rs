@@ -142,14 +142,10 @@ impl Cuda {
     /// device, libnvrtc, libcublas) is an error that names it.
     #[allow(unsafe_code)]
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
-        let device = CudaDevice::open(ordinal)?;
+        let device = super::usable(ordinal)?;
         // SAFETY: one stream does all the work, so ordering on it is the only
         // synchronisation needed; buffers are freed (or pooled) only by this backend.
         unsafe { device.context.disable_event_tracking() };
-        // SAFETY: only tries to load the shared library and reports whether it could.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(CudaError::NoCublas);
-        }
         let (major, minor) = device.compute_capability;
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let ptx = compile_cached(arch, &ptx_cache())?;

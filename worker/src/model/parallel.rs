@@ -12,7 +12,7 @@
 use relgraph_common::hash::mix;
 use relgraph_kernels::{Grads, Index, Params, Tensor};
 
-use super::trainer::{Backend, ModelError};
+use super::trainer::{Compute, ModelError};
 
 /// Sums vectors across the workers of a job. Every worker calls it with vectors of the
 /// same length in the same order; afterwards each holds the same (bit-identical) sums.
@@ -30,14 +30,14 @@ pub fn owner(row: u32, size: usize) -> usize {
 /// Sums this worker's gradients (of its mean loss over `local` examples of a global batch
 /// of `global`) into the gradients of the global batch's mean loss; also returns that
 /// loss. `grads` is `None` when this worker had no example in the batch.
-pub fn reduce(
+pub fn reduce<B: Compute>(
     group: &dyn Collective,
-    grads: Option<Grads<Backend>>,
+    grads: Option<Grads<B>>,
     loss: f64,
     (local, global): (usize, usize),
-    params: &Params<Backend>,
-    b: &Backend,
-) -> Result<(Grads<Backend>, f64), ModelError> {
+    params: &Params<B>,
+    b: &B,
+) -> Result<(Grads<B>, f64), ModelError> {
     let p = params.values.len();
     let scale = local as f32 / global.max(1) as f32;
     // Round 1: which gradients exist anywhere, and the loss.

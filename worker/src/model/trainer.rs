@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use relgraph_common::Database;
 use relgraph_common::hash::combine;
-use relgraph_kernels::{AdamConfig, Cpu, Grads, Loss, Params, Tape, Tensor};
+use relgraph_kernels::{AdamConfig, Cpu, Device, Grads, Loss, Params, Tape, Tensor};
 use relgraph_sampler::{GraphError, GraphView, HeteroGraph, SampleConfig, SampleError, Seed};
 use rustc_hash::FxHashMap;
 
@@ -26,8 +26,13 @@ use super::net::{Head, Net};
 use super::parallel::{self, Collective};
 use super::task::{Output, TargetCode, Targets, TaskError, evaluate};
 
-/// The backend models train on.
+/// The backend models serve and explain on, and train on unless a session names a device.
 pub type Backend = Cpu<f32>;
+
+/// Any backend a model trains and infers on: the CPU, or a CUDA device.
+pub trait Compute: relgraph_kernels::Backend<E = f32> {}
+
+impl<B: relgraph_kernels::Backend<E = f32>> Compute for B {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -47,6 +52,8 @@ pub enum ModelError {
     Mismatch(String),
     #[error("data-parallel training: {0}")]
     Collective(String),
+    #[error("device: {0}")]
+    Device(String),
 }
 
 /// A database ready for the model: its graph and every table's encoded columns.
@@ -148,13 +155,13 @@ pub struct Examples {
     pub treated: Vec<bool>,
 }
 
-/// A trained (or loaded) model.
+/// A trained (or loaded) model, its parameters in backend `B`'s memory.
 #[derive(Debug)]
-pub struct Model {
+pub struct Model<B: Compute = Backend> {
     pub manifest: Manifest,
     pub net: Net,
-    pub params: Params<Backend>,
-    pub backend: Backend,
+    pub params: Params<B>,
+    pub backend: B,
     /// Ranking: the current item table row of each item embedding (`u32::MAX` if gone).
     pub item_rows: Vec<u32>,
 }
@@ -411,7 +418,24 @@ impl<'a> Loader<'a> {
     }
 }
 
-impl Model {
+impl<B: Compute> Model<B> {
+    /// The same model with its parameters copied to `backend` (optimizer state stays
+    /// behind: a copy serves, or trains on from fresh moments).
+    pub fn to_backend<C: Compute>(&self, backend: C) -> Model<C> {
+        let mut params = Params::default();
+        for (name, value) in self.params.names.iter().zip(&self.params.values) {
+            let host = value.to_host(&self.backend);
+            params.add(&backend, name, Tensor::from_host(&backend, value.rows, value.cols, &host));
+        }
+        Model {
+            manifest: self.manifest.clone(),
+            net: self.net.clone(),
+            params,
+            backend,
+            item_rows: self.item_rows.clone(),
+        }
+    }
+
     /// Batches for inference, sampling `fanouts` neighbors per hop when given (else
     /// training's).
     pub(crate) fn loader<'a>(&'a self, fanouts: Option<&'a [u32]>) -> Loader<'a> {
@@ -655,13 +679,13 @@ impl Model {
 }
 
 /// The gradients of a batch's mean loss, and the loss.
-fn gradients(
-    (net, params, b): (&Net, &Params<Backend>, &Backend),
+fn gradients<B: Compute>(
+    (net, params, b): (&Net, &Params<B>, &B),
     code: &TargetCode,
     config: &TrainConfig,
     data: &Prepared,
     step: &Step,
-) -> (Grads<Backend>, f64) {
+) -> (Grads<B>, f64) {
     {
         let mut tape = Tape::new(b, params);
         let (seeds, out) = net.seeds(&mut tape, &step.batch, &data.endpoints);
@@ -740,6 +764,9 @@ pub struct Session<'a> {
     pub group: Option<&'a dyn Collective>,
     /// Keep only this worker's part of the graph (None: all of it).
     pub split: Option<&'a dyn GraphSplit>,
+    /// Where the training steps run (validation too); the trained model comes back to
+    /// the CPU.
+    pub device: Device,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -751,9 +778,35 @@ impl std::fmt::Debug for Session<'_> {
 }
 
 /// Trains `model` on `train`, validating on `val` after each epoch; keeps the parameters
-/// of the best validation epoch.
+/// of the best validation epoch. The steps run on the session's device: on a GPU the
+/// parameters go there for training and come back after.
 pub fn train(
     model: &mut Model,
+    data: &Prepared,
+    train: &Examples,
+    val: &Examples,
+    session: Session<'_>,
+) -> Result<TrainReport, ModelError> {
+    match session.device {
+        Device::Cpu => train_on(model, data, train, val, session),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => {
+            let gpu = relgraph_kernels::cuda::Cuda::open(ordinal)
+                .map_err(|e| ModelError::Device(format!("cuda:{ordinal}: {e}")))?;
+            let mut on_gpu = model.to_backend(gpu);
+            let report = train_on(&mut on_gpu, data, train, val, session)?;
+            *model = on_gpu.to_backend(Backend::new());
+            Ok(report)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(ordinal) => Err(ModelError::Device(format!(
+            "cuda:{ordinal}: this build has no CUDA support (build with --features cuda)"
+        ))),
+    }
+}
+
+fn train_on<B: Compute>(
+    model: &mut Model<B>,
     data: &Prepared,
     train: &Examples,
     val: &Examples,
@@ -766,6 +819,7 @@ pub fn train(
         on_epoch,
         group,
         split,
+        device: _,
     } = session;
     let (rank, size) = group.map_or((0, 1), |g| (g.rank(), g.size()));
     let config = model.manifest.config.clone();
