@@ -6,7 +6,9 @@
 //!   gathered;
 //! - one SAGE layer, forward and backward, on a [128, 64]-fanout batch of 512 seeds.
 //!
-//! `cargo bench -p relgraph-kernels` (one thread: `RAYON_NUM_THREADS=1`).
+//! `cargo bench -p relgraph-kernels` (one thread: `RAYON_NUM_THREADS=1`). With
+//! `--features cuda` on a machine with a GPU the same kernels run again on it ("cuda ..."),
+//! beside the device's copy bandwidth; without one that part says why it was skipped.
 
 use std::sync::Arc;
 
@@ -52,15 +54,12 @@ fn benches(c: &mut Criterion) {
     group.sample_size(10);
 
     let (m, k, n) = (65_536, C, C);
-    let a = Tensor::from_host(&cpu, m, k, &random(&mut rng, m * k));
-    let w = Tensor::from_host(&cpu, k, n, &random(&mut rng, k * n));
-    let mut out = Tensor::zeros(&cpu, m, n);
+    let a = random(&mut rng, m * k);
+    let w = random(&mut rng, k * n);
+    let mut out = vec![0f32; m * n];
     group.throughput(Throughput::Elements((2 * m * k * n) as u64));
-    group.bench_function("gemm 65536x128x128 (flop)", |bench| {
-        bench.iter(|| cpu.gemm(&a, false, &w, false, &mut out, false))
-    });
     group.bench_function("matrixmultiply 65536x128x128 (flop)", |bench| {
-        bench.iter(|| matrixmultiply(&a.data, &w.data, &mut out.data, m, k, n))
+        bench.iter(|| matrixmultiply(&a, &w, &mut out, m, k, n))
     });
 
     let big: Vec<f32> = random(&mut rng, 1 << 28);
@@ -73,28 +72,76 @@ fn benches(c: &mut Criterion) {
         })
     });
     drop(big);
+    on_backend(&mut group, &cpu, "");
+
+    #[cfg(feature = "cuda")]
+    match relgraph_kernels::cuda::Cuda::open(0) {
+        Ok(gpu) => {
+            eprintln!("CUDA benches on {}", gpu.name());
+            // The device's memory bandwidth: a 1 GiB device-to-device copy reads and
+            // writes every byte.
+            let big = Tensor::from_host(&gpu, 1 << 28, 1, &vec![1.0; 1 << 28]);
+            group.throughput(Throughput::Bytes((2 * big.len() * 4) as u64));
+            group.bench_function("cuda memory bandwidth: copy 1 GiB (bytes)", |bench| {
+                bench.iter(|| {
+                    gpu.recycle(gpu.copy(&big.data));
+                    gpu.synchronize();
+                })
+            });
+            drop(big);
+            on_backend(&mut group, &gpu, "cuda ");
+        }
+        Err(e) => eprintln!("CUDA benches skipped: no GPU ({e})"),
+    }
+    group.finish();
+}
+
+/// The model's kernels on backend `b`, each waited for; `label` prefixes their names.
+fn on_backend<B: Backend<E = f32>>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    b: &B,
+    label: &str,
+) {
+    let mut rng = Pcg64Mcg::seed_from_u64(1);
+    let (m, k, n) = (65_536, C, C);
+    let a = Tensor::from_host(b, m, k, &random(&mut rng, m * k));
+    let w = Tensor::from_host(b, k, n, &random(&mut rng, k * n));
+    let mut out = Tensor::zeros(b, m, n);
+    group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+    group.bench_function(format!("{label}gemm 65536x128x128 (flop)"), |bench| {
+        bench.iter(|| {
+            b.gemm(&a, false, &w, false, &mut out, false);
+            b.synchronize();
+        })
+    });
 
     // Row-wise kernels on an encoder-sized activation (65,536 x 128).
-    let ones = Tensor::from_host(&cpu, 1, C, &vec![1.0; C]);
-    let zeros = Tensor::zeros(&cpu, 1, C);
+    let ones = Tensor::from_host(b, 1, C, &vec![1.0; C]);
+    let zeros = Tensor::zeros(b, 1, C);
     group.throughput(Throughput::Bytes((a.len() * 4) as u64));
-    group.bench_function("layer norm forward 65536x128 (bytes)", |bench| {
+    group.bench_function(format!("{label}layer norm forward 65536x128 (bytes)"), |bench| {
         bench.iter(|| {
-            let (y, stats) = cpu.layer_norm(&a, &ones, &zeros, 1e-5);
-            cpu.recycle(y.data);
-            stats
+            let (y, stats) = b.layer_norm(&a, &ones, &zeros, 1e-5);
+            b.recycle(y.data);
+            b.recycle(stats.data);
+            b.synchronize();
         })
     });
-    let (_, stats) = cpu.layer_norm(&a, &ones, &zeros, 1e-5);
-    group.bench_function("layer norm backward 65536x128 (bytes)", |bench| {
+    let (_, stats) = b.layer_norm(&a, &ones, &zeros, 1e-5);
+    group.bench_function(format!("{label}layer norm backward 65536x128 (bytes)"), |bench| {
         bench.iter(|| {
-            let (dx, dg, db) = cpu.layer_norm_backward(&a, &ones, &stats, &out);
-            cpu.recycle(dx.data);
-            (dg, db)
+            let (dx, dg, db) = b.layer_norm_backward(&a, &ones, &stats, &out);
+            b.recycle(dx.data);
+            b.recycle(dg.data);
+            b.recycle(db.data);
+            b.synchronize();
         })
     });
-    group.bench_function("relu 65536x128 (bytes)", |bench| {
-        bench.iter(|| cpu.recycle(cpu.activation(Activation::Relu, &a).data))
+    group.bench_function(format!("{label}relu 65536x128 (bytes)"), |bench| {
+        bench.iter(|| {
+            b.recycle(b.activation(Activation::Relu, &a).data);
+            b.synchronize();
+        })
     });
 
     // 512 seeds x 128 neighbors, then 64 each: the two hops of a [128, 64] batch.
@@ -103,7 +150,7 @@ fn benches(c: &mut Criterion) {
     let hop2 = hop1 * 64;
     let dst = seeds + hop1;
     let src = dst + hop2;
-    let x = Tensor::from_host(&cpu, src, C, &random(&mut rng, src * C));
+    let x = Tensor::from_host(b, src, C, &random(&mut rng, src * C));
     // Destination d's neighbors: seeds read hop-1 nodes, hop-1 nodes read hop-2 nodes.
     let mut offsets = vec![0u32];
     let mut ids = Vec::with_capacity(hop1 + hop2);
@@ -123,56 +170,58 @@ fn benches(c: &mut Criterion) {
     }
     let ids: Vec<u32> = ids.iter().map(|&i| order[i as usize]).collect();
     let (idx, off) = (
-        Arc::new(Index::from_host(&cpu, &ids)),
-        Arc::new(Index::from_host(&cpu, &offsets)),
+        Arc::new(Index::from_host(b, &ids)),
+        Arc::new(Index::from_host(b, &offsets)),
     );
     group.throughput(Throughput::Bytes((ids.len() * C * 4) as u64));
     group.bench_function(
-        "fused gather-mean, 4.26 M edges x 128 (bytes gathered)",
-        |bench| bench.iter(|| cpu.gather_reduce(&x, Some(&idx), &off, Reduce::Mean)),
+        format!("{label}fused gather-mean, 4.26 M edges x 128 (bytes gathered)"),
+        |bench| {
+            bench.iter(|| {
+                let (out, _) = b.gather_reduce(&x, Some(&idx), &off, Reduce::Mean);
+                b.recycle(out.data);
+                b.synchronize();
+            })
+        },
     );
 
     let mut params = Params::default();
     // The features as a parameter: the tape borrows it (no copy) and computes its gradient.
-    let features = params.add(&cpu, "x", x);
+    let features = params.add(b, "x", x);
     let w_self = params.add(
-        &cpu,
+        b,
         "self",
-        Tensor::from_host(&cpu, C, C, &random(&mut rng, C * C)),
+        Tensor::from_host(b, C, C, &random(&mut rng, C * C)),
     );
     let w_neigh = params.add(
-        &cpu,
+        b,
         "neigh",
-        Tensor::from_host(&cpu, C, C, &random(&mut rng, C * C)),
+        Tensor::from_host(b, C, C, &random(&mut rng, C * C)),
     );
-    let bias = params.add(
-        &cpu,
-        "bias",
-        Tensor::from_host(&cpu, 1, C, &random(&mut rng, C)),
-    );
-    let weights = Tensor::from_host(&cpu, dst, C, &random(&mut rng, dst * C));
-    let roots = Arc::new(Index::from_host(&cpu, &order[..dst]));
+    let bias = params.add(b, "bias", Tensor::from_host(b, 1, C, &random(&mut rng, C)));
+    let weights = Tensor::from_host(b, dst, C, &random(&mut rng, dst * C));
+    let roots = Arc::new(Index::from_host(b, &order[..dst]));
     group.throughput(Throughput::Elements(ids.len() as u64));
     group.bench_function(
-        "SAGE layer forward+backward, [128, 64] x 512 seeds (edges)",
+        format!("{label}SAGE layer forward+backward, [128, 64] x 512 seeds (edges)"),
         |bench| {
             bench.iter(|| {
-                let mut tape = Tape::new(&cpu, &params);
+                let mut tape = Tape::new(b, &params);
                 let xs = tape.param(features);
                 let agg = tape.gather_reduce(xs, Some(idx.clone()), off.clone(), Reduce::Mean);
                 let root = tape.gather(xs, roots.clone());
-                let (ws, wn, b) = (tape.param(w_self), tape.param(w_neigh), tape.param(bias));
-                let h_self = tape.linear(root, ws, Some(b));
+                let (ws, wn, bi) = (tape.param(w_self), tape.param(w_neigh), tape.param(bias));
+                let h_self = tape.linear(root, ws, Some(bi));
                 let h_neigh = tape.linear(agg, wn, None);
                 let h = tape.add(h_self, h_neigh);
                 let h = tape.relu(h);
-                let loss = tape.weighted_sum(h, weights.duplicate(&cpu));
+                let loss = tape.weighted_sum(h, weights.duplicate(b));
                 // As a training step does (through `Params::step`), hand the gradients back.
-                tape.backward(loss).grads.recycle(&cpu);
+                tape.backward(loss).grads.recycle(b);
+                b.synchronize();
             })
         },
     );
-    group.finish();
 }
 
 criterion_group!(kernels, benches);

@@ -436,6 +436,10 @@ impl Backend for Cuda {
             beta: if accumulate { 1.0 } else { 0.0 },
             ldc: int(n),
         };
+        // cuBLAS runs in the thread's current context, which a rayon thread may not have.
+        if let Err(e) = self.device.context.bind_to_thread() {
+            self.fail("binding the context", e);
+        }
         // SAFETY: the shapes were checked above, so with these leading dimensions cuBLAS
         // reads b.len() and a.len() values and writes m * n: within each buffer.
         let done = unsafe {
