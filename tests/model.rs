@@ -463,7 +463,13 @@ fn a_device_is_named_or_refused_with_the_reason_before_any_work() {
             .output()
             .expect("run relgraph");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(says), "{device}: {stderr}");
-        assert!(!stderr.contains("missing"), "{device}: the device is checked first");
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{device}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("missing"),
+            "{device}: the device is checked first"
+        );
     }
 }

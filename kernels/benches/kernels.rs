@@ -119,24 +119,30 @@ fn on_backend<B: Backend<E = f32>>(
     let ones = Tensor::from_host(b, 1, C, &vec![1.0; C]);
     let zeros = Tensor::zeros(b, 1, C);
     group.throughput(Throughput::Bytes((a.len() * 4) as u64));
-    group.bench_function(format!("{label}layer norm forward 65536x128 (bytes)"), |bench| {
-        bench.iter(|| {
-            let (y, stats) = b.layer_norm(&a, &ones, &zeros, 1e-5);
-            b.recycle(y.data);
-            b.recycle(stats.data);
-            b.synchronize();
-        })
-    });
+    group.bench_function(
+        format!("{label}layer norm forward 65536x128 (bytes)"),
+        |bench| {
+            bench.iter(|| {
+                let (y, stats) = b.layer_norm(&a, &ones, &zeros, 1e-5);
+                b.recycle(y.data);
+                b.recycle(stats.data);
+                b.synchronize();
+            })
+        },
+    );
     let (_, stats) = b.layer_norm(&a, &ones, &zeros, 1e-5);
-    group.bench_function(format!("{label}layer norm backward 65536x128 (bytes)"), |bench| {
-        bench.iter(|| {
-            let (dx, dg, db) = b.layer_norm_backward(&a, &ones, &stats, &out);
-            b.recycle(dx.data);
-            b.recycle(dg.data);
-            b.recycle(db.data);
-            b.synchronize();
-        })
-    });
+    group.bench_function(
+        format!("{label}layer norm backward 65536x128 (bytes)"),
+        |bench| {
+            bench.iter(|| {
+                let (dx, dg, db) = b.layer_norm_backward(&a, &ones, &stats, &out);
+                b.recycle(dx.data);
+                b.recycle(dg.data);
+                b.recycle(db.data);
+                b.synchronize();
+            })
+        },
+    );
     group.bench_function(format!("{label}relu 65536x128 (bytes)"), |bench| {
         bench.iter(|| {
             b.recycle(b.activation(Activation::Relu, &a).data);

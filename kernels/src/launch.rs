@@ -92,106 +92,110 @@ pub struct Kernel {
 pub const KERNELS: &[Kernel] = {
     use Param::*;
     &[
-    Kernel {
-        name: "gather_rows",
-        scheme: Scheme::GridStride,
-        params: &[F32s, U32s, F32sMut, I64, I64],
-    },
-    Kernel {
-        name: "scatter_add_rows",
-        scheme: Scheme::GridStride,
-        params: &[F32s, U32s, F32sMut, I64, I64],
-    },
-    Kernel {
-        name: "segment_reduce",
-        scheme: Scheme::WarpPerSegment,
-        params: &[F32s, U32s, U32s, F32sMut, I32sMut, I64, I64, I32],
-    },
-    Kernel {
-        name: "segment_reduce_backward",
-        scheme: Scheme::WarpPerSegment,
-        params: &[F32s, U32s, U32s, I32s, F32sMut, I64, I64, I32],
-    },
-    Kernel {
-        name: "activation",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32sMut, I64, I32],
-    },
-    Kernel {
-        name: "activation_backward",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32s, F32sMut, I64, I32],
-    },
-    Kernel {
-        name: "mul",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32s, F32sMut, I64],
-    },
-    Kernel {
-        name: "add_bias",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32s, F32sMut, I64, I64],
-    },
-    Kernel {
-        name: "axpy",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32sMut, I64, F32],
-    },
-    Kernel {
-        name: "sum_rows",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32sMut, I64, I64],
-    },
-    Kernel {
-        name: "dropout_mask",
-        scheme: Scheme::GridStride,
-        params: &[F32sMut, I64, F64, F32, U64],
-    },
-    Kernel {
-        name: "time_encoding",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32sMut, I64, I64],
-    },
-    Kernel {
-        name: "time_encoding_backward",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32s, F32sMut, I64, I64],
-    },
-    Kernel {
-        name: "layer_norm",
-        scheme: Scheme::BlockPerRow,
-        params: &[F32s, F32s, F32s, F32sMut, F32sMut, I64, I64, F32],
-    },
-    Kernel {
-        name: "layer_norm_backward",
-        scheme: Scheme::BlockPerRow,
-        params: &[F32s, F32s, F32s, F32s, F32sMut, F32sMut, F32sMut, I64, I64],
-    },
-    Kernel {
-        name: "bce_with_logits",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32s, F32sMut, F32sMut, I64],
-    },
-    Kernel {
-        name: "regression_loss",
-        scheme: Scheme::GridStride,
-        params: &[F32s, F32s, F32sMut, F32sMut, I64, I32, F32],
-    },
-    Kernel {
-        name: "softmax_cross_entropy",
-        scheme: Scheme::BlockPerRow,
-        params: &[F32s, F32s, F32sMut, F32sMut, I64, I64],
-    },
-    Kernel {
-        name: "adam",
-        scheme: Scheme::GridStride,
-        params: &[F32sMut, F32s, F32sMut, F32sMut, I64, F32, F32, F32, F32, F32, F32, F32],
-    },
-    Kernel {
-        name: "adam_sparse",
-        scheme: Scheme::GridStride,
-        params: &[F32sMut, F32s, U32s, F32sMut, F32sMut, I64, I64, F32, F32, F32, F32, F32, F32, F32],
-    },
+        Kernel {
+            name: "gather_rows",
+            scheme: Scheme::GridStride,
+            params: &[F32s, U32s, F32sMut, I64, I64],
+        },
+        Kernel {
+            name: "scatter_add_rows",
+            scheme: Scheme::GridStride,
+            params: &[F32s, U32s, F32sMut, I64, I64],
+        },
+        Kernel {
+            name: "segment_reduce",
+            scheme: Scheme::WarpPerSegment,
+            params: &[F32s, U32s, U32s, F32sMut, I32sMut, I64, I64, I32],
+        },
+        Kernel {
+            name: "segment_reduce_backward",
+            scheme: Scheme::WarpPerSegment,
+            params: &[F32s, U32s, U32s, I32s, F32sMut, I64, I64, I32],
+        },
+        Kernel {
+            name: "activation",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32sMut, I64, I32],
+        },
+        Kernel {
+            name: "activation_backward",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32s, F32sMut, I64, I32],
+        },
+        Kernel {
+            name: "mul",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32s, F32sMut, I64],
+        },
+        Kernel {
+            name: "add_bias",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32s, F32sMut, I64, I64],
+        },
+        Kernel {
+            name: "axpy",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32sMut, I64, F32],
+        },
+        Kernel {
+            name: "sum_rows",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32sMut, I64, I64],
+        },
+        Kernel {
+            name: "dropout_mask",
+            scheme: Scheme::GridStride,
+            params: &[F32sMut, I64, F64, F32, U64],
+        },
+        Kernel {
+            name: "time_encoding",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32sMut, I64, I64],
+        },
+        Kernel {
+            name: "time_encoding_backward",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32s, F32sMut, I64, I64],
+        },
+        Kernel {
+            name: "layer_norm",
+            scheme: Scheme::BlockPerRow,
+            params: &[F32s, F32s, F32s, F32sMut, F32sMut, I64, I64, F32],
+        },
+        Kernel {
+            name: "layer_norm_backward",
+            scheme: Scheme::BlockPerRow,
+            params: &[F32s, F32s, F32s, F32s, F32sMut, F32sMut, F32sMut, I64, I64],
+        },
+        Kernel {
+            name: "bce_with_logits",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32s, F32sMut, F32sMut, I64],
+        },
+        Kernel {
+            name: "regression_loss",
+            scheme: Scheme::GridStride,
+            params: &[F32s, F32s, F32sMut, F32sMut, I64, I32, F32],
+        },
+        Kernel {
+            name: "softmax_cross_entropy",
+            scheme: Scheme::BlockPerRow,
+            params: &[F32s, F32s, F32sMut, F32sMut, I64, I64],
+        },
+        Kernel {
+            name: "adam",
+            scheme: Scheme::GridStride,
+            params: &[
+                F32sMut, F32s, F32sMut, F32sMut, I64, F32, F32, F32, F32, F32, F32, F32,
+            ],
+        },
+        Kernel {
+            name: "adam_sparse",
+            scheme: Scheme::GridStride,
+            params: &[
+                F32sMut, F32s, U32s, F32sMut, F32sMut, I64, I64, F32, F32, F32, F32, F32, F32, F32,
+            ],
+        },
     ]
 };
 

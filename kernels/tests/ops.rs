@@ -71,6 +71,20 @@ impl<B: Backend<E = f32>> Suite<'_, B> {
         (ids, offsets)
     }
 
+    /// Large uploads (staged through pinned memory on a GPU), one after another into
+    /// the same staging buffer, arrive intact.
+    fn uploads(&mut self) {
+        let b = self.b;
+        let mut sent = Vec::new();
+        for round in 0..3 {
+            let host: Vec<f32> = (0..300_000).map(|i| (i * 7 + round) as f32).collect();
+            sent.push((Tensor::from_host(b, 1000, 300, &host), host));
+        }
+        for (t, host) in &sent {
+            assert!(t.to_host(b) == *host, "upload on {}", b.name());
+        }
+    }
+
     fn dense(&mut self) {
         let (b, r) = (self.b, &self.r.clone());
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -135,13 +149,20 @@ impl<B: Backend<E = f32>> Suite<'_, B> {
         let (b, r) = (self.b, &self.r.clone());
         let (rows, cols) = (60, 37);
         let (x, xr) = self.random(rows, cols);
-        let ids: Vec<u32> = (0..150).map(|_| self.rng.random_range(0..rows as u32)).collect();
+        let ids: Vec<u32> = (0..150)
+            .map(|_| self.rng.random_range(0..rows as u32))
+            .collect();
         let (idx, idxr) = self.ids(&ids);
         let gathered = b.gather_rows(&x, &idx);
         self.same("gather_rows", &gathered, &r.gather_rows(&xr, &idxr), 1e-7);
         let (dy, dyr) = self.random(150, cols);
         let scattered = b.scatter_add_rows(&dy, &idx, rows);
-        self.same("scatter_add_rows", &scattered, &r.scatter_add_rows(&dyr, &idxr, rows), 1e-5);
+        self.same(
+            "scatter_add_rows",
+            &scattered,
+            &r.scatter_add_rows(&dyr, &idxr, rows),
+            1e-5,
+        );
         let (perm, offsets) = b.group_by(&idx, rows);
         let (permr, offsetsr) = r.group_by(&idxr, rows);
         assert_eq!(perm.to_host(b), permr.to_host(r), "group_by");
@@ -205,7 +226,10 @@ impl<B: Backend<E = f32>> Suite<'_, B> {
             let (target, targetr) = self.pair(70, 3, &target);
             let (value, grad) = b.loss(loss, &pred, &target);
             let (valuer, gradr) = r.loss(loss, &predr, &targetr);
-            assert!((f64::from(value) - valuer).abs() < 1e-4, "{loss:?}: {value} vs {valuer}");
+            assert!(
+                (f64::from(value) - valuer).abs() < 1e-4,
+                "{loss:?}: {value} vs {valuer}"
+            );
             self.same(&format!("{loss:?} gradient"), &grad, &gradr, 1e-5);
         }
         let (logits, logitsr) = self.random(70, 9);
@@ -213,7 +237,10 @@ impl<B: Backend<E = f32>> Suite<'_, B> {
         let (classes, classesr) = self.pair(70, 1, &classes);
         let (value, grad) = b.loss(Loss::SoftmaxCrossEntropy, &logits, &classes);
         let (valuer, gradr) = r.loss(Loss::SoftmaxCrossEntropy, &logitsr, &classesr);
-        assert!((f64::from(value) - valuer).abs() < 1e-4, "softmax: {value} vs {valuer}");
+        assert!(
+            (f64::from(value) - valuer).abs() < 1e-4,
+            "softmax: {value} vs {valuer}"
+        );
         self.same("softmax gradient", &grad, &gradr, 1e-5);
     }
 
@@ -251,6 +278,7 @@ fn suite<B: Backend<E = f32>>(b: &B) {
         r: R::new(),
         rng: Pcg64Mcg::seed_from_u64(11),
     };
+    s.uploads();
     s.dense();
     s.sparse();
     s.losses();

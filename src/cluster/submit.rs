@@ -45,7 +45,9 @@ pub fn run(
         bail!("--threads is a worker setting in a cluster (worker config `threads`)");
     }
     if config.device.is_some() {
-        bail!("--device is a worker setting in a cluster (`relgraph worker --gpu N`, one worker per GPU)");
+        bail!(
+            "--device is a worker setting in a cluster (`relgraph worker --gpu N`, one worker per GPU)"
+        );
     }
     let toml = toml::to_string(&config.config()?).context("cannot encode the training config")?;
     let dir = data.dir()?;

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use relgraph_kernels::Device;
 use anyhow::{Context, Result};
 use relgraph_common::Database;
 use relgraph_coordinator::auth::check_token;
 use relgraph_coordinator::client::AdminClient;
+use relgraph_kernels::Device;
 use relgraph_proto::cluster::collective_server::CollectiveServer;
 use relgraph_proto::cluster::{
     HeartbeatRequest, Job, JobProgress, JobState, ListRequest, RegisterWorker, TableInfo,

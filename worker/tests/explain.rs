@@ -88,7 +88,14 @@ fn attributions_decompose_the_models_own_output() {
         };
     }
     // A CUDA device this machine or build lacks is an error that says what is missing.
-    if let Err(e) = fit(&db, query, &plan, &labels, &config, session!(Device::Cuda(7))) {
+    if let Err(e) = fit(
+        &db,
+        query,
+        &plan,
+        &labels,
+        &config,
+        session!(Device::Cuda(7)),
+    ) {
         let e = e.to_string();
         assert!(
             e.starts_with("device: cuda:7: ")

@@ -6,6 +6,9 @@
 //!
 //! Buffers come from a caching pool keyed by size class: a training step allocates the
 //! same tensors every time, and `cuMemAlloc` per tensor would cost more than the kernels.
+//! Large uploads (a batch's features) go through pinned host buffers, one per size class,
+//! so the copy to the device is a true asynchronous DMA that overlaps the kernels queued
+//! before it; a staging buffer is rewritten only after its previous copy is done.
 //!
 //! Unlike the CPU backend, kernels that read through an index do not check its range on
 //! the device; the tape's callers guarantee it, and the op suite runs the CPU backend's
@@ -16,7 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig};
+use cudarc::driver::{
+    CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PinnedHostSlice,
+};
 use cudarc::driver::{PushKernelArg, ValidAsZeroBits};
 
 use super::{CudaDevice, CudaError, compile_cached};
@@ -58,6 +64,11 @@ fn size_class(len: usize) -> usize {
     len.div_ceil(quarter) * quarter
 }
 
+/// Uploads of at least this many values are staged through pinned memory.
+const STAGED: usize = 1 << 16;
+/// The most pinned host memory staging holds (bytes).
+const STAGING_BUDGET: usize = 512 << 20;
+
 /// The CUDA backend: one device, its stream, the compiled kernels and cuBLAS.
 pub struct Cuda {
     device: CudaDevice,
@@ -66,6 +77,21 @@ pub struct Cuda {
     pool: Arc<Mutex<Pool>>,
     /// The most bytes the pool keeps.
     budget: usize,
+    /// Pinned host buffers for uploads, by size class, each with the event recorded
+    /// after its last copy (cudarc records none on a single stream).
+    staging: Mutex<HashMap<usize, Staging>>,
+}
+
+struct Staging {
+    host: PinnedHostSlice<f32>,
+    copied: Option<CudaEvent>,
+}
+
+impl Drop for Cuda {
+    fn drop(&mut self) {
+        // Pinned buffers may still be read by queued copies; freeing them must wait.
+        let _ = self.stream().synchronize();
+    }
 }
 
 impl std::fmt::Debug for Cuda {
@@ -170,6 +196,7 @@ impl Cuda {
             blas,
             pool: Arc::default(),
             budget,
+            staging: Mutex::default(),
         })
     }
 
@@ -182,7 +209,10 @@ impl Cuda {
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> ! {
-        panic!("CUDA device {} ({}): {what}: {e}", self.device.ordinal, self.device.name)
+        panic!(
+            "CUDA device {} ({}): {what}: {e}",
+            self.device.ordinal, self.device.name
+        )
     }
 
     fn ptr<T>(&self, buf: &DeviceBuf<T>) -> u64 {
@@ -272,6 +302,49 @@ impl Cuda {
         DeviceBuf { mem, len }
     }
 
+    /// Copies `host` into `buf` through the pinned buffer of `buf`'s size class; false
+    /// when staging cannot take it (over budget, pinned memory refused), so the caller
+    /// copies from pageable memory instead.
+    #[allow(unsafe_code)]
+    fn stage(&self, host: &[f32], buf: &mut DeviceBuf<f32>) -> bool {
+        let class = buf.mem.len();
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if !staging.contains_key(&class) {
+            let held: usize = staging.keys().map(|c| c * 4).sum();
+            if held + class * 4 > STAGING_BUDGET {
+                return false;
+            }
+            // SAFETY: page-locked host memory for `class` f32 values; every value a copy
+            // reads was written first (below) or lies past `host.len()` in a device
+            // buffer's unused tail.
+            match unsafe { self.device.context.alloc_pinned::<f32>(class) } {
+                Ok(host) => staging.insert(class, Staging { host, copied: None }),
+                Err(_) => return false,
+            };
+        }
+        let Some(slot) = staging.get_mut(&class) else {
+            return false;
+        };
+        // The previous copy out of this buffer must be done before it is rewritten.
+        if let Some(copied) = slot.copied.take()
+            && let Err(e) = copied.synchronize()
+        {
+            self.fail("waiting for an upload", e);
+        }
+        match slot.host.as_mut_slice() {
+            Ok(values) => values[..host.len()].copy_from_slice(host),
+            Err(e) => self.fail("staging an upload", e),
+        }
+        if let Err(e) = self.stream().memcpy_htod(&slot.host, &mut buf.mem) {
+            self.fail("uploading", e);
+        }
+        match self.stream().record_event(None) {
+            Ok(event) => slot.copied = Some(event),
+            Err(e) => self.fail("recording an upload", e),
+        }
+        true
+    }
+
     fn zeroed<T: DeviceRepr + ValidAsZeroBits>(&self, mem: &mut CudaSlice<T>) {
         if let Err(e) = self.stream().memset_zeros(mem) {
             self.fail("zeroing a buffer", e);
@@ -307,6 +380,9 @@ impl Backend for Cuda {
 
     fn upload(&self, host: &[f32]) -> DeviceBuf<f32> {
         let mut buf = self.alloc(host.len());
+        if host.len() >= STAGED && self.stage(host, &mut buf) {
+            return buf;
+        }
         if !host.is_empty()
             && let Err(e) = self
                 .stream()
@@ -359,9 +435,10 @@ impl Backend for Cuda {
     fn copy(&self, buf: &DeviceBuf<f32>) -> DeviceBuf<f32> {
         let mut out = self.alloc(buf.len);
         if buf.len > 0
-            && let Err(e) = self
-                .stream()
-                .memcpy_dtod(&buf.mem.slice(0..buf.len), &mut out.mem.slice_mut(0..buf.len))
+            && let Err(e) = self.stream().memcpy_dtod(
+                &buf.mem.slice(0..buf.len),
+                &mut out.mem.slice_mut(0..buf.len),
+            )
         {
             self.fail("copying", e);
         }
@@ -467,7 +544,12 @@ impl Backend for Cuda {
     fn sum_rows(&self, x: &Tensor<Self>) -> Tensor<Self> {
         let out = self.alloc(x.cols);
         let grid = launch::grid_stride(x.cols as u64);
-        let args = [self.floats(x), self.floats_mut(&out), n64(x.rows), n64(x.cols)];
+        let args = [
+            self.floats(x),
+            self.floats_mut(&out),
+            n64(x.rows),
+            n64(x.cols),
+        ];
         self.launch("sum_rows", grid, 0, &args);
         Self::tensor(1, x.cols, out)
     }
@@ -619,7 +701,12 @@ impl Backend for Cuda {
         );
         let out = self.alloc(t.rows * dims);
         let grid = launch::grid_stride((t.rows * dims / 2) as u64);
-        let args = [self.floats(t), self.floats_mut(&out), n64(t.rows), n64(dims)];
+        let args = [
+            self.floats(t),
+            self.floats_mut(&out),
+            n64(t.rows),
+            n64(dims),
+        ];
         self.launch("time_encoding", grid, 0, &args);
         Self::tensor(t.rows, dims, out)
     }
@@ -697,7 +784,12 @@ impl Backend for Cuda {
             Arg::I32(reduce_code(reduce)),
         ];
         if segments > 0 {
-            self.launch("segment_reduce", launch::warp_grid(segments as u64), 0, &args);
+            self.launch(
+                "segment_reduce",
+                launch::warp_grid(segments as u64),
+                0,
+                &args,
+            );
         }
         let arg = arg.map(|data| Index {
             len: data.len,

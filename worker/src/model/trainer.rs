@@ -425,7 +425,11 @@ impl<B: Compute> Model<B> {
         let mut params = Params::default();
         for (name, value) in self.params.names.iter().zip(&self.params.values) {
             let host = value.to_host(&self.backend);
-            params.add(&backend, name, Tensor::from_host(&backend, value.rows, value.cols, &host));
+            params.add(
+                &backend,
+                name,
+                Tensor::from_host(&backend, value.rows, value.cols, &host),
+            );
         }
         Model {
             manifest: self.manifest.clone(),
