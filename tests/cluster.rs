@@ -267,7 +267,7 @@ fn three_coordinators_elect_redirect_authenticate_and_survive_their_leader() {
 }
 
 /// A small training job long enough to be interrupted twice: ten full epochs (no early stop), one thread.
-const JOB_CONFIG: &str = "channels = 32\nencoder_blocks = 1\nfanouts = [16, 8]\nepochs = 10\nmax_steps_per_epoch = 16\nbatch_size = 128\npatience = 100\n";
+const JOB_CONFIG: &str = "channels = 32\nencoder_blocks = 1\nfanouts = [16, 8]\nepochs = 10\nmax_steps_per_epoch = 16\nbatch_size = 128\npatience = 100\ncheckpoint_every = 5\n";
 
 fn job(admin_addrs: &[String]) -> Option<Value> {
     let jobs = admin(&["jobs"], admin_addrs);

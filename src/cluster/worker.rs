@@ -493,6 +493,32 @@ fn run_job(
     }
 }
 
+/// Checkpoints kept per job: the coordinator may still point at an older one while the
+/// report of the newest is on its way.
+const KEEP_CHECKPOINTS: usize = 3;
+
+/// Removes all but the `keep` latest `step-N` checkpoints in `dir` (best effort: a
+/// checkpoint left behind costs disk, not correctness).
+fn prune_checkpoints(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut steps: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let step = name.to_str()?.strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    steps.sort_unstable();
+    for (_, old) in steps.iter().rev().skip(keep) {
+        if let Err(e) = std::fs::remove_dir_all(old) {
+            tracing::warn!("cannot remove the old checkpoint {}: {e}", old.display());
+        }
+    }
+}
+
 fn is_collective(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<ModelError>(),
@@ -581,8 +607,10 @@ fn train_job(
         if !lead {
             return Ok(());
         }
-        let dir = out.join("checkpoints").join(format!("epoch-{}", s.epoch));
+        let checkpoints = out.join("checkpoints");
+        let dir = checkpoints.join(format!("step-{}", s.steps));
         model::save_train_state(s, &dir)?;
+        prune_checkpoints(&checkpoints, KEEP_CHECKPOINTS);
         report(JobProgress {
             checkpoint: dir.display().to_string(),
             checkpoint_step: s.steps,

@@ -4,55 +4,17 @@
 //! integrated gradients add up to output minus baseline, and leaving every column out
 //! gives the baseline.
 
-use std::fmt::Write;
+mod common;
+
 use std::sync::atomic::AtomicBool;
 
-use relgraph_common::Database;
+use common::database;
+
 use relgraph_common::pql::{self, PlanOptions};
 use relgraph_kernels::Device;
 use relgraph_worker::label::{LocalFacts, build};
 use relgraph_worker::model::explain::Method;
 use relgraph_worker::model::{Output, Session, TrainConfig, fit};
-
-fn database() -> (tempfile::TempDir, Database) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut customers = String::from("customer_id,score,joined,tier,tags,note\n");
-    let mut orders = String::from("order_id,customer_id,amount,timestamp\n");
-    let mut order = 0;
-    for c in 0..300u32 {
-        let tier = ["gold", "silver", "bronze"][c as usize % 3];
-        let tags = ["a|b", "b", "c|a|d", ""][c as usize % 4];
-        let note = ["likes fast delivery", "returns often", "quiet buyer"][c as usize % 3];
-        let _ = writeln!(
-            customers,
-            "C{c},{},2024-0{}-15,{tier},{tags},{note}",
-            (c * 37 % 101) as f64 / 10.0,
-            1 + c % 9
-        );
-        for k in 0..(c % 5) {
-            order += 1;
-            let day = 1 + (c * 7 + k * 11) % 27;
-            let month = 1 + (c + k) % 11;
-            let _ = writeln!(
-                orders,
-                "O{order},C{c},{},2024-{month:02}-{day:02} 12:00:00",
-                10 + (c * k) % 90
-            );
-        }
-    }
-    std::fs::write(dir.path().join("customers.csv"), customers).expect("write");
-    std::fs::write(dir.path().join("orders.csv"), orders).expect("write");
-    std::fs::write(
-        dir.path().join("schema.toml"),
-        "[tables.customers.columns]\n\
-         tags = { dtype = \"string\", stype = \"multicategorical\" }\n\
-         note = { dtype = \"string\", stype = \"text\" }\n\
-         [tables.orders]\nforeign_keys = { customer_id = \"customers\" }\n",
-    )
-    .expect("write");
-    let db = Database::load(dir.path(), None).expect("load");
-    (dir, db)
-}
 
 #[test]
 fn attributions_decompose_the_models_own_output() {

@@ -85,6 +85,8 @@ pub struct TrainConfig {
     pub negatives: usize,
     /// How ASSUMING is read.
     pub assuming: Assuming,
+    /// Also checkpoint every this many steps within an epoch (0: after epochs only).
+    pub checkpoint_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -108,6 +110,7 @@ impl Default for TrainConfig {
             regression_loss: RegressionLoss::L1,
             negatives: 1024,
             assuming: Assuming::Auto,
+            checkpoint_every: 0,
         }
     }
 }

@@ -207,12 +207,19 @@ pub struct TrainReport {
     pub history: Vec<EpochLog>,
 }
 
-/// Where training stands after a finished epoch. Training continued from it goes on
-/// exactly as if it had not stopped: an epoch's batches depend only on the seed and the
-/// epoch number, and the optimiser's moments come along.
+/// Where training stands after a finished epoch, or part way through the next one
+/// (`epoch_steps` > 0). Training continued from it goes on exactly as if it had not
+/// stopped: an epoch's batches depend only on the seed and the epoch number, and the
+/// optimiser's moments come along.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainState {
+    /// Epochs finished.
     pub epoch: usize,
+    /// Steps taken of the next epoch, and the sum of their losses.
+    #[serde(default)]
+    pub epoch_steps: usize,
+    #[serde(default)]
+    pub epoch_loss: f64,
     pub steps: u64,
     pub best_epoch: usize,
     pub best_value: Option<f64>,
@@ -227,8 +234,8 @@ pub struct TrainState {
     pub moments: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
-/// Called after every epoch with the state to resume from (to checkpoint it); an error
-/// stops training.
+/// Called after every epoch, and every `checkpoint_every` steps within one, with the
+/// state to resume from (to checkpoint it); an error stops training.
 pub type OnEpoch<'a> = &'a mut dyn FnMut(&TrainState) -> Result<(), ModelError>;
 
 /// Runs `make(j)` for `j` in `0..jobs` on a loader thread, two jobs ahead, and hands
@@ -865,6 +872,8 @@ fn train_on<B: Compute>(
     };
     let mut best: Option<(f64, Vec<Vec<f32>>)> = None;
     let mut first_epoch = 1;
+    // Steps already taken of the first epoch, and their summed loss.
+    let mut resumed_within = (0usize, 0.0f64);
     if let Some(r) = resume {
         if r.params.len() != model.params.values.len() || r.moments.len() != r.params.len() {
             return Err(ModelError::Mismatch(format!(
@@ -883,6 +892,7 @@ fn train_on<B: Compute>(
         report.steps = r.steps;
         report.history = r.history;
         first_epoch = r.epoch + 1;
+        resumed_within = (r.epoch_steps, r.epoch_loss);
         if report.epochs > 0 && report.epochs - report.best_epoch >= config.patience {
             first_epoch = usize::MAX;
         }
@@ -918,7 +928,9 @@ fn train_on<B: Compute>(
                     .collect()
             })
             .collect();
-        let (mut loss_sum, mut done) = (0.0, 0usize);
+        // A resumed epoch starts after the steps it had taken.
+        let (skip, skipped_loss) = std::mem::take(&mut resumed_within);
+        let (mut loss_sum, mut done) = (skipped_loss, skip);
         let seed = combine(config.seed, epoch as u64);
         {
             let Model {
@@ -932,14 +944,20 @@ fn train_on<B: Compute>(
             // Wall time, waits for the loader included.
             let clock = Instant::now();
             pipeline(
-                batches.len(),
-                |j| match mine[j].is_empty() {
+                batches.len().saturating_sub(skip),
+                |j| match mine[skip + j].is_empty() {
                     true => Ok(None),
                     false => loader
-                        .step_inputs(data, train, &mine[j], combine(seed, j as u64))
+                        .step_inputs(
+                            data,
+                            train,
+                            &mine[skip + j],
+                            combine(seed, (skip + j) as u64),
+                        )
                         .map(Some),
                 },
                 |j, inputs| {
+                    let j = skip + j;
                     let computed = inputs.map(|inputs| {
                         gradients(
                             (net, params, backend),
@@ -966,6 +984,23 @@ fn train_on<B: Compute>(
                     done += 1;
                     seeds_seen += batches[j].len();
                     report.steps += 1;
+                    let every = config.checkpoint_every;
+                    if every > 0 && report.steps.is_multiple_of(every as u64) && done < steps {
+                        let (adam_steps, moments) = params.optimizer_state(backend);
+                        on_epoch(&TrainState {
+                            epoch: epoch - 1,
+                            epoch_steps: done,
+                            epoch_loss: loss_sum,
+                            steps: report.steps,
+                            best_epoch: report.best_epoch,
+                            best_value: best.as_ref().map(|b| b.0),
+                            history: report.history.clone(),
+                            adam_steps,
+                            params: params.values.iter().map(|t| t.to_host(backend)).collect(),
+                            best: best.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
+                            moments,
+                        })?;
+                    }
                     progress(&Progress {
                         epoch,
                         epochs: config.epochs,
@@ -1018,6 +1053,8 @@ fn train_on<B: Compute>(
         let (adam_steps, moments) = model.params.optimizer_state(&model.backend);
         on_epoch(&TrainState {
             epoch,
+            epoch_steps: 0,
+            epoch_loss: 0.0,
             steps: report.steps,
             best_epoch: report.best_epoch,
             best_value: best.as_ref().map(|b| b.0),
