@@ -178,23 +178,35 @@ impl GraphView for Routed {
             group.push(*r);
             origin.push(i as u32);
         }
-        // One shard after another on this thread: a rayon fork here could run another
-        // chunk of the same sampling call on this thread, in the middle of this one.
-        let answers: Vec<Vec<Neighbor>> = groups
-            .iter()
-            .enumerate()
-            .map(|(s, (group, origin))| {
-                let mut found = Vec::new();
-                if group.is_empty() {
-                    return found;
-                }
-                self.ask(s, edge_type, group, strategy, &mut found);
-                for n in &mut found {
-                    n.request = origin[n.request as usize];
-                }
-                found
-            })
-            .collect();
+        // Every other shard on a thread of its own, at the same time, while this thread
+        // samples the home shard (plain threads: a rayon fork here could run another
+        // chunk of the same sampling call on this thread, in the middle of this one).
+        let fill = |s: usize| {
+            let (group, origin) = &groups[s];
+            let mut found = Vec::new();
+            self.ask(s, edge_type, group, strategy, &mut found);
+            for n in &mut found {
+                n.request = origin[n.request as usize];
+            }
+            found
+        };
+        let asked = |s: usize| !groups[s].0.is_empty();
+        let answers: Vec<Vec<Neighbor>> = std::thread::scope(|scope| {
+            let remote: Vec<_> = (0..groups.len())
+                .filter(|&s| s != self.home && asked(s))
+                .map(|s| (s, scope.spawn(move || fill(s))))
+                .collect();
+            let mut answers = vec![Vec::new(); groups.len()];
+            if self.home < groups.len() && asked(self.home) {
+                answers[self.home] = fill(self.home);
+            }
+            for (s, thread) in remote {
+                answers[s] = thread
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            }
+            answers
+        });
         let away = requests.len() - groups.get(self.home).map_or(0, |g| g.0.len());
         self.routed.fetch_add(away as u64, Ordering::Relaxed);
         // Back in request order (each shard answers its requests in order): a counting
