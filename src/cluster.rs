@@ -66,6 +66,9 @@ pub struct WorkerArgs {
     /// Serve the ready models trained on this database directory over Flight.
     #[arg(long)]
     serve_data: Option<PathBuf>,
+    /// With --serve-data: log rows appended over Flight in this RocksDB directory.
+    #[arg(long)]
+    serve_store: Option<PathBuf>,
     /// Train on CUDA device N (run one worker per GPU); default: the CPU.
     #[arg(long)]
     gpu: Option<usize>,
@@ -134,9 +137,16 @@ impl WorkerArgs {
         if let Some(d) = &self.serve_data {
             c.serve_data = Some(d.to_string_lossy().into_owned());
         }
+        if let Some(d) = &self.serve_store {
+            c.serve_store = Some(d.to_string_lossy().into_owned());
+        }
         if self.gpu.is_some() {
             c.gpu = self.gpu;
         }
+        anyhow::ensure!(
+            c.serve_store.is_none() || c.serve_data.is_some(),
+            "`serve_store` logs rows appended to served data: it needs `serve_data` (--serve-data)"
+        );
         anyhow::ensure!(
             !c.coordinators.is_empty(),
             "a worker needs at least one coordinator address (--coordinator or `coordinators`)"

@@ -51,7 +51,7 @@ impl DataArgs {
             .ok_or_else(|| anyhow!("--data DIR is required: the database directory"))
     }
 
-    fn options(&self) -> Result<PlanOptions> {
+    pub fn options(&self) -> Result<PlanOptions> {
         let step = match &self.step {
             Some(v) if v.len() == 2 => {
                 let n: f64 = v[0]

@@ -378,8 +378,11 @@ fn start_workers(
             for a in coordinators {
                 args.extend_from_slice(&["--coordinator", a]);
             }
-            if let (1, Some(dir)) = (i, serve) {
+            // The first worker serves the data's ready models, logging appends beside it.
+            let store = serve.map(|dir| dir.with_file_name("serve-store"));
+            if let (1, Some(dir), Some(store)) = (i, serve, &store) {
                 args.extend_from_slice(&["--serve-data", path(dir)]);
+                args.extend_from_slice(&["--serve-store", path(store)]);
             }
             let w = Proc::start(&format!("worker {i}"), &args);
             let listening = w.line("listening on", 60);
@@ -459,6 +462,18 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     let exchanged =
         exchange_over_flight(&nodes[2].3, "cluster-model", &[&["CU-1003"], &["CU-1001"]]);
     assert_eq!(exchanged, scores);
+    // Orders appended through the router reach the serving worker's log (acknowledged
+    // once durable there) and move that customer's next score, and no one else's.
+    let anchor = anchor_over_flight(&nodes[2].3, "cluster-model", "CU-1003");
+    let ack = append_orders_over_flight(&nodes[2].3, "CU-1003", anchor - 60, 12);
+    assert_eq!(ack["rows"], 12, "{ack}");
+    let after = score_over_flight(&nodes[2].3, "cluster-model", &["CU-1003", "CU-1001"]);
+    assert_ne!(after[0], scores[0], "the appended orders changed nothing");
+    assert_eq!(after[1], scores[1]);
+    assert_eq!(
+        after,
+        score_over_flight(&serving, "cluster-model", &["CU-1003", "CU-1001"])
+    );
     // The survivors stepped in lockstep through both attempts (the same count), and say
     // so on /metrics.
     let steps: Vec<u64> = workers
@@ -549,6 +564,76 @@ fn score_over_flight(addr: &str, model: &str, keys: &[&str]) -> Vec<f64> {
     })
 }
 
+/// The anchor time (seconds) at which model `model` of `addr` scores `key`.
+fn anchor_over_flight(addr: &str, model: &str, key: &str) -> i64 {
+    use futures::TryStreamExt;
+    with_flight(addr, async |c| {
+        let ticket = serde_json::json!({"v": 1, "model": model, "keys": [key]}).to_string();
+        let batches: Vec<arrow::array::RecordBatch> = c
+            .do_get(arrow_flight::Ticket::new(ticket))
+            .await
+            .expect("do_get")
+            .try_collect()
+            .await
+            .expect("batches");
+        batches[0]
+            .column_by_name("anchor_time")
+            .expect("anchor_time")
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampSecondArray>()
+            .expect("seconds")
+            .value(0)
+    })
+}
+
+/// Appends `n` orders of `customer` at `time` to `orders` through `addr`'s `DoPut`;
+/// returns the acknowledgement.
+fn append_orders_over_flight(addr: &str, customer: &str, time: i64, n: usize) -> Value {
+    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampSecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use futures::TryStreamExt;
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("order_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("product_id", DataType::Utf8, false),
+        Field::new("quantity", DataType::Int64, false),
+        Field::new("price", DataType::Float64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Second, None),
+            false,
+        ),
+    ]));
+    let ids: Vec<String> = (0..n).map(|i| format!("O-cluster-{i}")).collect();
+    let batch = arrow::array::RecordBatch::try_new(
+        schema,
+        vec![
+            std::sync::Arc::new(StringArray::from(ids)),
+            std::sync::Arc::new(StringArray::from(vec![customer; n])),
+            std::sync::Arc::new(StringArray::from(vec!["P-5001"; n])),
+            std::sync::Arc::new(Int64Array::from(vec![1; n])),
+            std::sync::Arc::new(Float64Array::from(vec![19.99; n])),
+            std::sync::Arc::new(TimestampSecondArray::from(vec![time; n])),
+        ],
+    )
+    .expect("orders");
+    let descriptor =
+        arrow_flight::FlightDescriptor::new_path(vec!["tables".into(), "orders".into()]);
+    with_flight(addr, async |c| {
+        let input = arrow_flight::encode::FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(descriptor))
+            .build(futures::stream::iter([Ok(batch)]));
+        let acks: Vec<arrow_flight::PutResult> = c
+            .do_put(input)
+            .await
+            .expect("do_put")
+            .try_collect()
+            .await
+            .expect("acknowledgements");
+        serde_json::from_slice(&acks[0].app_metadata).expect("json acknowledgement")
+    })
+}
+
 /// The same through `DoExchange`, one request per element of `requests`.
 fn exchange_over_flight(addr: &str, model: &str, requests: &[&[&str]]) -> Vec<f64> {
     use arrow::datatypes::{DataType, Field, Schema};
@@ -604,9 +689,30 @@ fn local_runs_a_coordinator_and_two_workers_in_one_process() {
         .trim_end_matches(',')
         .to_string();
     let out = root.join("model");
+    // A schema override and an anchor step travel with the job to its workers.
+    let schema = root.join("schema.toml");
+    std::fs::write(
+        &schema,
+        "[tables.customers]\nprimary_key = \"customer_id\"\n",
+    )
+    .expect("schema");
+    let submit_args = |step: &str| {
+        let mut args = vec!["train", CHURN, "--data", path(&data), "--out", path(&out)];
+        args.extend(["--config", path(&config), "--coordinator", &addr, "--json"]);
+        args.extend(["--schema", path(&schema), "--step", step, "days"]);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let refused = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(submit_args("many"))
+        .output()
+        .expect("submit");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("--step"),
+        "{stderr}"
+    );
     let submit = Command::new(env!("CARGO_BIN_EXE_relgraph"))
-        .args(["train", CHURN, "--data", path(&data), "--out", path(&out)])
-        .args(["--config", path(&config), "--coordinator", &addr, "--json"])
+        .args(submit_args("45"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("submit");
@@ -614,6 +720,34 @@ fn local_runs_a_coordinator_and_two_workers_in_one_process() {
     assert!(submitted.status.success(), "submit failed");
     let report: Value = serde_json::from_slice(&submitted.stdout).expect("json");
     assert_eq!(report["job"]["state"], "ready", "{report}");
+    assert_eq!(
+        report["job"]["anchor_step"],
+        serde_json::json!(["45", "days"])
+    );
+    assert!(
+        report["job"]["schema"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("schema.toml"))
+    );
+    // The same step locally gives the same number of training examples.
+    let alone = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args([
+            "train",
+            CHURN,
+            "--data",
+            path(&data),
+            "--out",
+            path(&root.join("alone")),
+        ])
+        .args(["--config", path(&config), "--json", "--step", "45", "days"])
+        .args(["--schema", path(&schema)])
+        .output()
+        .expect("local train");
+    let alone: Value = serde_json::from_slice(&alone.stdout).expect("json");
+    assert_eq!(
+        report["report"]["examples"]["train"], alone["examples"]["train"],
+        "{report}"
+    );
     let status = admin(&["status"], std::slice::from_ref(&addr));
     let workers = status["workers"].as_array().expect("workers");
     assert_eq!(workers.len(), 2, "{status}");

@@ -121,6 +121,8 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
                 output_dir: s.output_dir.clone(),
                 request_id: s.request_id.clone(),
                 want_workers: s.workers,
+                schema: s.schema.clone(),
+                anchor_step: s.anchor_step.clone(),
                 state: JobState::Pending.into(),
                 submitted_ms: now,
                 updated_ms: now,

@@ -57,6 +57,7 @@ pub fn job_json(j: &Job) -> Value {
         "output_dir": j.output_dir, "worker": j.worker, "workers": j.workers, "attempt": j.attempt, "epoch": j.epoch,
         "step": j.step, "checkpoint": j.checkpoint, "checkpoint_step": j.checkpoint_step,
         "error": j.error, "model": j.model, "submitted_ms": j.submitted_ms, "updated_ms": j.updated_ms,
+        "schema": j.schema, "anchor_step": j.anchor_step,
     })
 }
 

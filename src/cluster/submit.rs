@@ -35,12 +35,19 @@ pub fn run(
     submit: &SubmitArgs,
     json: bool,
 ) -> Result<()> {
-    if data.schema.is_some() || data.step.is_some() || !data.anchor.is_empty() {
+    if !data.anchor.is_empty() {
         bail!(
-            "--schema, --step and --anchor are not supported with --coordinator yet; a cluster \
-             job reads DATA/schema.toml and uses the query's default anchors"
+            "--anchor names anchors to predict at; training labels the split anchors the query \
+             and --step give"
         );
     }
+    // A bad --step fails here, not on the workers.
+    data.options()?;
+    let schema = data
+        .schema
+        .as_deref()
+        .map(|s| std::fs::canonicalize(s).with_context(|| format!("schema file {}", s.display())))
+        .transpose()?;
     if config.threads.is_some() {
         bail!("--threads is a worker setting in a cluster (worker config `threads`)");
     }
@@ -64,6 +71,8 @@ pub fn run(
         config_toml: toml,
         output_dir: out.display().to_string(),
         workers: submit.workers,
+        schema: schema.map(|s| s.display().to_string()).unwrap_or_default(),
+        anchor_step: data.step.clone().unwrap_or_default(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

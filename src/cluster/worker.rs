@@ -23,6 +23,7 @@ use relgraph_worker::model::parallel::Collective;
 use relgraph_worker::model::{
     self, GraphSplit, ModelError, Progress, Session, TrainConfig, TrainState,
 };
+use relgraph_worker::store::PartitionStore;
 use tokio::net::TcpListener;
 
 use super::flight::{self, FlightSplit, SampleService};
@@ -62,6 +63,10 @@ pub struct WorkerConfig {
     /// job's output directory; a newer ready model for the same name is swapped in.
     #[serde(default)]
     pub serve_data: Option<String>,
+    /// With `serve_data`: a RocksDB directory logging rows appended over Flight
+    /// (`DoPut`, here or through the router); without it appends are refused.
+    #[serde(default)]
+    pub serve_store: Option<String>,
     /// The CUDA device this worker trains on (one worker per GPU); none: the CPU.
     #[serde(default)]
     pub gpu: Option<usize>,
@@ -89,6 +94,7 @@ impl Default for WorkerConfig {
             metrics_listen: default_metrics_listen(),
             heartbeat_ms: default_heartbeat_ms(),
             serve_data: None,
+            serve_store: None,
             gpu: None,
         }
     }
@@ -134,8 +140,19 @@ impl Worker {
             None => None,
             Some(dir) => {
                 let dir = PathBuf::from(dir);
-                let db = tokio::task::spawn_blocking(move || Database::load(&dir, None)).await??;
-                Some(Arc::new(Serving::new(db, None, Limits::default())?))
+                let store = config.serve_store.clone();
+                let serving = tokio::task::spawn_blocking(move || {
+                    let db = Database::load(&dir, None)?;
+                    let store = store
+                        .map(|s| {
+                            PartitionStore::open(Path::new(&s))
+                                .with_context(|| format!("cannot open the append store {s}"))
+                        })
+                        .transpose()?;
+                    anyhow::Ok(Serving::new(db, store, Limits::default())?)
+                })
+                .await??;
+                Some(Arc::new(serving))
             }
         };
         let flight = flight::server(sampling.clone(), config.token.clone(), serving.clone());
@@ -543,8 +560,8 @@ fn train_job(
     report(stage(JobState::Ingest, 0, 0));
     let data = DataArgs {
         data: Some(PathBuf::from(&job.data_dir)),
-        schema: None,
-        step: None,
+        schema: (!job.schema.is_empty()).then(|| PathBuf::from(&job.schema)),
+        step: (!job.anchor_step.is_empty()).then(|| job.anchor_step.clone()),
         anchor: Vec::new(),
     };
     let (db, plan) = prepare(&job.query, &data)?;

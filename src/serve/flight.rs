@@ -196,7 +196,7 @@ struct AppendCommand {
 
 /// The table a `DoPut` descriptor names: path `["tables", T]` or `[T]`, or the command
 /// `{"v":1,"op":"append","table":T}`.
-fn put_table(descriptor: Option<&FlightDescriptor>) -> Result<String, Status> {
+pub(crate) fn put_table(descriptor: Option<&FlightDescriptor>) -> Result<String, Status> {
     let d = descriptor.ok_or_else(|| {
         Status::invalid_argument("DoPut needs a descriptor naming the table: path [\"tables\", T]")
     })?;

@@ -6,8 +6,11 @@
 //! serves, from its `ListFlights`, asked again at most every [`REFRESH`] and whenever a
 //! ticket names a model no known worker serves. Requests for a model go round-robin over
 //! the workers serving it. `DoGet`, `DoExchange` (the whole stream to one worker),
-//! `GetFlightInfo`, `GetSchema` and `ListFlights` are forwarded; `DoPut` is answered
-//! with where to send it instead.
+//! `GetFlightInfo`, `GetSchema` and `ListFlights` are forwarded. `DoPut` goes to every
+//! worker serving the table, since each holds its own copy of the data: the router reads
+//! the whole put, sends it to all of them at once, and acknowledges only when every one
+//! has (each acknowledges once the rows are in its RocksDB log); if any fails, the
+//! error names the workers that did append.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -32,6 +35,9 @@ use super::auth::{self, Sessions};
 
 /// How long a worker's list of models is trusted.
 pub const REFRESH: Duration = Duration::from_secs(2);
+/// The most bytes of Arrow data one `DoPut` through the router may carry (it is read
+/// whole before being sent on to every worker serving the table).
+const MAX_PUT_BYTES: usize = 256 << 20;
 
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -61,6 +67,8 @@ struct Routes {
     upstreams: BTreeMap<String, Upstream>,
     /// Model name -> addresses of the workers serving it.
     models: BTreeMap<String, Vec<String>>,
+    /// Table name -> addresses of the workers serving data with that table.
+    tables: BTreeMap<String, Vec<String>>,
     refreshed: Option<Instant>,
 }
 
@@ -121,6 +129,7 @@ impl Router {
             .call(|mut c| async move { c.status(StatusRequest {}).await })
             .await?;
         let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for w in status.workers.iter().filter(|w| w.alive) {
             let upstream = match routes.upstreams.get(&w.addr) {
                 Some(u) => u.clone(),
@@ -145,6 +154,15 @@ impl Router {
             match listed.await {
                 Ok(infos) => {
                     for info in infos {
+                        if let Some([kind, table]) =
+                            info.flight_descriptor.as_ref().map(|d| d.path.as_slice())
+                            && kind == "tables"
+                        {
+                            tables
+                                .entry(table.clone())
+                                .or_default()
+                                .push(w.addr.clone());
+                        }
                         let model = info
                             .flight_descriptor
                             .as_ref()
@@ -165,6 +183,7 @@ impl Router {
             }
         }
         routes.models = models;
+        routes.tables = tables;
         routes.refreshed = Some(Instant::now());
         Ok(())
     }
@@ -189,6 +208,28 @@ impl Router {
             .ok_or_else(|| Status::unavailable(format!("worker {addr} went away")))
     }
 
+    /// Every worker serving `table`, refreshing the routes when they are old or know none.
+    async fn table_upstreams(&self, table: &str) -> Result<Vec<(String, Upstream)>, Status> {
+        let mut routes = self.routes.lock().await;
+        let stale = routes.refreshed.is_none_or(|t| t.elapsed() > REFRESH);
+        if stale || !routes.tables.contains_key(table) {
+            self.refresh(&mut routes).await?;
+        }
+        let addrs = routes
+            .tables
+            .get(table)
+            .ok_or_else(|| Status::not_found(format!("no worker serves a table `{table}`")))?;
+        addrs
+            .iter()
+            .map(|a| {
+                let upstream = routes.upstreams.get(a).cloned();
+                upstream
+                    .map(|u| (a.clone(), u))
+                    .ok_or_else(|| Status::unavailable(format!("worker {a} went away")))
+            })
+            .collect()
+    }
+
     /// Checks the caller's session and finds a worker for the model `bytes` (a ticket or
     /// a descriptor's command) names.
     async fn route(
@@ -198,6 +239,28 @@ impl Router {
     ) -> Result<Upstream, Status> {
         self.sessions.check(metadata)?;
         self.upstream(&Self::model_of(bytes)?).await
+    }
+
+    /// [`Router::route`] for a descriptor, which names a model or a table
+    /// (`["tables", T]`: a worker serving it).
+    async fn describe(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        descriptor: &FlightDescriptor,
+    ) -> Result<Upstream, Status> {
+        if let [kind, table] = descriptor.path.as_slice()
+            && kind == "tables"
+        {
+            self.sessions.check(metadata)?;
+            let serving = self.table_upstreams(table).await?;
+            let at = self.next.fetch_add(1, Ordering::Relaxed) % serving.len().max(1);
+            return serving
+                .into_iter()
+                .nth(at)
+                .map(|(_, u)| u)
+                .ok_or_else(|| Status::not_found(format!("no worker serves a table `{table}`")));
+        }
+        self.route(metadata, &descriptor.cmd).await
     }
 
     fn model_of(bytes: &[u8]) -> Result<String, Status> {
@@ -256,6 +319,17 @@ impl FlightService for Router {
                 .into_inner();
             infos.push(Ok(info));
         }
+        for (table, addrs) in &routes.tables {
+            let upstream = &routes.upstreams[&addrs[0]];
+            let descriptor = FlightDescriptor::new_path(vec!["tables".into(), table.clone()]);
+            let info = upstream
+                .client
+                .clone()
+                .get_flight_info(upstream.request(descriptor)?)
+                .await?
+                .into_inner();
+            infos.push(Ok(info));
+        }
         Ok(Response::new(Box::pin(futures::stream::iter(infos))))
     }
 
@@ -263,9 +337,7 @@ impl FlightService for Router {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let upstream = self
-            .route(request.metadata(), &request.get_ref().cmd)
-            .await?;
+        let upstream = self.describe(request.metadata(), request.get_ref()).await?;
         let descriptor = request.into_inner();
         upstream
             .client
@@ -285,9 +357,7 @@ impl FlightService for Router {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        let upstream = self
-            .route(request.metadata(), &request.get_ref().cmd)
-            .await?;
+        let upstream = self.describe(request.metadata(), request.get_ref()).await?;
         let descriptor = request.into_inner();
         upstream
             .client
@@ -316,11 +386,65 @@ impl FlightService for Router {
 
     async fn do_put(
         &self,
-        _: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented(
-            "the router forwards scores, not appends: append rows on a serving node (`relgraph serve`)",
-        ))
+        self.sessions.check(request.metadata())?;
+        let mut incoming = request.into_inner();
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(m) = incoming.message().await? {
+            bytes += m.data_body.len() + m.data_header.len();
+            if bytes > MAX_PUT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "an append through the router carries at most {} MiB; send more puts",
+                    MAX_PUT_BYTES >> 20
+                )));
+            }
+            messages.push(m);
+        }
+        let table =
+            super::flight::put_table(messages.first().and_then(|m| m.flight_descriptor.as_ref()))?;
+        let targets = self.table_upstreams(&table).await?;
+        let puts = targets.iter().map(|(addr, upstream)| {
+            let messages = messages.clone();
+            async move {
+                let put = async {
+                    let request = upstream.request(futures::stream::iter(messages))?;
+                    let acks: Vec<PutResult> = upstream
+                        .client
+                        .clone()
+                        .do_put(request)
+                        .await?
+                        .into_inner()
+                        .try_collect()
+                        .await?;
+                    Ok::<_, Status>(acks)
+                };
+                (addr.clone(), put.await)
+            }
+        });
+        let answers = futures::future::join_all(puts).await;
+        let (done, failed): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(_, r)| r.is_ok());
+        if let Some((addr, Err(e))) = failed.first() {
+            let appended: Vec<&str> = done.iter().map(|(a, _)| a.as_str()).collect();
+            return Err(Status::new(
+                e.code(),
+                format!(
+                    "append to `{table}` failed on worker {addr}: {}; appended on [{}] (their acknowledged rows are durable there)",
+                    e.message(),
+                    appended.join(", ")
+                ),
+            ));
+        }
+        // Every worker acknowledged every batch; the first one's acknowledgements answer.
+        let acks = done
+            .into_iter()
+            .next()
+            .and_then(|(_, r)| r.ok())
+            .unwrap_or_default();
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            acks.into_iter().map(Ok),
+        ))))
     }
 
     async fn do_exchange(
