@@ -220,8 +220,9 @@ pub fn run_coordinator(args: &CoordinatorArgs) -> Result<()> {
             let router =
                 crate::serve::router::Router::new(vec![c.addr.to_string()], config.token.clone());
             let incoming = service::incoming(listener);
+            let mut builder = relgraph_coordinator::tls::server()?;
             tokio::spawn(async move {
-                let result = tonic::transport::Server::builder()
+                let result = builder
                     .add_service(crate::serve::router::server(router))
                     .serve_with_incoming(incoming)
                     .await;
@@ -287,6 +288,9 @@ pub fn run_local(args: &LocalArgs) -> Result<()> {
         token: None,
         lease_ms: 3000,
         metrics_listen: Some(args.metrics_listen.clone()),
+        tls_cert: None,
+        tls_key: None,
+        tls_ca: None,
     };
     runtime()?.block_on(async {
         let c = start_coordinator(&config).await?;

@@ -160,6 +160,13 @@ fn main() -> ExitCode {
             std::process::exit(130);
         }
     });
+    // TLS for every connection this process makes or serves, when the environment
+    // names the files (coordinators and workers may also name them in their configs).
+    let tls = relgraph_coordinator::tls::TlsFiles::from_env();
+    if let Err(e) = relgraph_coordinator::tls::configure(tls) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Generate { kind } => generate::run(&kind),

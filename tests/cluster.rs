@@ -32,8 +32,14 @@ impl Drop for Proc {
 
 impl Proc {
     fn start(name: &str, args: &[&str]) -> Proc {
+        Proc::start_with(name, args, &[])
+    }
+
+    /// [`Proc::start`] with more environment variables.
+    fn start_with(name: &str, args: &[&str], env: &[(&str, PathBuf)]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relgraph"))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .env("RELGRAPH_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -752,4 +758,70 @@ fn local_runs_a_coordinator_and_two_workers_in_one_process() {
     let workers = status["workers"].as_array().expect("workers");
     assert_eq!(workers.len(), 2, "{status}");
     assert!(out.join("model.json").exists() && out.join("params.bin").exists());
+}
+
+#[test]
+fn a_cluster_speaks_tls_when_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let data = root.join("data");
+    let ok = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["generate", "retail", "--out", path(&data)])
+        .args(["--customers", "300", "--products", "60", "--days", "300"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("generate");
+    assert!(ok.success());
+    let config = root.join("tiny.toml");
+    std::fs::write(
+        &config,
+        "channels = 16\nencoder_blocks = 1\nfanouts = [8, 4]\nepochs = 1\nmax_steps_per_epoch = 3\n",
+    )
+    .expect("config");
+    // A certificate for localhost and 127.0.0.1, signed by a test CA.
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let env = [
+        ("RELGRAPH_TLS_CERT", tls.join("node.pem")),
+        ("RELGRAPH_TLS_KEY", tls.join("node.key")),
+        ("RELGRAPH_TLS_CA", tls.join("ca.pem")),
+    ];
+    let local = Proc::start_with(
+        "local over TLS",
+        &["local", "--workers", "2", "--threads", "1"],
+        &env,
+    );
+    let line = local.line("local cluster:", 60);
+    let addr = word_after(&line, "coordinator")
+        .trim_end_matches(',')
+        .to_string();
+    // Trusting the CA: a data-parallel job runs (registration, heartbeats, the ring
+    // all-reduce and split-graph sampling between the two workers, all over TLS).
+    let out = root.join("model");
+    let submitted = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["train", CHURN, "--data", path(&data), "--out", path(&out)])
+        .args(["--config", path(&config), "--coordinator", &addr, "--json"])
+        .env("RELGRAPH_TLS_CA", tls.join("ca.pem"))
+        .output()
+        .expect("submit");
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let report: Value = serde_json::from_slice(&submitted.stdout).expect("json");
+    assert_eq!(report["job"]["state"], "ready", "{report}");
+    // Plain HTTP/2, or TLS trusting another authority, gets nowhere.
+    for trust in [None, Some(tls.join("node.pem"))] {
+        let mut admin = Command::new(env!("CARGO_BIN_EXE_relgraph"));
+        admin.args(["admin", "status", "--coordinator", &addr, "--json"]);
+        admin.env_remove("RELGRAPH_TLS_CA");
+        if let Some(ca) = &trust {
+            admin.env("RELGRAPH_TLS_CA", ca);
+        }
+        let refused = admin.output().expect("admin");
+        assert!(
+            !refused.status.success(),
+            "{trust:?}: admin status succeeded"
+        );
+    }
 }

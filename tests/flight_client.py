@@ -9,6 +9,7 @@ scores, recommends, appends orders and reads them back through the next scores.
 """
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,12 +29,15 @@ def run(binary, *args):
     subprocess.run([binary, *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def start(binary, root):
+TLS = Path(__file__).parent / "fixtures" / "tls"
+
+
+def start(binary, root, env=None, store="store"):
     server = subprocess.Popen(
-        [binary, "serve", "--data", str(root / "data"), "--store", str(root / "store"),
+        [binary, "serve", "--data", str(root / "data"), "--store", str(root / store),
          "--model", f"churn={root / 'churn'}", "--model", f"recs={root / 'recs'}",
          "--listen", "127.0.0.1:0", "--token", TOKEN],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, env=env)
     for line in server.stdout:
         if line.startswith("serving on "):
             return server, line.split()[-1]
@@ -60,6 +64,24 @@ def main(binary):
         server, addr = start(binary, root)
         try:
             check(flight.connect(f"grpc://{addr}"))
+        finally:
+            server.kill()
+            server.wait()
+        # The same server over TLS: a client trusting the test CA scores, a plain one
+        # gets nowhere.
+        env = dict(os.environ, RELGRAPH_TLS_CERT=str(TLS / "node.pem"),
+                   RELGRAPH_TLS_KEY=str(TLS / "node.key"))
+        server, addr = start(binary, root, env, store="store-tls")
+        try:
+            ca = (TLS / "ca.pem").read_bytes()
+            client = flight.connect(f"grpc+tls://{addr}", tls_root_certs=ca)
+            options = flight.FlightCallOptions(
+                headers=[client.authenticate_basic_token(b"relgraph", TOKEN.encode())])
+            ticket = flight.Ticket(json.dumps({"v": 1, "model": "churn", "keys": ["CU-1003"]}))
+            assert client.do_get(ticket, options).read_all().num_rows == 1
+            plain = flight.connect(f"grpc://{addr}")
+            expect_error(flight.FlightError,
+                         lambda: plain.authenticate_basic_token(b"relgraph", TOKEN.encode()))
         finally:
             server.kill()
             server.wait()

@@ -6,7 +6,7 @@
 //! - [`core`]: one replica driven synchronously (`tick`, `step`, `propose`, `ready`).
 //! - [`node`]: a replica on its own thread; [`service`]: it on the network (Raft
 //!   transport and admin API over tonic, leases, scheduler); [`client`]: the admin API
-//!   with leader redirects; [`auth`]: bearer tokens.
+//!   with leader redirects; [`auth`]: bearer tokens; [`tls`]: TLS when configured.
 
 pub mod auth;
 pub mod client;
@@ -16,6 +16,7 @@ pub mod node;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 /// A slog logger that drops raft-rs's log lines (relgraph logs through `tracing`).
 pub fn quiet_logger() -> slog::Logger {

@@ -21,7 +21,9 @@ use relgraph_proto::cluster::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::tls::TlsFiles;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, check_token};
@@ -55,6 +57,14 @@ pub struct CoordinatorConfig {
     /// Serve Prometheus text at `/metrics` here (e.g. "127.0.0.1:9100").
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// TLS (see [`crate::tls`]): this node's certificate and key, and the CA it trusts;
+    /// `RELGRAPH_TLS_CERT` / `_KEY` / `_CA` where not given.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -450,8 +460,9 @@ pub fn incoming(
     })
 }
 
+/// A channel to the gRPC server at `addr` (TLS when this process is configured for it).
 pub async fn connect(addr: &str) -> Option<Channel> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).ok()?;
+    let endpoint = crate::tls::endpoint(addr).ok()?;
     endpoint
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(10))
@@ -464,6 +475,12 @@ pub async fn connect(addr: &str) -> Option<Channel> {
 /// and runs the leader's duties (leases, scheduling) whenever it leads.
 pub async fn start(config: &CoordinatorConfig) -> anyhow::Result<Coordinator> {
     anyhow::ensure!(config.id != 0, "coordinator id must not be 0");
+    let tls = TlsFiles {
+        cert: config.tls_cert.clone(),
+        key: config.tls_key.clone(),
+        ca: config.tls_ca.clone(),
+    };
+    crate::tls::configure(tls.or(TlsFiles::from_env()))?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("coordinator: cannot listen on {}: {e}", config.listen))?;
@@ -504,9 +521,10 @@ pub async fn start(config: &CoordinatorConfig) -> anyhow::Result<Coordinator> {
     let raft = RaftService { node: node.clone() };
     let token = config.token.clone();
     let incoming = incoming(listener);
+    let mut builder = crate::tls::server()?;
     let server = tokio::spawn(async move {
         let checker = move |req| check_token(req, token.as_deref());
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .add_service(RaftTransportServer::with_interceptor(raft, checker.clone()))
             .add_service(AdminServer::with_interceptor(admin, checker))
             .serve_with_incoming(incoming)

@@ -139,7 +139,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
         .build()?;
     let listener = server.block_on(TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
-    server.block_on(async { spawn_flight(listener, serving.clone(), None) });
+    server.block_on(async { spawn_flight(listener, serving.clone(), None) })?;
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -147,8 +147,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
     let report = clients.block_on(async {
         let mut connections = Vec::new();
         for _ in 0..args.connections.max(1) {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                .tcp_nodelay(true)
+            let channel = relgraph_coordinator::tls::endpoint(&addr.to_string())?
                 .connect()
                 .await
                 .context("connect to the bench server")?;

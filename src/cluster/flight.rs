@@ -304,16 +304,21 @@ pub async fn serve_loopback(
     let addr = listener.local_addr()?.to_string();
     let service = SampleService::default();
     service.publish(job, served);
-    serve(listener, service, token.clone());
+    serve(listener, service, token.clone())?;
     RemoteShard::connect(&addr, token.as_deref(), runtime, job, None).await
 }
 
 /// Serves `service` alone on `listener` until the runtime stops.
-pub fn serve(listener: TcpListener, service: SampleService, token: Option<String>) {
+pub fn serve(
+    listener: TcpListener,
+    service: SampleService,
+    token: Option<String>,
+) -> anyhow::Result<()> {
     let incoming = relgraph_coordinator::service::incoming(listener);
     let server = server(service, token, None);
+    let mut builder = relgraph_coordinator::tls::server()?;
     tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .add_service(server)
             .serve_with_incoming(incoming)
             .await;
@@ -321,6 +326,7 @@ pub fn serve(listener: TcpListener, service: SampleService, token: Option<String
             tracing::error!("Flight server stopped: {e}");
         }
     });
+    Ok(())
 }
 
 /// Another worker's partition, reached over Flight. Calls block on `runtime`, so they

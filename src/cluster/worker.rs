@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use relgraph_common::Database;
 use relgraph_coordinator::auth::check_token;
 use relgraph_coordinator::client::AdminClient;
+use relgraph_coordinator::tls::{self, TlsFiles};
 use relgraph_kernels::Device;
 use relgraph_proto::cluster::collective_server::CollectiveServer;
 use relgraph_proto::cluster::{
@@ -70,6 +71,14 @@ pub struct WorkerConfig {
     /// The CUDA device this worker trains on (one worker per GPU); none: the CPU.
     #[serde(default)]
     pub gpu: Option<usize>,
+    /// TLS (see `relgraph_coordinator::tls`): this worker's certificate and key, and the
+    /// CA it trusts; `RELGRAPH_TLS_CERT` / `_KEY` / `_CA` where not given.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -96,6 +105,9 @@ impl Default for WorkerConfig {
             serve_data: None,
             serve_store: None,
             gpu: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -121,6 +133,12 @@ pub struct Worker {
 impl Worker {
     /// Binds the worker's gRPC server (serving other workers) and starts it.
     pub async fn start(config: WorkerConfig) -> Result<Self> {
+        let files = TlsFiles {
+            cert: config.tls_cert.clone(),
+            key: config.tls_key.clone(),
+            ca: config.tls_ca.clone(),
+        };
+        tls::configure(files.or(TlsFiles::from_env()))?;
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("worker: cannot listen on {}", config.listen))?;
@@ -158,9 +176,10 @@ impl Worker {
         let flight = flight::server(sampling.clone(), config.token.clone(), serving.clone());
         let token = config.token.clone();
         let incoming = relgraph_coordinator::service::incoming(listener);
+        let mut builder = tls::server()?;
         tokio::spawn(async move {
             let checker = move |req| check_token(req, token.as_deref());
-            let result = tonic::transport::Server::builder()
+            let result = builder
                 .add_service(CollectiveServer::with_interceptor(service, checker))
                 .add_service(flight)
                 .serve_with_incoming(incoming)

@@ -25,8 +25,7 @@ pub struct Remote {
 }
 
 async fn connect(remote: &Remote) -> Result<FlightClient> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", remote.server))?
-        .tcp_nodelay(true)
+    let channel = relgraph_coordinator::tls::endpoint(&remote.server)?
         .connect()
         .await
         .with_context(|| format!("cannot reach {}", remote.server))?;

@@ -92,9 +92,8 @@ impl Router {
     }
 
     async fn connect(&self, addr: &str) -> Result<Upstream, Status> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let channel = relgraph_coordinator::tls::endpoint(addr)
             .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
             .connect()
             .await
             .map_err(|e| Status::unavailable(format!("worker {addr}: {e}")))?;

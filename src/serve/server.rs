@@ -92,7 +92,11 @@ pub fn setup_serving(args: &ServeArgs) -> Result<Arc<Serving>> {
 }
 
 /// Serves `serving` over Flight on `listener` until the runtime stops.
-pub fn spawn_flight(listener: TcpListener, serving: Arc<Serving>, token: Option<String>) {
+pub fn spawn_flight(
+    listener: TcpListener,
+    serving: Arc<Serving>,
+    token: Option<String>,
+) -> Result<()> {
     let limits = serving.limits.clone();
     let node = NodeService {
         sampling: SampleService::default(),
@@ -100,8 +104,9 @@ pub fn spawn_flight(listener: TcpListener, serving: Arc<Serving>, token: Option<
         sessions: Arc::new(Sessions::new(token)),
     };
     let incoming = relgraph_coordinator::service::incoming(listener);
+    let mut builder = relgraph_coordinator::tls::server()?;
     tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .add_service(server(node, &limits))
             .serve_with_incoming(incoming)
             .await;
@@ -109,6 +114,7 @@ pub fn spawn_flight(listener: TcpListener, serving: Arc<Serving>, token: Option<
             tracing::error!("Flight server stopped: {e}");
         }
     });
+    Ok(())
 }
 
 fn modified(dir: &Path) -> Option<SystemTime> {
@@ -158,7 +164,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr: SocketAddr = listener.local_addr()?;
-        spawn_flight(listener, serving.clone(), args.token.clone());
+        spawn_flight(listener, serving.clone(), args.token.clone())?;
         spawn_watch(serving.clone(), args.models.clone(), Duration::from_secs(2));
         for m in serving.models() {
             println!(
