@@ -19,6 +19,8 @@ pub mod flight;
 mod recommend;
 pub mod router;
 pub mod server;
+#[cfg(test)]
+mod tests;
 pub mod topk;
 
 use std::collections::BTreeMap;
@@ -569,19 +571,26 @@ impl Serving {
                 self.limits.k
             )));
         }
-        let data = self.data.read().map_err(poisoned)?;
-        let anchor = match &ticket.anchor {
-            None => data.last_time.unwrap_or(0),
-            Some(a) => parse_anchor(a)?,
+        let (rows, keys, anchor) = {
+            let data = self.data.read().map_err(poisoned)?;
+            let anchor = match &ticket.anchor {
+                None => data.last_time.unwrap_or(0),
+                Some(a) => parse_anchor(a)?,
+            };
+            let (rows, keys) = self.resolve(&served, &data, ticket)?;
+            (rows, keys, anchor)
         };
-        let (rows, keys) = self.resolve(&served, &data, ticket)?;
-        let features = served.features.read().map_err(poisoned)?;
-        let inputs = Inputs {
-            view: data.graph.as_ref(),
-            features: &features,
-            endpoints: &served.endpoints,
-        };
+        // Each chunk takes the data's read lock for itself and lets it go before its batch
+        // is sent, so an append waits for one chunk at most (not for a whole `part`, nor for
+        // a slow client), and each chunk sees the rows appended before it started.
         for (rows, keys) in rows.chunks(chunk.max(1)).zip(keys.chunks(chunk.max(1))) {
+            let data = self.data.read().map_err(poisoned)?;
+            let features = served.features.read().map_err(poisoned)?;
+            let inputs = Inputs {
+                view: data.graph.as_ref(),
+                features: &features,
+                endpoints: &served.endpoints,
+            };
             let anchors = vec![anchor; rows.len()];
             let output = match &served.ranking {
                 None => served
@@ -621,6 +630,7 @@ impl Serving {
                 batch = add_explanations(batch, &keys, &texts)
                     .map_err(|e| ServeError::Internal(e.to_string()))?;
             }
+            drop((features, data));
             emit(batch)?;
         }
         Ok(())

@@ -1,0 +1,90 @@
+//! `Serving` in process: a batch being scored lets appends through between its chunks.
+
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampSecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use relgraph_common::Database;
+use relgraph_kernels::Device;
+use relgraph_worker::model::TrainConfig;
+use relgraph_worker::store::PartitionStore;
+
+use super::{Limits, Serving, Ticket};
+use crate::generate::{self, Retail, RetailSize};
+use crate::pql::plan_query;
+use crate::train::train_on;
+
+const CHURN: &str = "PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID";
+
+fn orders(round: usize, n: usize, time: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("order_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("product_id", DataType::Utf8, false),
+        Field::new("quantity", DataType::Int64, false),
+        Field::new("price", DataType::Float64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Second, None),
+            false,
+        ),
+    ]));
+    let ids: Vec<String> = (0..n).map(|i| format!("O-during-{round}-{i}")).collect();
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(StringArray::from(vec!["CU-1003"; n])),
+            Arc::new(StringArray::from(vec!["P-5001"; n])),
+            Arc::new(Int64Array::from(vec![1; n])),
+            Arc::new(Float64Array::from(vec![9.5; n])),
+            Arc::new(TimestampSecondArray::from(vec![time; n])),
+        ],
+    )
+    .expect("orders")
+}
+
+#[test]
+fn appends_go_through_while_a_part_is_scored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let size = RetailSize {
+        customers: 300,
+        products: 40,
+        days: 200,
+    };
+    generate::write(&Retail::new(size, 3), &data, 3, &[]).expect("generate");
+    let db = Database::load(&data, None).expect("load");
+    let plan = plan_query(&db, CHURN, &Default::default()).expect("plan");
+    let config = TrainConfig {
+        channels: 16,
+        encoder_blocks: 1,
+        fanouts: vec![8, 4],
+        epochs: 1,
+        max_steps_per_epoch: 2,
+        ..TrainConfig::default()
+    };
+    let model = dir.path().join("model");
+    train_on(&db, CHURN, &plan, &config, &model, false, Device::Cpu).expect("train");
+    let store = PartitionStore::open(&dir.path().join("store")).expect("store");
+    let serving = Serving::new(db, Some(store), Limits::default()).expect("serving");
+    serving.load_model("churn", &model).expect("model");
+    let ticket: Ticket =
+        serde_json::from_value(serde_json::json!({"v": 1, "model": "churn", "part": [0, 1]}))
+            .expect("ticket");
+    // Append from inside the scoring's own callback: were the data still locked while a
+    // batch goes out, this would wait for itself.
+    let (mut scored, mut batches, mut totals) = (0, 0, Vec::new());
+    serving
+        .predict(&ticket, 64, &mut |batch| {
+            scored += batch.num_rows();
+            batches += 1;
+            let appended = serving.append("orders", &orders(batches, 3, 1_700_000_000))?;
+            totals.push(appended.total);
+            Ok(())
+        })
+        .expect("predict");
+    assert_eq!(scored, 300, "every customer once");
+    assert!(batches > 1, "{batches} batches");
+    assert!(totals.windows(2).all(|w| w[1] == w[0] + 3), "{totals:?}");
+}
