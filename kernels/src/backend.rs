@@ -168,12 +168,32 @@ pub trait Backend: Send + Sync + Sized + Debug {
         out: &mut Tensor<Self>,
         accumulate: bool,
     );
+    /// `op(a) · op(b)` as a new tensor (a backend may skip zeroing it first).
+    fn matmul(
+        &self,
+        a: &Tensor<Self>,
+        transpose_a: bool,
+        b: &Tensor<Self>,
+        transpose_b: bool,
+    ) -> Tensor<Self> {
+        let m = if transpose_a { a.cols } else { a.rows };
+        let n = if transpose_b { b.rows } else { b.cols };
+        let mut out = Tensor::zeros(self, m, n);
+        self.gemm(a, transpose_a, b, transpose_b, &mut out, false);
+        out
+    }
     /// `x[i, :] += row` for every row `i`.
     fn add_row(&self, x: &mut Tensor<Self>, row: &Tensor<Self>);
     /// The 1 x cols sum of `x`'s rows.
     fn sum_rows(&self, x: &Tensor<Self>) -> Tensor<Self>;
     /// `y += alpha * x`.
     fn axpy(&self, alpha: Self::E, x: &Tensor<Self>, y: &mut Tensor<Self>);
+    /// Elementwise sum as a new tensor.
+    fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Tensor<Self> {
+        let mut out = a.duplicate(self);
+        self.axpy(Self::E::ONE, b, &mut out);
+        out
+    }
     /// Elementwise product.
     fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Tensor<Self>;
     fn activation(&self, act: Activation, x: &Tensor<Self>) -> Tensor<Self>;

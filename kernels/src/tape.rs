@@ -238,11 +238,7 @@ impl<'a, B: Backend> Tape<'a, B> {
     /// `op(a) · op(b)`.
     pub fn matmul(&mut self, a: Var, transpose_a: bool, b: Var, transpose_b: bool) -> Var {
         let (ta, tb) = (self.value(a), self.value(b));
-        let m = if transpose_a { ta.cols } else { ta.rows };
-        let n = if transpose_b { tb.rows } else { tb.cols };
-        let mut out = Tensor::zeros(self.backend, m, n);
-        self.backend
-            .gemm(ta, transpose_a, tb, transpose_b, &mut out, false);
+        let out = self.backend.matmul(ta, transpose_a, tb, transpose_b);
         let op = Op::Gemm {
             a,
             transpose_a,
@@ -255,8 +251,7 @@ impl<'a, B: Backend> Tape<'a, B> {
     /// `x · w + bias`.
     pub fn linear(&mut self, x: Var, w: Var, bias: Option<Var>) -> Var {
         let (tx, tw) = (self.value(x), self.value(w));
-        let mut out = Tensor::zeros(self.backend, tx.rows, tw.cols);
-        self.backend.gemm(tx, false, tw, false, &mut out, false);
+        let mut out = self.backend.matmul(tx, false, tw, false);
         if let Some(b) = bias {
             self.backend.add_row(&mut out, self.value(b));
         }
@@ -267,8 +262,7 @@ impl<'a, B: Backend> Tape<'a, B> {
     pub fn add(&mut self, a: Var, b: Var) -> Var {
         let (ta, tb) = (self.value(a), self.value(b));
         same("add", ta.shape(), tb.shape());
-        let mut out = ta.duplicate(self.backend);
-        self.backend.axpy(B::E::ONE, tb, &mut out);
+        let out = self.backend.add(ta, tb);
         self.push(Some(out), Op::Add(a, b), &[a, b])
     }
 
@@ -465,21 +459,19 @@ impl<'a, B: Backend> Tape<'a, B> {
                 } => {
                     let (ta, tb) = (self.value(*a), self.value(*bv));
                     if wants(*a) {
-                        let mut da = Tensor::zeros(b, ta.rows, ta.cols);
-                        if *transpose_a {
-                            b.gemm(tb, *transpose_b, &dy, true, &mut da, false);
+                        let da = if *transpose_a {
+                            b.matmul(tb, *transpose_b, &dy, true)
                         } else {
-                            b.gemm(&dy, false, tb, !*transpose_b, &mut da, false);
-                        }
+                            b.matmul(&dy, false, tb, !*transpose_b)
+                        };
                         give(*a, da);
                     }
                     if wants(*bv) {
-                        let mut db = Tensor::zeros(b, tb.rows, tb.cols);
-                        if *transpose_b {
-                            b.gemm(&dy, true, ta, *transpose_a, &mut db, false);
+                        let db = if *transpose_b {
+                            b.matmul(&dy, true, ta, *transpose_a)
                         } else {
-                            b.gemm(ta, !*transpose_a, &dy, false, &mut db, false);
-                        }
+                            b.matmul(ta, !*transpose_a, &dy, false)
+                        };
                         give(*bv, db);
                     }
                     Some(dy)
@@ -487,14 +479,10 @@ impl<'a, B: Backend> Tape<'a, B> {
                 Op::Linear { x, w, bias } => {
                     let (tx, tw) = (self.value(*x), self.value(*w));
                     if wants(*x) {
-                        let mut dx = Tensor::zeros(b, tx.rows, tx.cols);
-                        b.gemm(&dy, false, tw, true, &mut dx, false);
-                        give(*x, dx);
+                        give(*x, b.matmul(&dy, false, tw, true));
                     }
                     if wants(*w) {
-                        let mut dw = Tensor::zeros(b, tw.rows, tw.cols);
-                        b.gemm(tx, true, &dy, false, &mut dw, false);
-                        give(*w, dw);
+                        give(*w, b.matmul(tx, true, &dy, false));
                     }
                     if let Some(bias) = bias.filter(|&v| wants(v)) {
                         give(bias, b.sum_rows(&dy));

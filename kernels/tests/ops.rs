@@ -91,6 +91,13 @@ impl<B: Backend<E = f32>> Suite<'_, B> {
             let (m, k, n) = (37, 19, 70);
             let (a, ar) = self.random(if ta { k } else { m }, if ta { m } else { k });
             let (x, xr) = self.random(if tb { n } else { k }, if tb { k } else { n });
+            let fresh = b.matmul(&a, ta, &x, tb);
+            self.same(
+                &format!("matmul {ta} {tb}"),
+                &fresh,
+                &r.matmul(&ar, ta, &xr, tb),
+                1e-5,
+            );
             for accumulate in [false, true] {
                 let (mut o, mut or) = self.random(m, n);
                 b.gemm(&a, ta, &x, tb, &mut o, accumulate);
@@ -106,6 +113,7 @@ impl<B: Backend<E = f32>> Suite<'_, B> {
         self.same("sum_rows", &b.sum_rows(&x), &r.sum_rows(&xr), 1e-5);
         let (y, yr) = self.random(300, 33);
         self.same("mul", &b.mul(&x, &y), &r.mul(&xr, &yr), 1e-6);
+        self.same("add", &b.add(&x, &y), &r.add(&xr, &yr), 1e-6);
         b.axpy(0.5, &y, &mut x);
         r.axpy(0.5, &yr, &mut xr);
         self.same("axpy", &x, &xr, 1e-6);

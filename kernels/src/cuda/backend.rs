@@ -528,6 +528,21 @@ impl Backend for Cuda {
         }
     }
 
+    /// cuBLAS with beta = 0 reads nothing of its output: no memset first.
+    fn matmul(
+        &self,
+        a: &Tensor<Self>,
+        transpose_a: bool,
+        b: &Tensor<Self>,
+        transpose_b: bool,
+    ) -> Tensor<Self> {
+        let m = if transpose_a { a.cols } else { a.rows };
+        let n = if transpose_b { b.rows } else { b.cols };
+        let mut out = Self::tensor(m, n, self.alloc(m * n));
+        self.gemm(a, transpose_a, b, transpose_b, &mut out, false);
+        out
+    }
+
     fn add_row(&self, x: &mut Tensor<Self>, row: &Tensor<Self>) {
         check_same("add_row", row.shape(), (1, x.cols));
         let p = self.floats(x);
