@@ -284,15 +284,8 @@ fn job(admin_addrs: &[String]) -> Option<Value> {
 fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let data = root.join("data");
-    let status = Command::new(env!("CARGO_BIN_EXE_relgraph"))
-        .args(["generate", "retail", "--out", path(&data)])
-        .args(["--customers", "600", "--products", "120", "--days", "360"])
-        .status()
-        .expect("generate");
-    assert!(status.success());
-    let config = root.join("job.toml");
-    std::fs::write(&config, JOB_CONFIG).expect("config");
+    let data = retail(root, [600, 120, 360]);
+    let config = write_config(root, "job.toml", JOB_CONFIG);
 
     let mut nodes = three_coordinators(root, 1500);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
@@ -369,7 +362,38 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
     );
 }
 
-/// Starts `n` workers; returns them with their metrics addresses.
+/// A retail world of `[customers, products, days]` generated into `root/data`.
+fn retail(root: &Path, [customers, products, days]: [u32; 3]) -> PathBuf {
+    let data = root.join("data");
+    let (customers, products, days) = (
+        customers.to_string(),
+        products.to_string(),
+        days.to_string(),
+    );
+    let ok = Command::new(env!("CARGO_BIN_EXE_relgraph"))
+        .args(["generate", "retail", "--out", path(&data)])
+        .args([
+            "--customers",
+            &customers,
+            "--products",
+            &products,
+            "--days",
+            &days,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("generate");
+    assert!(ok.success());
+    data
+}
+
+/// `text` written to `root/name`.
+fn write_config(root: &Path, name: &str, text: &str) -> PathBuf {
+    let config = root.join(name);
+    std::fs::write(&config, text).expect("config");
+    config
+}
+
 /// Starts `n` workers; the first serves the ready models of `serve` when given. Returns
 /// each with its metrics address, and the first one's Flight address.
 fn start_workers(
@@ -407,20 +431,12 @@ fn start_workers(
 fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_worker_loss() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let data = root.join("data");
-    let ok = Command::new(env!("CARGO_BIN_EXE_relgraph"))
-        .args(["generate", "retail", "--out", path(&data)])
-        .args(["--customers", "2000", "--products", "300", "--days", "540"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("generate");
-    assert!(ok.success());
-    let config = root.join("small.toml");
-    std::fs::write(
-        &config,
+    let data = retail(root, [2000, 300, 540]);
+    let config = write_config(
+        root,
+        "small.toml",
         "channels = 64\nencoder_blocks = 1\nfanouts = [32, 16]\nepochs = 4\nmax_steps_per_epoch = 20\n",
-    )
-    .expect("config");
+    );
     let nodes = three_coordinators(root, 3000);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
     let (mut workers, serving) = start_workers(3, &addrs, Some(&data));
@@ -595,34 +611,9 @@ fn anchor_over_flight(addr: &str, model: &str, key: &str) -> i64 {
 /// Appends `n` orders of `customer` at `time` to `orders` through `addr`'s `DoPut`;
 /// returns the acknowledgement.
 fn append_orders_over_flight(addr: &str, customer: &str, time: i64, n: usize) -> Value {
-    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampSecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use futures::TryStreamExt;
-    let schema = std::sync::Arc::new(Schema::new(vec![
-        Field::new("order_id", DataType::Utf8, false),
-        Field::new("customer_id", DataType::Utf8, false),
-        Field::new("product_id", DataType::Utf8, false),
-        Field::new("quantity", DataType::Int64, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new(
-            "timestamp",
-            DataType::Timestamp(TimeUnit::Second, None),
-            false,
-        ),
-    ]));
     let ids: Vec<String> = (0..n).map(|i| format!("O-cluster-{i}")).collect();
-    let batch = arrow::array::RecordBatch::try_new(
-        schema,
-        vec![
-            std::sync::Arc::new(StringArray::from(ids)),
-            std::sync::Arc::new(StringArray::from(vec![customer; n])),
-            std::sync::Arc::new(StringArray::from(vec!["P-5001"; n])),
-            std::sync::Arc::new(Int64Array::from(vec![1; n])),
-            std::sync::Arc::new(Float64Array::from(vec![19.99; n])),
-            std::sync::Arc::new(TimestampSecondArray::from(vec![time; n])),
-        ],
-    )
-    .expect("orders");
+    let batch = common::orders(&ids, customer, "P-5001", time);
     let descriptor =
         arrow_flight::FlightDescriptor::new_path(vec!["tables".into(), "orders".into()]);
     with_flight(addr, async |c| {
@@ -675,20 +666,12 @@ fn exchange_over_flight(addr: &str, model: &str, requests: &[&[&str]]) -> Vec<f6
 fn local_runs_a_coordinator_and_two_workers_in_one_process() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let data = root.join("data");
-    let ok = Command::new(env!("CARGO_BIN_EXE_relgraph"))
-        .args(["generate", "retail", "--out", path(&data)])
-        .args(["--customers", "400", "--products", "80", "--days", "300"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("generate");
-    assert!(ok.success());
-    let config = root.join("tiny.toml");
-    std::fs::write(
-        &config,
+    let data = retail(root, [400, 80, 300]);
+    let config = write_config(
+        root,
+        "tiny.toml",
         "channels = 16\nencoder_blocks = 1\nfanouts = [8, 4]\nepochs = 2\nmax_steps_per_epoch = 4\n",
-    )
-    .expect("config");
+    );
     let local = Proc::start("local", &["local", "--workers", "2", "--threads", "1"]);
     let line = local.line("local cluster:", 60);
     let addr = word_after(&line, "coordinator")
@@ -764,20 +747,12 @@ fn local_runs_a_coordinator_and_two_workers_in_one_process() {
 fn a_cluster_speaks_tls_when_configured() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let data = root.join("data");
-    let ok = Command::new(env!("CARGO_BIN_EXE_relgraph"))
-        .args(["generate", "retail", "--out", path(&data)])
-        .args(["--customers", "300", "--products", "60", "--days", "300"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("generate");
-    assert!(ok.success());
-    let config = root.join("tiny.toml");
-    std::fs::write(
-        &config,
+    let data = retail(root, [300, 60, 300]);
+    let config = write_config(
+        root,
+        "tiny.toml",
         "channels = 16\nencoder_blocks = 1\nfanouts = [8, 4]\nepochs = 1\nmax_steps_per_epoch = 3\n",
-    )
-    .expect("config");
+    );
     // A certificate for localhost and 127.0.0.1, signed by a test CA.
     let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
     let env = [

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{path, relgraph};
+use common::{orders, path, relgraph};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,9 +14,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    Array, Float64Array, Int64Array, RecordBatch, StringArray, TimestampSecondArray, UInt32Array,
+    Array, Float64Array, RecordBatch, StringArray, TimestampSecondArray, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, FlightDescriptor, Ticket};
@@ -168,34 +168,6 @@ async fn append(
     let acks: Vec<_> = c.do_put(data).await?.try_collect().await?;
     assert_eq!(acks.len(), 1, "one acknowledgement per batch");
     Ok(serde_json::from_slice(&acks[0].app_metadata).expect("ack json"))
-}
-
-fn orders(ids: &[String], customer: &str, product: &str, time: i64) -> RecordBatch {
-    let n = ids.len();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("order_id", DataType::Utf8, false),
-        Field::new("customer_id", DataType::Utf8, false),
-        Field::new("product_id", DataType::Utf8, false),
-        Field::new("quantity", DataType::Int64, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new(
-            "timestamp",
-            DataType::Timestamp(TimeUnit::Second, None),
-            false,
-        ),
-    ]));
-    RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from_iter_values(ids)),
-            Arc::new(StringArray::from(vec![customer; n])),
-            Arc::new(StringArray::from(vec![product; n])),
-            Arc::new(Int64Array::from(vec![1; n])),
-            Arc::new(Float64Array::from(vec![25.0; n])),
-            Arc::new(TimestampSecondArray::from(vec![time; n])),
-        ],
-    )
-    .expect("orders batch")
 }
 
 fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {

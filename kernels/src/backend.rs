@@ -137,6 +137,28 @@ impl<B: Backend> Index<B> {
     }
 }
 
+/// `(m, n, k)` of `op(a) · op(b)`: op(a) is m x k, op(b) k x n. Panics when the inner
+/// dimensions differ.
+pub fn product_shape<B: Backend>(
+    a: &Tensor<B>,
+    transpose_a: bool,
+    b: &Tensor<B>,
+    transpose_b: bool,
+) -> (usize, usize, usize) {
+    let (m, k) = if transpose_a {
+        (a.cols, a.rows)
+    } else {
+        (a.rows, a.cols)
+    };
+    let (k2, n) = if transpose_b {
+        (b.cols, b.rows)
+    } else {
+        (b.rows, b.cols)
+    };
+    assert_eq!(k, k2, "gemm: inner dimensions {k} and {k2} differ");
+    (m, n, k)
+}
+
 /// The kernels. Shapes are the callers' contract (the tape checks them); a kernel given
 /// mismatched shapes or an index out of range panics with what was wrong.
 pub trait Backend: Send + Sync + Sized + Debug {
@@ -176,8 +198,7 @@ pub trait Backend: Send + Sync + Sized + Debug {
         b: &Tensor<Self>,
         transpose_b: bool,
     ) -> Tensor<Self> {
-        let m = if transpose_a { a.cols } else { a.rows };
-        let n = if transpose_b { b.rows } else { b.cols };
+        let (m, n, _) = product_shape(a, transpose_a, b, transpose_b);
         let mut out = Tensor::zeros(self, m, n);
         self.gemm(a, transpose_a, b, transpose_b, &mut out, false);
         out

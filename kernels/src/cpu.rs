@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::backend::{Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor};
+use crate::backend::{Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor, product_shape};
 use crate::real::Real;
 
 /// The CPU backend over element type `E` (`f32` to train, `f64` as the reference).
@@ -153,29 +153,19 @@ fn par_rows<E: Send>(data: &mut [E], cols: usize) -> rayon::slice::ChunksMut<'_,
     data.par_chunks_mut(cols.max(1))
 }
 
-/// `(m, n, k)` of `op(a) · op(b)`, checking the inner dimensions agree.
+/// [`product_shape`], checking that the buffers hold their tensors.
 fn gemm_shape<E: Real>(
     a: &Tensor<Cpu<E>>,
     transpose_a: bool,
     b: &Tensor<Cpu<E>>,
     transpose_b: bool,
 ) -> (usize, usize, usize) {
-    let (m, k) = if transpose_a {
-        (a.cols, a.rows)
-    } else {
-        (a.rows, a.cols)
-    };
-    let (k2, n) = if transpose_b {
-        (b.cols, b.rows)
-    } else {
-        (b.rows, b.cols)
-    };
-    assert_eq!(k, k2, "gemm: inner dimensions {k} and {k2} differ");
+    let shape = product_shape(a, transpose_a, b, transpose_b);
     assert!(
         a.data.len() == a.len() && b.data.len() == b.len(),
         "gemm input buffers"
     );
-    (m, n, k)
+    shape
 }
 
 /// `dst = op(a) · op(b)` (`+=` when `accumulate`), `dst` row-major m x n, through the
@@ -240,7 +230,7 @@ unsafe fn gemm_raw<E: Real>(
     }
 }
 
-fn check_same(op: &str, a: (usize, usize), b: (usize, usize)) {
+pub(crate) fn check_same(op: &str, a: (usize, usize), b: (usize, usize)) {
     assert_eq!(a, b, "{op}: shapes {a:?} and {b:?} differ");
 }
 

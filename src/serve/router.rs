@@ -187,46 +187,41 @@ impl Router {
         Ok(())
     }
 
-    /// A worker serving `model` (round-robin), refreshing the routes when they are old or
-    /// know no worker for it.
-    async fn upstream(&self, model: &str) -> Result<Upstream, Status> {
+    /// The workers serving the model, or with `table` the table, named `name`,
+    /// refreshing the routes when they are old or know no worker for it.
+    async fn serving(&self, name: &str, table: bool) -> Result<Vec<(String, Upstream)>, Status> {
+        let kind = if table { "table" } else { "model" };
         let mut routes = self.routes.lock().await;
         let stale = routes.refreshed.is_none_or(|t| t.elapsed() > REFRESH);
-        if stale || !routes.models.contains_key(model) {
+        let known = |r: &Routes| match table {
+            true => r.tables.contains_key(name),
+            false => r.models.contains_key(name),
+        };
+        if stale || !known(&routes) {
             self.refresh(&mut routes).await?;
         }
-        let addrs = routes
-            .models
-            .get(model)
-            .ok_or_else(|| Status::not_found(format!("no worker serves a model `{model}`")))?;
-        let addr = &addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()];
-        routes
-            .upstreams
-            .get(addr)
-            .cloned()
-            .ok_or_else(|| Status::unavailable(format!("worker {addr} went away")))
+        let addrs = match table {
+            true => routes.tables.get(name),
+            false => routes.models.get(name),
+        }
+        .ok_or_else(|| Status::not_found(format!("no worker serves a {kind} `{name}`")))?;
+        let found: Vec<(String, Upstream)> = addrs
+            .iter()
+            .filter_map(|a| routes.upstreams.get(a).map(|u| (a.clone(), u.clone())))
+            .collect();
+        if found.is_empty() {
+            return Err(Status::unavailable(format!(
+                "the workers serving {kind} `{name}` went away"
+            )));
+        }
+        Ok(found)
     }
 
-    /// Every worker serving `table`, refreshing the routes when they are old or know none.
-    async fn table_upstreams(&self, table: &str) -> Result<Vec<(String, Upstream)>, Status> {
-        let mut routes = self.routes.lock().await;
-        let stale = routes.refreshed.is_none_or(|t| t.elapsed() > REFRESH);
-        if stale || !routes.tables.contains_key(table) {
-            self.refresh(&mut routes).await?;
-        }
-        let addrs = routes
-            .tables
-            .get(table)
-            .ok_or_else(|| Status::not_found(format!("no worker serves a table `{table}`")))?;
-        addrs
-            .iter()
-            .map(|a| {
-                let upstream = routes.upstreams.get(a).cloned();
-                upstream
-                    .map(|u| (a.clone(), u))
-                    .ok_or_else(|| Status::unavailable(format!("worker {a} went away")))
-            })
-            .collect()
+    /// One worker serving `name` (see [`Router::serving`]), round-robin.
+    async fn upstream(&self, name: &str, table: bool) -> Result<Upstream, Status> {
+        let mut found = self.serving(name, table).await?;
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % found.len();
+        Ok(found.swap_remove(at).1)
     }
 
     /// Checks the caller's session and finds a worker for the model `bytes` (a ticket or
@@ -237,7 +232,7 @@ impl Router {
         bytes: &[u8],
     ) -> Result<Upstream, Status> {
         self.sessions.check(metadata)?;
-        self.upstream(&Self::model_of(bytes)?).await
+        self.upstream(&Self::model_of(bytes)?, false).await
     }
 
     /// [`Router::route`] for a descriptor, which names a model or a table
@@ -251,13 +246,7 @@ impl Router {
             && kind == "tables"
         {
             self.sessions.check(metadata)?;
-            let serving = self.table_upstreams(table).await?;
-            let at = self.next.fetch_add(1, Ordering::Relaxed) % serving.len().max(1);
-            return serving
-                .into_iter()
-                .nth(at)
-                .map(|(_, u)| u)
-                .ok_or_else(|| Status::not_found(format!("no worker serves a table `{table}`")));
+            return self.upstream(table, true).await;
         }
         self.route(metadata, &descriptor.cmd).await
     }
@@ -403,7 +392,7 @@ impl FlightService for Router {
         }
         let table =
             super::flight::put_table(messages.first().and_then(|m| m.flight_descriptor.as_ref()))?;
-        let targets = self.table_upstreams(&table).await?;
+        let targets = self.serving(&table, true).await?;
         let puts = targets.iter().map(|(addr, upstream)| {
             let messages = messages.clone();
             async move {
@@ -462,7 +451,7 @@ impl FlightService for Router {
             .as_ref()
             .map(|d| d.cmd.clone())
             .unwrap_or_default();
-        let upstream = self.upstream(&Self::model_of(&cmd)?).await?;
+        let upstream = self.upstream(&Self::model_of(&cmd)?, false).await?;
         metrics::counter!("relgraph_router_exchanges_total").increment(1);
         // The client's messages go on as they come; a broken client stream ends ours.
         let (tx, rx) = tokio::sync::mpsc::channel::<FlightData>(4);

@@ -8,11 +8,9 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use common::database;
+use common::{database, labelled};
 
-use relgraph_common::pql::{self, PlanOptions};
 use relgraph_kernels::Device;
-use relgraph_worker::label::{LocalFacts, build};
 use relgraph_worker::model::explain::Method;
 use relgraph_worker::model::{Output, Session, TrainConfig, fit};
 
@@ -20,10 +18,7 @@ use relgraph_worker::model::{Output, Session, TrainConfig, fit};
 fn attributions_decompose_the_models_own_output() {
     let (_dir, db) = database();
     let query = "PREDICT COUNT(orders.*, 0, 60, days) > 0 FOR EACH customers.customer_id";
-    let task = pql::compile(query, &db.schema()).unwrap_or_else(|e| panic!("{}", e.render(query)));
-    let plan = pql::plan(task, &db, &PlanOptions::default()).expect("plan");
-    let everyone: Vec<usize> = (0..300).collect();
-    let labels = build(&plan, &db, &everyone, &LocalFacts { db: &db }).expect("labels");
+    let (plan, labels) = labelled(&db, query);
     let config = TrainConfig {
         channels: 16,
         encoder_blocks: 1,

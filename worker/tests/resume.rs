@@ -5,10 +5,8 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use common::database;
-use relgraph_common::pql::{self, PlanOptions};
+use common::{database, labelled};
 use relgraph_kernels::Device;
-use relgraph_worker::label::{LocalFacts, build};
 use relgraph_worker::model::trainer::TrainState;
 use relgraph_worker::model::{Session, TrainConfig, fit, load_train_state, save_train_state};
 
@@ -16,10 +14,7 @@ use relgraph_worker::model::{Session, TrainConfig, fit, load_train_state, save_t
 fn a_run_resumed_within_an_epoch_ends_where_an_uninterrupted_one_does() {
     let (dir, db) = database();
     let query = "PREDICT COUNT(orders.*, 0, 60, days) > 0 FOR EACH customers.customer_id";
-    let task = pql::compile(query, &db.schema()).unwrap_or_else(|e| panic!("{}", e.render(query)));
-    let plan = pql::plan(task, &db, &PlanOptions::default()).expect("plan");
-    let everyone: Vec<usize> = (0..300).collect();
-    let labels = build(&plan, &db, &everyone, &LocalFacts { db: &db }).expect("labels");
+    let (plan, labels) = labelled(&db, query);
     let config = TrainConfig {
         channels: 16,
         encoder_blocks: 1,

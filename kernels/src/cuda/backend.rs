@@ -26,8 +26,8 @@ use cudarc::driver::{
 use cudarc::driver::{PushKernelArg, ValidAsZeroBits};
 
 use super::{CudaDevice, CudaError, compile_cached};
-use crate::backend::{Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor};
-use crate::cpu;
+use crate::backend::{Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor, product_shape};
+use crate::cpu::{self, check_same};
 use crate::launch::{self, Grid, KERNELS, Param};
 
 /// A buffer on the device: `len` values at the start of a pooled allocation that may be
@@ -156,10 +156,6 @@ fn act_code(act: Activation) -> i32 {
         Activation::Relu => 0,
         Activation::Gelu => 1,
     }
-}
-
-fn check_same(op: &str, a: (usize, usize), b: (usize, usize)) {
-    assert_eq!(a, b, "{op}: shapes {a:?} and {b:?} differ");
 }
 
 impl Cuda {
@@ -470,17 +466,7 @@ impl Backend for Cuda {
         out: &mut Tensor<Self>,
         accumulate: bool,
     ) {
-        let (m, k) = if transpose_a {
-            (a.cols, a.rows)
-        } else {
-            (a.rows, a.cols)
-        };
-        let (k2, n) = if transpose_b {
-            (b.cols, b.rows)
-        } else {
-            (b.rows, b.cols)
-        };
-        assert_eq!(k, k2, "gemm: inner dimensions {k} and {k2} differ");
+        let (m, n, k) = product_shape(a, transpose_a, b, transpose_b);
         check_same("gemm output", out.shape(), (m, n));
         if m == 0 || n == 0 {
             return;
@@ -536,8 +522,7 @@ impl Backend for Cuda {
         b: &Tensor<Self>,
         transpose_b: bool,
     ) -> Tensor<Self> {
-        let m = if transpose_a { a.cols } else { a.rows };
-        let n = if transpose_b { b.rows } else { b.cols };
+        let (m, n, _) = product_shape(a, transpose_a, b, transpose_b);
         let mut out = Self::tensor(m, n, self.alloc(m * n));
         self.gemm(a, transpose_a, b, transpose_b, &mut out, false);
         out

@@ -5,6 +5,17 @@
 use std::fmt::Write;
 
 use relgraph_common::Database;
+use relgraph_common::pql::{self, PlanOptions, TaskPlan};
+use relgraph_worker::label::{Labels, LocalFacts, build};
+
+/// The plan of `query` over [`database`] and the labels of all its 300 customers.
+pub fn labelled(db: &Database, query: &str) -> (TaskPlan, Labels) {
+    let task = pql::compile(query, &db.schema()).unwrap_or_else(|e| panic!("{}", e.render(query)));
+    let plan = pql::plan(task, db, &PlanOptions::default()).expect("plan");
+    let everyone: Vec<usize> = (0..300).collect();
+    let labels = build(&plan, db, &everyone, &LocalFacts { db }).expect("labels");
+    (plan, labels)
+}
 
 pub fn database() -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().expect("tempdir");
