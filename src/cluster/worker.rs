@@ -319,7 +319,15 @@ impl Worker {
                     loop {
                         let r = client.call(|mut c| { let p = p.clone(); async move { c.report(p).await } }).await;
                         match r {
-                            Ok(_) => break,
+                            Ok(_) => {
+                                // The coordinator now resumes from this checkpoint or a
+                                // later one: the older ones can go.
+                                if !p.checkpoint.is_empty() {
+                                    let (dir, step) = (PathBuf::from(&p.checkpoint), p.checkpoint_step);
+                                    tokio::task::spawn_blocking(move || prune_checkpoints(&dir, step));
+                                }
+                                break;
+                            }
                             Err(s) if matches!(s.code(), Code::Aborted | Code::NotFound) => {
                                 // Not ours any more: cancelled or moved elsewhere.
                                 tracing::warn!(job, "{}", s.message());
@@ -529,28 +537,26 @@ fn run_job(
     }
 }
 
-/// Checkpoints kept per job: the coordinator may still point at an older one while the
-/// report of the newest is on its way.
-const KEEP_CHECKPOINTS: usize = 3;
-
-/// Removes all but the `keep` latest `step-N` checkpoints in `dir` (best effort: a
-/// checkpoint left behind costs disk, not correctness).
-fn prune_checkpoints(dir: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// Removes the `step-N` checkpoints beside `checkpoint` older than its `step`, once the
+/// coordinator has recorded it (a report can be lost, so the newest written is not yet
+/// the one a new attempt would resume from). Best effort: a checkpoint left behind costs
+/// disk, not correctness.
+fn prune_checkpoints(checkpoint: &Path, step: u64) {
+    let Some(Ok(entries)) = checkpoint.parent().map(std::fs::read_dir) else {
         return;
     };
-    let mut steps: Vec<(u64, PathBuf)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let step = name.to_str()?.strip_prefix("step-")?.parse().ok()?;
-            Some((step, e.path()))
-        })
-        .collect();
-    steps.sort_unstable();
-    for (_, old) in steps.iter().rev().skip(keep) {
-        if let Err(e) = std::fs::remove_dir_all(old) {
-            tracing::warn!("cannot remove the old checkpoint {}: {e}", old.display());
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let older = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n < step);
+        if older && let Err(err) = std::fs::remove_dir_all(e.path()) {
+            tracing::warn!(
+                "cannot remove the old checkpoint {}: {err}",
+                e.path().display()
+            );
         }
     }
 }
@@ -643,10 +649,8 @@ fn train_job(
         if !lead {
             return Ok(());
         }
-        let checkpoints = out.join("checkpoints");
-        let dir = checkpoints.join(format!("step-{}", s.steps));
+        let dir = out.join("checkpoints").join(format!("step-{}", s.steps));
         model::save_train_state(s, &dir)?;
-        prune_checkpoints(&checkpoints, KEEP_CHECKPOINTS);
         report(JobProgress {
             checkpoint: dir.display().to_string(),
             checkpoint_step: s.steps,
