@@ -49,6 +49,9 @@ use relgraph_worker::model::explain::Method;
 /// §8), never more.
 pub const SERVING_FANOUTS: [u32; 2] = [32, 16];
 
+/// Memory for each served model version's cache of encoder outputs.
+const ENCODER_CACHE_BYTES: usize = 256 << 20;
+
 /// What one request may ask for (ARCHITECTURE.md §10: oversized requests get a clear
 /// error, not a slow answer).
 #[derive(Clone, Debug)]
@@ -309,7 +312,8 @@ impl Serving {
                     .collect(),
             };
             let rows = model::fit::item_rows(&data.db, &manifest.target);
-            let model = model::load(dir, &prepared, rows)?;
+            let mut model = model::load(dir, &prepared, rows)?;
+            model.encoded = Some(model.net.encoder_cache(ENCODER_CACHE_BYTES));
             let ranking = ranking_of(&model, &plan, &data.db, &data.graph);
             (plan, base, model, ranking, prepared.endpoints)
         };

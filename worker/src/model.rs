@@ -11,6 +11,7 @@
 //! - [`fit`]: one task end to end, and scoring a saved model again.
 
 pub mod batch;
+pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod explain;

@@ -98,6 +98,27 @@ fn attributions_decompose_the_models_own_output() {
         panic!("a yes/no model gives probabilities");
     };
     assert_eq!(a, b);
+    // Through a cache of encoder outputs (serving's small requests): filling it and then
+    // reading from it give the model's own outputs.
+    let mut cached = model.to_backend(relgraph_kernels::Cpu::<f32>::new());
+    cached.encoded = Some(cached.net.encoder_cache(1 << 20));
+    for round in ["filling", "reading"] {
+        for (i, chunk) in rows.chunks(16).enumerate() {
+            let Output::Probs(p) = cached
+                .infer(&data, chunk, &anchors[..chunk.len()], None)
+                .expect("infer")
+            else {
+                panic!("probabilities");
+            };
+            for (k, (&p, &q)) in p.iter().zip(&a[i * 16..]).enumerate() {
+                assert!(
+                    (p - q).abs() < 1e-5,
+                    "{round} row {}: {p} vs {q}",
+                    i * 16 + k
+                );
+            }
+        }
+    }
     for row in [3u32, 4, 10, 77] {
         let Output::Probs(p) = model.infer(&data, &[row], &[anchor], None).expect("infer") else {
             panic!("a yes/no model gives probabilities");

@@ -307,7 +307,7 @@ impl Model {
         let mut tape = Tape::new(&self.backend, &self.params);
         let (out, watched) =
             self.net
-                .embed_probed(&mut tape, &probe.batch, data.endpoints, Some(&sums));
+                .embed_probed(&mut tape, &probe.batch, data.endpoints, Some(&sums), None);
         let (seeds, out) = self.net.pick_seeds(&mut tape, &probe.batch, out);
         let (y, weights) = match explained {
             Explained::Head { weights, effect } => {

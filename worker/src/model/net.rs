@@ -14,7 +14,8 @@ use rand_pcg::Pcg64Mcg;
 use relgraph_kernels::{Backend, Index, ParamId, Params, Real, Reduce, Tape, Tensor, Var};
 use rustc_hash::FxHashMap;
 
-use super::batch::ModelBatch;
+use super::batch::{ModelBatch, TableBatch};
+use super::cache::EncoderCache;
 use super::config::{Aggregation, TrainConfig};
 use super::features::{ColumnCode, EncoderInput, TIMESTAMP_WIDTH, TableCode};
 
@@ -289,11 +290,15 @@ impl Net {
     /// The input embedding of every node the first layer reads, per table. With
     /// `probe`, a table's column sum is that host matrix instead of the computed one, as
     /// a watched input (returned second) whose gradient the backward pass keeps.
+    ///
+    /// With `cache` (and no probe), rows encoded before are taken from it, and the rest
+    /// are encoded and kept there: inference only, as no gradient reaches the encoders.
     fn inputs<B: Backend>(
         &self,
         tape: &mut Tape<B>,
         batch: &ModelBatch,
         probe: Option<&[Option<Vec<f32>>]>,
+        cache: Option<&EncoderCache>,
     ) -> (Vec<Option<Var>>, Vec<Option<Var>>) {
         let backend = tape.backend();
         let mut watched = vec![None; batch.tables.len()];
@@ -306,8 +311,8 @@ impl Net {
                 if t.nodes.is_empty() {
                     return None;
                 }
-                let sum = match probe.and_then(|p| p[i].as_ref()) {
-                    Some(h) => {
+                let rows = match (probe.and_then(|p| p[i].as_ref()), cache) {
+                    (Some(h), _) => {
                         let h: Vec<B::E> = h.iter().map(|&v| B::E::of(f64::from(v))).collect();
                         let v = tape.watched(Tensor::from_host(
                             backend,
@@ -316,11 +321,14 @@ impl Net {
                             &h,
                         ));
                         watched[i] = Some(v);
-                        v
+                        Self::encode_rest(tape, e, v)
                     }
-                    None => Self::encode_columns(tape, e, &t.input),
+                    (None, Some(cache)) => self.encode_cached(tape, (i, e), t, cache),
+                    (None, None) => {
+                        let sum = Self::encode_columns(tape, e, &t.input);
+                        Self::encode_rest(tape, e, sum)
+                    }
                 };
-                let rows = Self::encode_rest(tape, e, sum);
                 let x = tape.gather(rows, Arc::new(Index::from_host(backend, &t.nodes)));
                 let days: Vec<B::E> = t.days.iter().map(|&d| B::E::of(f64::from(d))).collect();
                 let years: Vec<B::E> = t
@@ -339,6 +347,38 @@ impl Net {
             })
             .collect();
         (out, watched)
+    }
+
+    /// Table `i`'s encoder output for the rows of `t`: those in `cache` from it, the
+    /// others computed and added to it.
+    fn encode_cached<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        (i, e): (usize, &Encoder),
+        t: &TableBatch,
+        cache: &EncoderCache,
+    ) -> Var {
+        let (backend, c) = (tape.backend(), self.channels);
+        let mut host = vec![0f32; t.rows.len() * c];
+        let missing = cache.fill(i, &t.rows, &mut host);
+        if !missing.is_empty() {
+            let part = t.input.select(&missing);
+            let sum = Self::encode_columns(tape, e, &part);
+            let v = Self::encode_rest(tape, e, sum);
+            let values: Vec<f32> = tape
+                .value(v)
+                .to_host(backend)
+                .iter()
+                .map(|x| x.f64() as f32)
+                .collect();
+            let rows: Vec<u32> = missing.iter().map(|&p| t.rows[p]).collect();
+            cache.insert(i, &rows, &values);
+            for (k, &p) in missing.iter().enumerate() {
+                host[p * c..(p + 1) * c].copy_from_slice(&values[k * c..(k + 1) * c]);
+            }
+        }
+        let h: Vec<B::E> = host.iter().map(|&v| B::E::of(f64::from(v))).collect();
+        tape.input(Tensor::from_host(backend, t.rows.len(), c, &h))
     }
 
     /// Each encoded column's part of table `t`'s column sum, computed on the host from
@@ -431,6 +471,11 @@ impl Net {
         }
     }
 
+    /// A cache for this network's encoder outputs of at most about `bytes`.
+    pub fn encoder_cache(&self, bytes: usize) -> EncoderCache {
+        EncoderCache::new(self.encoders.len(), self.channels, bytes)
+    }
+
     /// The last layer's output per table (`None` where it computes no rows).
     pub fn embed<B: Backend>(
         &self,
@@ -438,20 +483,21 @@ impl Net {
         batch: &ModelBatch,
         endpoints: &Endpoints,
     ) -> Vec<Option<Var>> {
-        self.embed_probed(tape, batch, endpoints, None).0
+        self.embed_probed(tape, batch, endpoints, None, None).0
     }
 
-    /// [`Net::embed`] with the column sums of `probe` (see [`Net::inputs`]); also
-    /// returns the watched column sums.
+    /// [`Net::embed`] with the column sums of `probe`, or the encodings of `cache` (see
+    /// [`Net::inputs`]); also returns the watched column sums.
     pub fn embed_probed<B: Backend>(
         &self,
         tape: &mut Tape<B>,
         batch: &ModelBatch,
         endpoints: &Endpoints,
         probe: Option<&[Option<Vec<f32>>]>,
+        cache: Option<&EncoderCache>,
     ) -> (Vec<Option<Var>>, Vec<Option<Var>>) {
         let backend = tape.backend();
-        let (mut x, watched) = self.inputs(tape, batch, probe);
+        let (mut x, watched) = self.inputs(tape, batch, probe, cache);
         for (layer, plan) in self.layers.iter().zip(&batch.layers) {
             let mut out = Vec::with_capacity(x.len());
             for (t, rows) in plan.rows.iter().enumerate() {
@@ -496,7 +542,18 @@ impl Net {
         batch: &ModelBatch,
         endpoints: &Endpoints,
     ) -> (Var, Vec<Option<Var>>) {
-        let out = self.embed(tape, batch, endpoints);
+        self.seeds_cached(tape, batch, endpoints, None)
+    }
+
+    /// [`Net::seeds`], the encoder outputs through `cache` when given (inference).
+    pub fn seeds_cached<B: Backend>(
+        &self,
+        tape: &mut Tape<B>,
+        batch: &ModelBatch,
+        endpoints: &Endpoints,
+        cache: Option<&EncoderCache>,
+    ) -> (Var, Vec<Option<Var>>) {
+        let out = self.embed_probed(tape, batch, endpoints, None, cache).0;
         self.pick_seeds(tape, batch, out)
     }
 

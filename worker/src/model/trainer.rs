@@ -18,6 +18,7 @@ use relgraph_sampler::{GraphError, GraphView, HeteroGraph, SampleConfig, SampleE
 use rustc_hash::FxHashMap;
 
 use super::batch::ModelBatch;
+use super::cache::EncoderCache;
 use super::checkpoint::Manifest;
 use super::config::{ConfigError, RegressionLoss, TrainConfig};
 use super::features::{FeatureError, TableCode, TableFeatures};
@@ -164,7 +165,14 @@ pub struct Model<B: Compute = Backend> {
     pub backend: B,
     /// Ranking: the current item table row of each item embedding (`u32::MAX` if gone).
     pub item_rows: Vec<u32>,
+    /// Encoder outputs kept across small inference requests (serving sets it; see
+    /// [`EncoderCache`]).
+    pub encoded: Option<EncoderCache>,
 }
+
+/// Requests of at most this many entities go through the model's [`EncoderCache`]; larger
+/// ones (batch scoring) would only churn it.
+pub const CACHED_REQUEST: usize = 64;
 
 /// See [`Model::rank_parts`].
 #[derive(Clone, Debug)]
@@ -444,6 +452,7 @@ impl<B: Compute> Model<B> {
             params,
             backend,
             item_rows: self.item_rows.clone(),
+            encoded: None,
         }
     }
 
@@ -533,6 +542,10 @@ impl<B: Compute> Model<B> {
             .map(|(&i, &r)| (i, r))
             .unzip();
         let loader = self.loader(fanouts);
+        let cache = self
+            .encoded
+            .as_ref()
+            .filter(|_| rows.len() <= CACHED_REQUEST);
         pipeline(
             chunks.len(),
             |j| {
@@ -547,7 +560,9 @@ impl<B: Compute> Model<B> {
             },
             |j, batch| {
                 let mut tape = Tape::new(&self.backend, &self.params);
-                let (seeds, out) = self.net.seeds(&mut tape, &batch, data.endpoints);
+                let (seeds, out) = self
+                    .net
+                    .seeds_cached(&mut tape, &batch, data.endpoints, cache);
                 if items == 0 {
                     let (lo, hi) = chunks[j];
                     let t: Option<Vec<f32>> = observed
@@ -619,7 +634,13 @@ impl<B: Compute> Model<B> {
         let seed = combine(self.manifest.config.seed, 0x5EED);
         let batch = loader.batch(data, rows, anchors, seed, Vec::new())?;
         let mut tape = Tape::new(&self.backend, &self.params);
-        let (seeds, out) = self.net.seeds(&mut tape, &batch, data.endpoints);
+        let cache = self
+            .encoded
+            .as_ref()
+            .filter(|_| rows.len() <= CACHED_REQUEST);
+        let (seeds, out) = self
+            .net
+            .seeds_cached(&mut tape, &batch, data.endpoints, cache);
         let q = self.net.query(&mut tape, seeds);
         let queries = tape.value(q).to_host(&self.backend);
         let mut item_rows: Vec<u32> = batch
@@ -759,6 +780,7 @@ pub fn init(manifest: Manifest, data: &Prepared, item_rows: Vec<u32>) -> Model {
         params,
         backend,
         item_rows,
+        encoded: None,
     }
 }
 
@@ -939,6 +961,7 @@ fn train_on<B: Compute>(
                 params,
                 backend,
                 item_rows,
+                ..
             } = &mut *model;
             let loader = Loader::new(manifest, net, item_rows);
             // Wall time, waits for the loader included.
