@@ -484,6 +484,30 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     let exchanged =
         exchange_over_flight(&nodes[2].3, "cluster-model", &[&["CU-1003"], &["CU-1001"]]);
     assert_eq!(exchanged, scores);
+    // The router lists what its workers serve: the model and the data's tables.
+    let listed: Vec<arrow_flight::FlightDescriptor> = with_flight(&nodes[2].3, async |c| {
+        use futures::TryStreamExt;
+        let infos: Vec<arrow_flight::FlightInfo> = c
+            .list_flights(Vec::new())
+            .await
+            .expect("list_flights")
+            .try_collect()
+            .await
+            .expect("infos");
+        infos
+            .into_iter()
+            .filter_map(|i| i.flight_descriptor)
+            .collect()
+    });
+    assert!(
+        listed
+            .iter()
+            .any(|d| String::from_utf8_lossy(&d.cmd).contains("cluster-model"))
+    );
+    assert!(
+        listed.iter().any(|d| d.path == ["tables", "orders"]),
+        "{listed:?}"
+    );
     // Orders appended through the router reach the serving worker's log (acknowledged
     // once durable there) and move that customer's next score, and no one else's.
     let anchor = anchor_over_flight(&nodes[2].3, "cluster-model", "CU-1003");

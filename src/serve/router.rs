@@ -69,6 +69,8 @@ struct Routes {
     models: BTreeMap<String, Vec<String>>,
     /// Table name -> addresses of the workers serving data with that table.
     tables: BTreeMap<String, Vec<String>>,
+    /// What the first worker serving each model, then each table, lists for it.
+    listed: BTreeMap<(bool, String), FlightInfo>,
     refreshed: Option<Instant>,
 }
 
@@ -129,6 +131,7 @@ impl Router {
             .await?;
         let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut infos_by_name = BTreeMap::new();
         for w in status.workers.iter().filter(|w| w.alive) {
             let upstream = match routes.upstreams.get(&w.addr) {
                 Some(u) => u.clone(),
@@ -153,23 +156,23 @@ impl Router {
             match listed.await {
                 Ok(infos) => {
                     for info in infos {
-                        if let Some([kind, table]) =
-                            info.flight_descriptor.as_ref().map(|d| d.path.as_slice())
-                            && kind == "tables"
+                        let table = match info.flight_descriptor.as_ref().map(|d| d.path.as_slice())
                         {
-                            tables
-                                .entry(table.clone())
-                                .or_default()
-                                .push(w.addr.clone());
-                        }
+                            Some([kind, table]) if kind == "tables" => Some(table.clone()),
+                            _ => None,
+                        };
                         let model = info
                             .flight_descriptor
                             .as_ref()
                             .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.cmd).ok())
                             .and_then(|v| v["model"].as_str().map(str::to_string));
-                        if let Some(m) = model {
-                            models.entry(m).or_default().push(w.addr.clone());
-                        }
+                        let (key, serving) = match (table, model) {
+                            (Some(t), _) => ((true, t.clone()), tables.entry(t).or_default()),
+                            (None, Some(m)) => ((false, m.clone()), models.entry(m).or_default()),
+                            (None, None) => continue,
+                        };
+                        serving.push(w.addr.clone());
+                        infos_by_name.entry(key).or_insert(info);
                     }
                     routes.upstreams.insert(w.addr.clone(), upstream);
                 }
@@ -183,6 +186,7 @@ impl Router {
         }
         routes.models = models;
         routes.tables = tables;
+        routes.listed = infos_by_name;
         routes.refreshed = Some(Instant::now());
         Ok(())
     }
@@ -294,30 +298,9 @@ impl FlightService for Router {
         self.sessions.check(request.metadata())?;
         let mut routes = self.routes.lock().await;
         self.refresh(&mut routes).await?;
-        let mut infos = Vec::new();
-        for (model, addrs) in &routes.models {
-            let upstream = &routes.upstreams[&addrs[0]];
-            let descriptor =
-                FlightDescriptor::new_cmd(serde_json::json!({"v": 1, "model": model}).to_string());
-            let info = upstream
-                .client
-                .clone()
-                .get_flight_info(upstream.request(descriptor)?)
-                .await?
-                .into_inner();
-            infos.push(Ok(info));
-        }
-        for (table, addrs) in &routes.tables {
-            let upstream = &routes.upstreams[&addrs[0]];
-            let descriptor = FlightDescriptor::new_path(vec!["tables".into(), table.clone()]);
-            let info = upstream
-                .client
-                .clone()
-                .get_flight_info(upstream.request(descriptor)?)
-                .await?
-                .into_inner();
-            infos.push(Ok(info));
-        }
+        // The workers' own listings, as the refresh just read them.
+        let infos: Vec<Result<FlightInfo, Status>> =
+            routes.listed.values().cloned().map(Ok).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(infos))))
     }
 
