@@ -475,12 +475,11 @@ pub async fn connect(addr: &str) -> Option<Channel> {
 /// and runs the leader's duties (leases, scheduling) whenever it leads.
 pub async fn start(config: &CoordinatorConfig) -> anyhow::Result<Coordinator> {
     anyhow::ensure!(config.id != 0, "coordinator id must not be 0");
-    let tls = TlsFiles {
-        cert: config.tls_cert.clone(),
-        key: config.tls_key.clone(),
-        ca: config.tls_ca.clone(),
-    };
-    crate::tls::configure(tls.or(TlsFiles::from_env()))?;
+    crate::tls::configure(TlsFiles::of_node(
+        &config.tls_cert,
+        &config.tls_key,
+        &config.tls_ca,
+    ))?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("coordinator: cannot listen on {}: {e}", config.listen))?;

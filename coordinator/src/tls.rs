@@ -34,6 +34,21 @@ impl TlsFiles {
         }
     }
 
+    /// A coordinator's or worker's config keys (`tls_cert`, `tls_key`, `tls_ca`), the
+    /// environment's files where a key is not given.
+    pub fn of_node(
+        cert: &Option<PathBuf>,
+        key: &Option<PathBuf>,
+        ca: &Option<PathBuf>,
+    ) -> TlsFiles {
+        let given = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        };
+        given.or(TlsFiles::from_env())
+    }
+
     /// These files where given, else `other`'s.
     pub fn or(self, other: TlsFiles) -> TlsFiles {
         TlsFiles {

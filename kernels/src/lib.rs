@@ -44,13 +44,8 @@ pub enum DeviceError {
 }
 
 impl Device {
-    /// Resolves an operator's choice against what this build and machine have.
-    pub fn select(name: &str) -> Result<Device, DeviceError> {
-        Device::choose(name).map(|(d, _)| d)
-    }
-
-    /// [`Device::select`], with a line saying what was chosen and, for `auto` on the
-    /// CPU, why no GPU was.
+    /// Resolves an operator's choice against what this build and machine have, with a
+    /// line saying what was chosen and, for `auto` on the CPU, why no GPU was.
     pub fn choose(name: &str) -> Result<(Device, String), DeviceError> {
         let cpu = || format!("cpu ({} threads)", rayon::current_num_threads());
         let wanted = match name {

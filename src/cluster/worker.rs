@@ -133,12 +133,11 @@ pub struct Worker {
 impl Worker {
     /// Binds the worker's gRPC server (serving other workers) and starts it.
     pub async fn start(config: WorkerConfig) -> Result<Self> {
-        let files = TlsFiles {
-            cert: config.tls_cert.clone(),
-            key: config.tls_key.clone(),
-            ca: config.tls_ca.clone(),
-        };
-        tls::configure(files.or(TlsFiles::from_env()))?;
+        tls::configure(TlsFiles::of_node(
+            &config.tls_cert,
+            &config.tls_key,
+            &config.tls_ca,
+        ))?;
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("worker: cannot listen on {}", config.listen))?;
