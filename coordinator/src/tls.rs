@@ -149,11 +149,6 @@ pub fn configure(files: TlsFiles) -> Result<(), TlsError> {
     }
 }
 
-/// Whether this process's clients connect over TLS.
-pub fn client_tls() -> bool {
-    current(|t| t.is_some_and(|t| t.client.is_some()))
-}
-
 /// A server builder, serving TLS when this process has a certificate.
 pub fn server() -> Result<Server, tonic::transport::Error> {
     let builder = Server::builder();

@@ -199,9 +199,9 @@ pub const KERNELS: &[Kernel] = {
     ]
 };
 
-/// The kernel named `name`.
-pub fn kernel(name: &str) -> Option<&'static Kernel> {
-    KERNELS.iter().find(|k| k.name == name)
+/// The position in [`KERNELS`] of the kernel named `name`.
+pub fn kernel(name: &str) -> Option<usize> {
+    KERNELS.iter().position(|k| k.name == name)
 }
 
 /// The grid of a grid-stride launch over `n` elements (at least one block).

@@ -38,16 +38,6 @@ pub struct DeviceBuf<T> {
     len: usize,
 }
 
-impl<T> DeviceBuf<T> {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 /// Freed f32 allocations by size class, up to a budget.
 #[derive(Debug, Default)]
 struct Pool {
@@ -196,10 +186,6 @@ impl Cuda {
         })
     }
 
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
     fn stream(&self) -> &Arc<CudaStream> {
         &self.device.stream
     }
@@ -231,10 +217,7 @@ impl Cuda {
     /// checking `args` against the parameters the source declares.
     #[allow(unsafe_code)]
     fn launch(&self, name: &str, grid: Grid, shared: usize, args: &[Arg]) {
-        let at = KERNELS
-            .iter()
-            .position(|k| k.name == name)
-            .unwrap_or_else(|| panic!("no kernel {name}"));
+        let at = launch::kernel(name).unwrap_or_else(|| panic!("no kernel {name}"));
         let given: Vec<Param> = args.iter().map(Arg::param).collect();
         assert_eq!(given, KERNELS[at].params, "launch of {name}: arguments");
         let mut builder = self.stream().launch_builder(&self.functions[at]);
