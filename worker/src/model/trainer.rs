@@ -710,6 +710,31 @@ impl<B: Compute> Model<B> {
     }
 }
 
+/// The state training resumes from: `epoch` epochs done, and `(steps, summed loss)` of
+/// the next one.
+fn resume_point<B: Compute>(
+    (params, backend): (&Params<B>, &B),
+    report: &TrainReport,
+    best: &Option<(f64, Vec<Vec<f32>>)>,
+    epoch: usize,
+    (epoch_steps, epoch_loss): (usize, f64),
+) -> TrainState {
+    let (adam_steps, moments) = params.optimizer_state(backend);
+    TrainState {
+        epoch,
+        epoch_steps,
+        epoch_loss,
+        steps: report.steps,
+        best_epoch: report.best_epoch,
+        best_value: best.as_ref().map(|b| b.0),
+        history: report.history.clone(),
+        adam_steps,
+        params: params.values.iter().map(|t| t.to_host(backend)).collect(),
+        best: best.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
+        moments,
+    }
+}
+
 /// The gradients of a batch's mean loss, and the loss.
 fn gradients<B: Compute>(
     (net, params, b): (&Net, &Params<B>, &B),
@@ -1009,20 +1034,14 @@ fn train_on<B: Compute>(
                     report.steps += 1;
                     let every = config.checkpoint_every;
                     if every > 0 && report.steps.is_multiple_of(every as u64) && done < steps {
-                        let (adam_steps, moments) = params.optimizer_state(backend);
-                        on_epoch(&TrainState {
-                            epoch: epoch - 1,
-                            epoch_steps: done,
-                            epoch_loss: loss_sum,
-                            steps: report.steps,
-                            best_epoch: report.best_epoch,
-                            best_value: best.as_ref().map(|b| b.0),
-                            history: report.history.clone(),
-                            adam_steps,
-                            params: params.values.iter().map(|t| t.to_host(backend)).collect(),
-                            best: best.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
-                            moments,
-                        })?;
+                        let within = (done, loss_sum);
+                        on_epoch(&resume_point(
+                            (params, backend),
+                            &report,
+                            &best,
+                            epoch - 1,
+                            within,
+                        ))?;
                     }
                     progress(&Progress {
                         epoch,
@@ -1073,20 +1092,14 @@ fn train_on<B: Compute>(
             best = Some((value, model.snapshot()));
             report.best_epoch = epoch;
         }
-        let (adam_steps, moments) = model.params.optimizer_state(&model.backend);
-        on_epoch(&TrainState {
+        let state = resume_point(
+            (&model.params, &model.backend),
+            &report,
+            &best,
             epoch,
-            epoch_steps: 0,
-            epoch_loss: 0.0,
-            steps: report.steps,
-            best_epoch: report.best_epoch,
-            best_value: best.as_ref().map(|b| b.0),
-            history: report.history.clone(),
-            adam_steps,
-            params: model.snapshot(),
-            best: best.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
-            moments,
-        })?;
+            (0, 0.0),
+        );
+        on_epoch(&state)?;
         if epoch - report.best_epoch >= config.patience {
             break;
         }
