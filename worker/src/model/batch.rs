@@ -5,8 +5,10 @@
 //! the nodes the next layer reads. Working back from the last layer (the seeds, and for
 //! ranking the item nodes of each seed's subgraph), each layer's rows are the next
 //! layer's rows plus their sampled neighbors. The encoder runs once per distinct table
-//! row of the batch (a row's columns do not depend on the seed), and its output is
-//! gathered to the nodes before the time encoding, which does.
+//! row of the batch (a row's columns do not depend on the seed), and the time encoding
+//! once per distinct (row, age) pair, which is all a node's input depends on: nodes that
+//! share both (a product reached from many seeds at one anchor, every node of a static
+//! table's row) share one input row, and the first layer reads the nodes through it.
 
 use std::sync::Arc;
 
@@ -27,14 +29,17 @@ pub struct LayerPlan {
     pub edges: Vec<Lists>,
 }
 
-/// One table's nodes at the input: the encoder's distinct rows, each node's position
-/// among them, and each node's age at its seed's anchor in days (0 for static rows).
+/// One table's nodes at the input: the encoder's distinct rows, and the distinct
+/// (encoder row, age) pairs the nodes have, each pair one row of the input the first
+/// layer reads (its plan indexes these pairs, not the nodes).
 #[derive(Clone, Debug, Default)]
 pub struct TableBatch {
     pub input: EncoderInput,
     /// The table row of each of the encoder's rows.
     pub rows: Vec<u32>,
-    pub nodes: Arc<Vec<u32>>,
+    /// Each input row's position among the encoder's rows (ascending).
+    pub encoded: Arc<Vec<u32>>,
+    /// Each input row's age at its seed's anchor in days (0 for static rows).
     pub days: Vec<f32>,
 }
 
@@ -116,12 +121,15 @@ impl ModelBatch {
             rows.extend(next);
         }
         rows.reverse();
-        let plans = (1..rows.len())
+        let mut plans: Vec<LayerPlan> = (1..rows.len())
             .map(|l| layer_plan(&rows[l - 1], &rows[l], &adjacency, &endpoints, &counts))
             .collect();
-        let input: Vec<TableBatch> = (0..tables)
+        let (input, node_inputs): (Vec<TableBatch>, Vec<Vec<u32>>) = (0..tables)
             .map(|t| table_batch(&sub, t, &rows[0][t], &features[t]))
-            .collect();
+            .unzip();
+        if let Some(first) = plans.first_mut() {
+            read_inputs(first, &node_inputs, &endpoints);
+        }
         let top = &rows[rows.len() - 1];
         let seed_rows = sub
             .seeds
@@ -212,32 +220,54 @@ fn layer_plan(
     LayerPlan { rows, edges }
 }
 
+/// Table `t`'s input for its nodes `rows` (local ids), and the input row of each node.
 fn table_batch(
     sub: &SubgraphBatch,
     t: usize,
     rows: &[u32],
     features: &TableFeatures,
-) -> TableBatch {
+) -> (TableBatch, Vec<u32>) {
     let block = &sub.nodes[t];
     let mut distinct: Vec<u32> = rows.iter().map(|&u| block.ids[u as usize]).collect();
     distinct.sort_unstable();
     distinct.dedup();
-    let nodes = rows
+    // Each node's (encoder row, age in days as bits): nodes equal in both are one input.
+    let keys: Vec<(u32, u32)> = rows
         .iter()
-        .map(|&u| distinct.binary_search(&block.ids[u as usize]).unwrap_or(0) as u32)
-        .collect();
-    let days = rows
-        .iter()
-        .map(|&u| match block.rel_times[u as usize] {
-            STATIC => 0.0,
-            s => s as f32 / 86_400.0,
+        .map(|&u| {
+            let row = distinct.binary_search(&block.ids[u as usize]).unwrap_or(0) as u32;
+            let days = match block.rel_times[u as usize] {
+                STATIC => 0.0f32,
+                s => s as f32 / 86_400.0,
+            };
+            (row, days.to_bits())
         })
         .collect();
-    TableBatch {
+    let mut pairs = keys.clone();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let node_inputs = keys
+        .iter()
+        .map(|k| pairs.binary_search(k).unwrap_or(0) as u32)
+        .collect();
+    let batch = TableBatch {
         input: features.gather(&distinct),
         rows: distinct,
-        nodes: Arc::new(nodes),
-        days,
+        encoded: Arc::new(pairs.iter().map(|p| p.0).collect()),
+        days: pairs.iter().map(|p| f32::from_bits(p.1)).collect(),
+    };
+    (batch, node_inputs)
+}
+
+/// Points the first layer's plan, which indexes input nodes, at their input rows.
+fn read_inputs(plan: &mut LayerPlan, node_inputs: &[Vec<u32>], endpoints: &[(usize, usize)]) {
+    for (rows, map) in plan.rows.iter_mut().zip(node_inputs) {
+        for r in rows.iter_mut() {
+            *r = map[*r as usize];
+        }
+    }
+    for ((_, idx), &(_, d)) in plan.edges.iter_mut().zip(endpoints) {
+        *idx = Arc::new(idx.iter().map(|&v| node_inputs[d][v as usize]).collect());
     }
 }
 
@@ -309,9 +339,41 @@ mod tests {
             dense: (0..10).map(|r| r as f32).collect(),
             ..TableFeatures::default()
         };
-        let b = table_batch(&sub, 1, &[0, 1], &features);
+        let (b, inputs) = table_batch(&sub, 1, &[0, 1], &features);
         assert_eq!(b.input.dense, vec![5.0, 9.0]);
-        assert_eq!(*b.nodes, vec![0, 1]);
+        assert_eq!(*b.encoded, vec![0, 1]);
         assert_eq!(b.days, vec![0.0, 2.0]);
+        assert_eq!(inputs, vec![0, 1]);
+    }
+    #[test]
+    fn nodes_of_one_row_at_one_age_share_an_input_row() {
+        // Table 1: row 5 reached three times (twice at the same age), row 9 once.
+        let mut sub = two_hops();
+        sub.nodes[1] = NodeBlock {
+            ids: vec![5, 9, 5, 5],
+            seeds: vec![0, 0, 1, 1],
+            rel_times: vec![86_400, STATIC, 86_400, 3 * 86_400],
+        };
+        let features = TableFeatures {
+            rows: 10,
+            dense_width: 1,
+            dense: (0..10).map(|r| r as f32).collect(),
+            ..TableFeatures::default()
+        };
+        let (b, inputs) = table_batch(&sub, 1, &[0, 1, 2, 3], &features);
+        assert_eq!(b.rows, vec![5, 9]);
+        assert_eq!(*b.encoded, vec![0, 0, 1]);
+        assert_eq!(b.days, vec![1.0, 3.0, 0.0]);
+        assert_eq!(inputs, vec![0, 2, 0, 1]);
+        // A first layer reading nodes 3 and 2 of table 1 (and node 1 of table 0) reads
+        // their inputs instead.
+        let mut plan = LayerPlan {
+            rows: vec![vec![1], vec![3, 2]],
+            edges: vec![(Arc::new(vec![0, 2]), Arc::new(vec![2, 3]))],
+        };
+        read_inputs(&mut plan, &[vec![0, 1], inputs], &[(0, 1)]);
+        assert_eq!(plan.rows, vec![vec![1], vec![1, 0]]);
+        assert_eq!(*plan.edges[0].1, vec![0, 1]);
+        assert_eq!(*plan.edges[0].0, vec![0, 2]);
     }
 }

@@ -259,7 +259,7 @@ impl Model {
             .iter()
             .enumerate()
             .map(|(t, tb)| {
-                (!tb.nodes.is_empty()).then(|| {
+                (!tb.encoded.is_empty()).then(|| {
                     self.net.column_parts(
                         &self.backend,
                         &self.params,

@@ -308,7 +308,7 @@ impl Net {
             .zip(&self.encoders)
             .enumerate()
             .map(|(i, (t, e))| {
-                if t.nodes.is_empty() {
+                if t.encoded.is_empty() {
                     return None;
                 }
                 let rows = match (probe.and_then(|p| p[i].as_ref()), cache) {
@@ -329,7 +329,11 @@ impl Net {
                         Self::encode_rest(tape, e, sum)
                     }
                 };
-                let x = tape.gather(rows, Arc::new(Index::from_host(backend, &t.nodes)));
+                let x = if is_identity(&t.encoded, t.rows.len()) {
+                    rows
+                } else {
+                    tape.gather(rows, Arc::new(Index::from_host(backend, &t.encoded)))
+                };
                 let days: Vec<B::E> = t.days.iter().map(|&d| B::E::of(f64::from(d))).collect();
                 let years: Vec<B::E> = t
                     .days
@@ -505,8 +509,7 @@ impl Net {
                     out.push(None);
                     continue;
                 };
-                let same = rows.len() == tape.value(input).rows;
-                let root = if same {
+                let root = if is_identity(rows, tape.value(input).rows) {
                     input
                 } else {
                     tape.gather(input, Arc::new(Index::from_host(backend, rows)))
@@ -689,4 +692,9 @@ impl Net {
         let spread = tape.reshape(spread, n, k);
         tape.add(scores, spread)
     }
+}
+
+/// Whether `rows` picks every one of `n` rows in order (a gather of them would copy).
+fn is_identity(rows: &[u32], n: usize) -> bool {
+    rows.len() == n && rows.iter().enumerate().all(|(i, &r)| r as usize == i)
 }
