@@ -23,7 +23,7 @@ pub mod server;
 mod tests;
 pub mod topk;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 
@@ -173,6 +173,8 @@ pub struct Dataset {
     store: Option<PartitionStore>,
     /// Models whose features follow appends.
     served: Vec<Weak<Served>>,
+    /// What each append that came with an id did, so a retry of it changes nothing.
+    by_id: HashMap<String, Appended>,
 }
 
 /// A model at one version, ready to answer.
@@ -202,7 +204,7 @@ impl Served {
 }
 
 /// What an append did.
-#[derive(Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Appended {
     pub table: String,
     pub rows: usize,
@@ -210,8 +212,12 @@ pub struct Appended {
     pub seq: u64,
     /// Rows per foreign key whose value names no row (kept, without that link).
     pub dangling: BTreeMap<String, usize>,
-    /// The table's rows now.
+    /// The table's rows then.
     pub total: usize,
+    /// The append's id was seen before: nothing was added, and this is what the first
+    /// append with that id did.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// Serving state: the data and the models.
@@ -262,6 +268,7 @@ impl Serving {
             seq: 0,
             store: None,
             served: Vec::new(),
+            by_id: HashMap::new(),
             db,
         };
         let serving = Serving {
@@ -271,14 +278,24 @@ impl Serving {
         };
         if let Some(store) = store {
             let events = store.events()?;
+            let mut ids: HashMap<u64, String> = store
+                .append_ids()?
+                .into_iter()
+                .map(|(id, seq)| (seq, id))
+                .collect();
             let mut data = serving
                 .data
                 .write()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?;
             for (seq, table, rows) in events {
-                data.append(&table, &rows, false)
+                let mut appended = data
+                    .append(&table, &rows, false, None)
                     .map_err(|e| anyhow::anyhow!("replaying appended event {seq}: {e}"))?;
                 data.seq = seq;
+                if let Some(id) = ids.remove(&seq) {
+                    appended.seq = seq;
+                    data.by_id.insert(id, appended);
+                }
             }
             data.store = Some(store);
         }
@@ -411,8 +428,15 @@ impl Serving {
     }
 
     /// Appends `rows` to `table`: checked, logged durably, then visible to the next
-    /// request.
-    pub fn append(&self, table: &str, rows: &RecordBatch) -> Result<Appended, ServeError> {
+    /// request. With an `id` (the client's name for this append), a second append with
+    /// that id adds nothing and answers what the first did, so a client may retry an
+    /// append whose acknowledgement it did not get.
+    pub fn append(
+        &self,
+        table: &str,
+        rows: &RecordBatch,
+        id: Option<&str>,
+    ) -> Result<Appended, ServeError> {
         if rows.num_rows() > self.limits.rows {
             return Err(ServeError::TooLarge(format!(
                 "{} rows in one appended batch; the limit is {}",
@@ -426,7 +450,27 @@ impl Serving {
                 "this server has no store for appended rows (start it with --store DIR)".into(),
             ));
         }
-        data.append(table, rows, true)
+        if let Some(id) = id
+            && let Some(first) = data.by_id.get(id)
+        {
+            if first.table != table || first.rows != rows.num_rows() {
+                return Err(invalid(format!(
+                    "append id `{id}` was used for {} rows of `{}`, not {} rows of `{table}`",
+                    first.rows,
+                    first.table,
+                    rows.num_rows()
+                )));
+            }
+            return Ok(Appended {
+                duplicate: true,
+                ..first.clone()
+            });
+        }
+        let appended = data.append(table, rows, true, id)?;
+        if let Some(id) = id {
+            data.by_id.insert(id.to_string(), appended.clone());
+        }
+        Ok(appended)
     }
 
     /// The entity rows a ticket asks for, with their keys, in the order asked.

@@ -134,12 +134,24 @@ def check(client):
         "price": [19.99] * n,
         "timestamp": pa.array([stamp] * n, pa.timestamp("s")),
     })
-    writer, reader = client.do_put(flight.FlightDescriptor.for_path("tables", "orders"), orders.schema, options)
-    writer.write_table(orders)
-    writer.done_writing()
-    ack = json.loads(reader.read().to_pybytes())
-    writer.close()
+    # The command form names the put, so that a retry (here, on purpose) adds nothing.
+    named = flight.FlightDescriptor.for_command(
+        json.dumps({"v": 1, "op": "append", "table": "orders", "id": "py-orders-1"}))
+
+    def append():
+        writer, reader = client.do_put(named, orders.schema, options)
+        writer.write_table(orders)
+        writer.done_writing()
+        ack = json.loads(reader.read().to_pybytes())
+        writer.close()
+        return ack
+
+    ack = append()
     assert ack["rows"] == n and ack["total"] == rows_before + n, ack
+    assert "duplicate" not in ack, ack
+    retried = append()
+    assert retried["duplicate"] and retried["seq"] == ack["seq"], retried
+    assert retried["total"] == rows_before + n, retried
     after = get({"v": 1, "model": "churn", "keys": ["CU-1003"]}).column("prob")[0].as_py()
     assert after != before, (before, after)
     assert get({"v": 1, "model": "churn", "keys": ["CU-1001"]}).column("prob")[0].as_py() == other

@@ -15,12 +15,14 @@ use rustc_hash::FxHashSet;
 use super::{Appended, Dataset, ServeError, Served, invalid};
 
 impl Dataset {
-    /// Checks `rows` against `table`, logs them when `log` (synced) and applies them.
+    /// Checks `rows` against `table`, logs them when `log` (synced, with the append's
+    /// `id` if it has one) and applies them.
     pub(super) fn append(
         &mut self,
         table: &str,
         rows: &RecordBatch,
         log: bool,
+        id: Option<&str>,
     ) -> Result<Appended, ServeError> {
         let t = self
             .db
@@ -135,7 +137,7 @@ impl Dataset {
         if log {
             let store = self.store.as_ref().ok_or_else(|| invalid("no store"))?;
             store
-                .append_event(seq, table, &batch)
+                .append_event(seq, table, &batch, id)
                 .map_err(|e| ServeError::Internal(e.to_string()))?;
         }
         self.seq = seq;
@@ -167,6 +169,7 @@ impl Dataset {
             seq,
             dangling,
             total: self.rows[t],
+            duplicate: false,
         })
     }
 }

@@ -192,17 +192,34 @@ struct AppendCommand {
     v: u32,
     op: String,
     table: String,
+    /// The client's name for this put: batch `i` of it is the append `ID/i`, and a put
+    /// with an id seen before adds nothing (see [`crate::serve::Serving::append`]).
+    #[serde(default)]
+    id: Option<String>,
 }
 
-/// The table a `DoPut` descriptor names: path `["tables", T]` or `[T]`, or the command
-/// `{"v":1,"op":"append","table":T}`.
-pub(crate) fn put_table(descriptor: Option<&FlightDescriptor>) -> Result<String, Status> {
+/// What a `DoPut` appends to: the table, and the put's id if the client named it.
+#[derive(Clone, Debug)]
+pub(crate) struct PutTarget {
+    pub table: String,
+    pub id: Option<String>,
+}
+
+/// What a `DoPut` descriptor names: path `["tables", T]` or `[T]`, or the command
+/// `{"v":1,"op":"append","table":T}` with an optional `"id"`.
+pub(crate) fn put_target(descriptor: Option<&FlightDescriptor>) -> Result<PutTarget, Status> {
     let d = descriptor.ok_or_else(|| {
         Status::invalid_argument("DoPut needs a descriptor naming the table: path [\"tables\", T]")
     })?;
+    let plain = |t: &String| {
+        Ok(PutTarget {
+            table: t.clone(),
+            id: None,
+        })
+    };
     match d.path.as_slice() {
-        [t] => return Ok(t.clone()),
-        [tables, t] if tables == "tables" => return Ok(t.clone()),
+        [t] => return plain(t),
+        [tables, t] if tables == "tables" => return plain(t),
         [] => {}
         other => {
             return Err(Status::invalid_argument(format!(
@@ -218,7 +235,13 @@ pub(crate) fn put_table(descriptor: Option<&FlightDescriptor>) -> Result<String,
             cmd.v, cmd.op
         )));
     }
-    Ok(cmd.table)
+    if cmd.id.as_deref() == Some("") {
+        return Err(Status::invalid_argument("DoPut command: an empty `id`"));
+    }
+    Ok(PutTarget {
+        table: cmd.table,
+        id: cmd.id,
+    })
 }
 
 /// The entity keys of an exchanged request batch: its `key` column (or one named like
@@ -470,11 +493,12 @@ impl FlightService for NodeService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("DoPut sent nothing"))?;
-        let table = put_table(first.flight_descriptor.as_ref())?;
+        let target = put_target(first.flight_descriptor.as_ref())?;
         let (tx, rx) = mpsc::channel::<Result<PutResult, Status>>(4);
         tokio::spawn(async move {
             let mut incoming = Incoming::default();
             let mut next = Some(Ok(first));
+            let mut batches = 0usize;
             while let Some(message) = next {
                 next = stream.next().await;
                 let batch = match message.and_then(|m| incoming.feed(&m)) {
@@ -485,8 +509,10 @@ impl FlightService for NodeService {
                         return;
                     }
                 };
-                let (serving, table) = (serving.clone(), table.clone());
-                let done = blocking(move || serving.append(&table, &batch)).await;
+                let (serving, table) = (serving.clone(), target.table.clone());
+                let id = target.id.as_ref().map(|id| format!("{id}/{batches}"));
+                batches += 1;
+                let done = blocking(move || serving.append(&table, &batch, id.as_deref())).await;
                 let reply = done.and_then(|a| {
                     serde_json::to_vec(&a)
                         .map(|m| PutResult {

@@ -373,8 +373,9 @@ impl FlightService for Router {
             }
             messages.push(m);
         }
-        let table =
-            super::flight::put_table(messages.first().and_then(|m| m.flight_descriptor.as_ref()))?;
+        let target =
+            super::flight::put_target(messages.first().and_then(|m| m.flight_descriptor.as_ref()))?;
+        let table = target.table;
         let targets = self.serving(&table, true).await?;
         let puts = targets.iter().map(|(addr, upstream)| {
             let messages = messages.clone();
@@ -398,10 +399,16 @@ impl FlightService for Router {
         let (done, failed): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(_, r)| r.is_ok());
         if let Some((addr, Err(e))) = failed.first() {
             let appended: Vec<&str> = done.iter().map(|(a, _)| a.as_str()).collect();
+            let retry = match &target.id {
+                Some(id) => format!(
+                    "; putting it again with id `{id}` appends it where it is missing and nowhere twice"
+                ),
+                None => "; a put with an `id` in its command can be retried safely".into(),
+            };
             return Err(Status::new(
                 e.code(),
                 format!(
-                    "append to `{table}` failed on worker {addr}: {}; appended on [{}] (their acknowledged rows are durable there)",
+                    "append to `{table}` failed on worker {addr}: {}; appended on [{}] (their acknowledged rows are durable there){retry}",
                     e.message(),
                     appended.join(", ")
                 ),

@@ -1,4 +1,5 @@
-//! `Serving` in process: a batch being scored lets appends through between its chunks.
+//! `Serving` in process: a batch being scored lets appends through between its chunks;
+//! an append with an id happens once, however often it is retried, restarts included.
 
 use std::sync::Arc;
 
@@ -79,7 +80,7 @@ fn appends_go_through_while_a_part_is_scored() {
         .predict(&ticket, 64, &mut |batch| {
             scored += batch.num_rows();
             batches += 1;
-            let appended = serving.append("orders", &orders(batches, 3, 1_700_000_000))?;
+            let appended = serving.append("orders", &orders(batches, 3, 1_700_000_000), None)?;
             totals.push(appended.total);
             Ok(())
         })
@@ -87,4 +88,64 @@ fn appends_go_through_while_a_part_is_scored() {
     assert_eq!(scored, 300, "every customer once");
     assert!(batches > 1, "{batches} batches");
     assert!(totals.windows(2).all(|w| w[1] == w[0] + 3), "{totals:?}");
+}
+
+#[test]
+fn an_append_with_an_id_happens_once_across_retries_and_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let size = RetailSize {
+        customers: 50,
+        products: 10,
+        days: 60,
+    };
+    generate::write(&Retail::new(size, 5), &data, 5, &[]).expect("generate");
+    let open = || {
+        let db = Database::load(&data, None).expect("load");
+        let store = PartitionStore::open(&dir.path().join("store")).expect("store");
+        Serving::new(db, Some(store), Limits::default()).expect("serving")
+    };
+    let (first, second) = (orders(1, 3, 1_700_000_000), orders(2, 2, 1_700_000_000));
+    let base = {
+        let serving = open();
+        let a = serving
+            .append("orders", &first, Some("put-1/0"))
+            .expect("append");
+        assert!(!a.duplicate);
+        let again = serving
+            .append("orders", &first, Some("put-1/0"))
+            .expect("retry");
+        assert!(again.duplicate, "{again:?}");
+        assert_eq!((again.seq, again.total, again.rows), (a.seq, a.total, 3));
+        // Without the id, the retry is a new append (refused here: the keys exist).
+        let err = serving
+            .append("orders", &first, None)
+            .expect_err("keys exist");
+        assert!(err.to_string().contains("exists already"), "{err}");
+        // The id names that append: other rows under it are refused, not dropped.
+        let err = serving
+            .append("orders", &second, Some("put-1/0"))
+            .expect_err("reused id");
+        assert!(err.to_string().contains("append id `put-1/0`"), "{err}");
+        let b = serving
+            .append("orders", &second, Some("put-2/0"))
+            .expect("append");
+        assert_eq!(b.total, a.total + 2, "the retry added nothing");
+        a
+    };
+    // After a restart the log replays, ids included.
+    let serving = open();
+    let again = serving
+        .append("orders", &first, Some("put-1/0"))
+        .expect("retry");
+    assert!(again.duplicate);
+    assert_eq!((again.seq, again.total), (base.seq, base.total));
+    let c = serving
+        .append("orders", &orders(3, 1, 1_700_000_000), Some("put-3/0"))
+        .expect("append");
+    assert_eq!(
+        c.total,
+        base.total + 3,
+        "5 appended rows replayed, and this one"
+    );
 }

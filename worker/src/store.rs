@@ -314,23 +314,59 @@ fn event_key(seq: u64) -> Vec<u8> {
     k
 }
 
+/// Key of a client's append id: `i/` and the id.
+fn id_key(id: &str) -> Vec<u8> {
+    let mut k = b"i/".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 impl PartitionStore {
-    /// Appends rows of `table` (Flight `DoPut`) as event `seq` and returns once the write
-    /// is synced to the WAL: an acknowledged append survives `kill -9`.
+    /// Appends rows of `table` (Flight `DoPut`) as event `seq`, under the client's append
+    /// `id` when it gave one (in the same write), and returns once the write is synced
+    /// to the WAL: an acknowledged append survives `kill -9`.
     pub fn append_event(
         &self,
         seq: u64,
         table: &str,
         rows: &RecordBatch,
+        id: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut value = (table.len() as u32).to_le_bytes().to_vec();
         value.extend_from_slice(table.as_bytes());
         value.extend(encode(rows).map_err(|e| self.data(format!("event {seq}"), e))?);
+        let mut batch = WriteBatch::default();
+        batch.put(event_key(seq), value);
+        if let Some(id) = id {
+            batch.put(id_key(id), seq.to_be_bytes());
+        }
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        self.db
-            .put_opt(event_key(seq), value, &sync)
-            .map_err(|e| self.rocks(e))
+        self.db.write_opt(batch, &sync).map_err(|e| self.rocks(e))
+    }
+
+    /// The append ids logged, each with its event's sequence number.
+    pub fn append_ids(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let prefix = id_key("");
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|e| self.rocks(e))?;
+            let Some(id) = key.strip_prefix(&prefix[..]) else {
+                break;
+            };
+            let id = String::from_utf8(id.to_vec())
+                .map_err(|_| self.data("append id", format!("{key:?}")))?;
+            let seq = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.data(format!("append id {id}"), "bad sequence number"))?;
+            out.push((id, seq));
+        }
+        Ok(out)
     }
 
     /// Every appended event, oldest first: (sequence number, table, rows).

@@ -116,13 +116,21 @@ fn appended_events_replay_in_order_after_reopening() {
         let store = PartitionStore::open(dir.path()).expect("open");
         assert!(store.events().expect("events").is_empty());
         // Sequence numbers past 255 check that keys sort as numbers, not bytes.
-        for (seq, table) in [(1u64, "orders"), (2, "sessions"), (300, "orders")] {
+        for (seq, table, id) in [
+            (1u64, "orders", Some("put-a/0")),
+            (2, "sessions", None),
+            (300, "orders", Some("put-b/0")),
+        ] {
             store
-                .append_event(seq, table, &batch(vec![seq as i64, -(seq as i64)]))
+                .append_event(seq, table, &batch(vec![seq as i64, -(seq as i64)]), id)
                 .expect("append");
         }
     }
     let store = PartitionStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.append_ids().expect("ids"),
+        vec![("put-a/0".to_string(), 1), ("put-b/0".to_string(), 300)]
+    );
     let events = store.events().expect("events");
     let got: Vec<(u64, &str, Vec<i64>)> = events
         .iter()
