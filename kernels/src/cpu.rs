@@ -64,7 +64,8 @@ impl<E: Real> Cpu<E> {
             return vec![E::ZERO; len];
         }
         let mut b = self.reserve(len);
-        b.par_extend(rayon::iter::repeat_n(E::ZERO, len));
+        // A plain fill compiles to `memset`; rayon's `repeat_n` wrote one value at a time.
+        b.resize(len, E::ZERO);
         b
     }
 }
