@@ -513,6 +513,14 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     let anchor = anchor_over_flight(&nodes[2].3, "cluster-model", "CU-1003");
     let ack = append_orders_over_flight(&nodes[2].3, "CU-1003", anchor - 60, 12);
     assert_eq!(ack["rows"], 12, "{ack}");
+    assert!(ack.get("duplicate").is_none(), "{ack}");
+    // The put is named: a retry through the router adds nothing on any worker.
+    let retried = append_orders_over_flight(&nodes[2].3, "CU-1003", anchor - 60, 12);
+    assert_eq!(retried["duplicate"], true, "{retried}");
+    assert_eq!(
+        (&retried["seq"], &retried["total"]),
+        (&ack["seq"], &ack["total"])
+    );
     let after = score_over_flight(&nodes[2].3, "cluster-model", &["CU-1003", "CU-1001"]);
     assert_ne!(after[0], scores[0], "the appended orders changed nothing");
     assert_eq!(after[1], scores[1]);
@@ -632,14 +640,15 @@ fn anchor_over_flight(addr: &str, model: &str, key: &str) -> i64 {
     })
 }
 
-/// Appends `n` orders of `customer` at `time` to `orders` through `addr`'s `DoPut`;
-/// returns the acknowledgement.
+/// Appends `n` orders of `customer` at `time` to `orders` through `addr`'s `DoPut`, as
+/// a put named by its arguments; returns the acknowledgement.
 fn append_orders_over_flight(addr: &str, customer: &str, time: i64, n: usize) -> Value {
     use futures::TryStreamExt;
     let ids: Vec<String> = (0..n).map(|i| format!("O-cluster-{i}")).collect();
     let batch = common::orders(&ids, customer, "P-5001", time);
-    let descriptor =
-        arrow_flight::FlightDescriptor::new_path(vec!["tables".into(), "orders".into()]);
+    let put = serde_json::json!({"v": 1, "op": "append", "table": "orders",
+        "id": format!("{customer}-{time}-{n}")});
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(put.to_string());
     with_flight(addr, async |c| {
         let input = arrow_flight::encode::FlightDataEncoderBuilder::new()
             .with_flight_descriptor(Some(descriptor))
