@@ -198,6 +198,9 @@ struct AppendCommand {
     id: Option<String>,
 }
 
+/// The longest append id (every id is kept, in memory and in the log).
+const MAX_APPEND_ID: usize = 256;
+
 /// What a `DoPut` appends to: the table, and the put's id if the client named it.
 #[derive(Clone, Debug)]
 pub(crate) struct PutTarget {
@@ -235,8 +238,13 @@ pub(crate) fn put_target(descriptor: Option<&FlightDescriptor>) -> Result<PutTar
             cmd.v, cmd.op
         )));
     }
-    if cmd.id.as_deref() == Some("") {
-        return Err(Status::invalid_argument("DoPut command: an empty `id`"));
+    if let Some(id) = &cmd.id
+        && (id.is_empty() || id.len() > MAX_APPEND_ID)
+    {
+        return Err(Status::invalid_argument(format!(
+            "DoPut command: an `id` of {} bytes; give 1 to {MAX_APPEND_ID}",
+            id.len()
+        )));
     }
     Ok(PutTarget {
         table: cmd.table,
