@@ -345,6 +345,7 @@ mod tests {
         assert_eq!(b.days, vec![0.0, 2.0]);
         assert_eq!(inputs, vec![0, 1]);
     }
+
     #[test]
     fn nodes_of_one_row_at_one_age_share_an_input_row() {
         // Table 1: row 5 reached three times (twice at the same age), row 9 once.
