@@ -505,6 +505,12 @@ impl<B: Compute> Model<B> {
         self.run(data, rows, anchors, relevant, fanouts, None)
     }
 
+    /// The encoder cache for a request of `entities`, if the model has one and the
+    /// request is small enough to use it (see [`CACHED_REQUEST`]).
+    fn cache_for(&self, entities: usize) -> Option<&EncoderCache> {
+        self.encoded.as_ref().filter(|_| entities <= CACHED_REQUEST)
+    }
+
     /// [`Model::infer_on`]; with `observed`, a treatment model scores each example with
     /// the treatment it had (for its metrics).
     fn run(
@@ -542,10 +548,7 @@ impl<B: Compute> Model<B> {
             .map(|(&i, &r)| (i, r))
             .unzip();
         let loader = self.loader(fanouts);
-        let cache = self
-            .encoded
-            .as_ref()
-            .filter(|_| rows.len() <= CACHED_REQUEST);
+        let cache = self.cache_for(rows.len());
         pipeline(
             chunks.len(),
             |j| {
@@ -634,10 +637,7 @@ impl<B: Compute> Model<B> {
         let seed = combine(self.manifest.config.seed, 0x5EED);
         let batch = loader.batch(data, rows, anchors, seed, Vec::new())?;
         let mut tape = Tape::new(&self.backend, &self.params);
-        let cache = self
-            .encoded
-            .as_ref()
-            .filter(|_| rows.len() <= CACHED_REQUEST);
+        let cache = self.cache_for(rows.len());
         let (seeds, out) = self
             .net
             .seeds_cached(&mut tape, &batch, data.endpoints, cache);
