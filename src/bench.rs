@@ -340,6 +340,8 @@ fn distributed(
         .map(|w| {
             let served = Served {
                 part: parts[w].clone(),
+                // Sampling only: no encoded rows asked for.
+                features: Arc::default(),
                 owners: shared.clone(),
                 rank: w as u16,
             };

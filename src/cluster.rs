@@ -3,7 +3,9 @@
 //! serves Prometheus text at `/metrics`.
 
 mod admin;
+pub mod features;
 pub mod flight;
+mod labels;
 mod metrics_http;
 mod ring;
 mod submit;
@@ -69,6 +71,10 @@ pub struct WorkerArgs {
     /// With --serve-data: log rows appended over Flight in this RocksDB directory.
     #[arg(long)]
     serve_store: Option<PathBuf>,
+    /// Keep this worker's partitions of each data-parallel job in a RocksDB store under
+    /// this directory.
+    #[arg(long)]
+    store: Option<PathBuf>,
     /// Train on CUDA device N (run one worker per GPU); default: the CPU.
     #[arg(long)]
     gpu: Option<usize>,
@@ -139,6 +145,9 @@ impl WorkerArgs {
         }
         if let Some(d) = &self.serve_store {
             c.serve_store = Some(d.to_string_lossy().into_owned());
+        }
+        if let Some(d) = &self.store {
+            c.store = Some(d.to_string_lossy().into_owned());
         }
         if self.gpu.is_some() {
             c.gpu = self.gpu;

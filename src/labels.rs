@@ -41,7 +41,7 @@ pub fn run(query: &str, data: &DataArgs, out: &Path, assuming: Assuming) -> Resu
 }
 
 /// The label column in its natural Arrow type.
-fn label_column(labels: &LabelColumn) -> ArrayRef {
+pub(crate) fn label_column(labels: &LabelColumn) -> ArrayRef {
     match labels {
         LabelColumn::Bool(v) => Arc::new(BooleanArray::from(v.clone())),
         LabelColumn::Number(v) => Arc::new(Float64Array::from(v.clone())),

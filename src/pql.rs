@@ -97,11 +97,33 @@ pub fn plan_query(db: &Database, query: &str, options: &PlanOptions) -> Result<T
 /// read as `assuming` says (PQL.md §7); the reading is reported on stderr.
 pub fn label_all(db: &Database, plan: &TaskPlan, assuming: Assuming) -> Result<Labels> {
     let entities = entity_rows(db, plan)?;
+    let labels = label_entities(db, plan, &entities, assuming)?;
+    read_assuming(plan, labels, assuming)
+}
+
+/// The labels of `entities` (rows of the entity table), with the assumption's outcome
+/// per example when ASSUMING may be read as a treatment: what [`read_assuming`] reads
+/// once the labels of every entity are together.
+pub fn label_entities(
+    db: &Database,
+    plan: &TaskPlan,
+    entities: &[usize],
+    assuming: Assuming,
+) -> Result<Labels> {
     let facts = LocalFacts { db };
     if plan.task.assuming.is_none() || assuming == Assuming::Conditional {
-        return Ok(build(plan, db, &entities, &facts)?);
+        return Ok(build(plan, db, entities, &facts)?);
     }
-    let labels = build_treated(plan, db, &entities, &facts)?;
+    Ok(build_treated(plan, db, entities, &facts)?)
+}
+
+/// Reads the query's ASSUMING on `labels` from [`label_entities`]: as a treatment (the
+/// labels as they are) or a condition (the examples where it held), as `assuming` says
+/// or as the labels suggest; the reading is reported on stderr.
+pub fn read_assuming(plan: &TaskPlan, labels: Labels, assuming: Assuming) -> Result<Labels> {
+    if plan.task.assuming.is_none() || assuming == Assuming::Conditional {
+        return Ok(labels);
+    }
     let insist = (assuming == Assuming::Counterfactual).then_some(true);
     let (labels, reading) = labels
         .read_assuming(&plan.task.task, insist)

@@ -320,7 +320,7 @@ impl Serving {
             let prepared = Prepared {
                 view: data.graph.clone(),
                 graph: data.graph.clone(),
-                features: Vec::new(),
+                features: Arc::new(Vec::<TableFeatures>::new()),
                 endpoints: data
                     .graph
                     .edge_types
@@ -636,7 +636,7 @@ impl Serving {
             let features = served.features.read().map_err(poisoned)?;
             let inputs = Inputs {
                 view: data.graph.as_ref(),
-                features: &features,
+                features: &*features,
                 endpoints: &served.endpoints,
             };
             let anchors = vec![anchor; rows.len()];

@@ -302,7 +302,7 @@ pub fn load_model(dir: &Path, db: &Database) -> Result<(model::Model, Prepared, 
     let manifest = model::read_manifest(dir)?;
     let mut plan = plan_query(db, &manifest.query, &PlanOptions::default())?;
     plan.splits = manifest.splits.splits();
-    let data = Prepared::new(db, &manifest.codes)?;
+    let data = Prepared::new(db, &manifest.codes, None)?;
     let rows = model::fit::item_rows(db, &manifest.target);
     let model = model::load(dir, &data, rows)?;
     Ok((model, data, plan))

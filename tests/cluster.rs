@@ -289,7 +289,7 @@ fn a_job_survives_the_raft_leader_and_its_worker_being_killed_and_resumes_exactl
 
     let mut nodes = three_coordinators(root, 1500);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-    let (mut workers, _) = start_workers(2, &addrs, None);
+    let (mut workers, _) = start_workers(2, &addrs, None, None);
 
     // Submit and follow from a separate client process.
     let out = root.join("model");
@@ -394,12 +394,14 @@ fn write_config(root: &Path, name: &str, text: &str) -> PathBuf {
     config
 }
 
-/// Starts `n` workers; the first serves the ready models of `serve` when given. Returns
-/// each with its metrics address, and the first one's Flight address.
+/// Starts `n` workers; the first serves the ready models of `serve` when given; with
+/// `stores`, worker `i` keeps its job partitions in `stores/worker-i`. Returns each with
+/// its metrics address, and the first one's Flight address.
 fn start_workers(
     n: usize,
     coordinators: &[String],
     serve: Option<&Path>,
+    stores: Option<&Path>,
 ) -> (Vec<(Proc, String)>, String) {
     let mut first = String::new();
     let workers = (1..=n)
@@ -413,6 +415,10 @@ fn start_workers(
             if let (1, Some(dir), Some(store)) = (i, serve, &store) {
                 args.extend_from_slice(&["--serve-data", path(dir)]);
                 args.extend_from_slice(&["--serve-store", path(store)]);
+            }
+            let partitions = stores.map(|s| s.join(format!("worker-{i}")));
+            if let Some(p) = &partitions {
+                args.extend_from_slice(&["--store", path(p)]);
             }
             let w = Proc::start(&format!("worker {i}"), &args);
             let listening = w.line("listening on", 60);
@@ -439,7 +445,8 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     );
     let nodes = three_coordinators(root, 3000);
     let addrs: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
-    let (mut workers, serving) = start_workers(3, &addrs, Some(&data));
+    let stores = root.join("stores");
+    let (mut workers, serving) = start_workers(3, &addrs, Some(&data), Some(&stores));
 
     let out = root.join("cluster-model");
     let mut args = vec!["train", CHURN, "--data", path(&data), "--out", path(&out)];
@@ -540,10 +547,23 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
                     "{name} missing from a worker's metrics:\n{text}"
                 );
             }
-            text.lines()
-                .find_map(|l| l.strip_prefix("relgraph_training_steps_total "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("no step count in\n{text}"))
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            };
+            // Each worker labelled its own entities and encoded its own rows, and read
+            // the others' encoded rows over Flight.
+            for name in [
+                "relgraph_rows_stored",
+                "relgraph_labels_computed",
+                "relgraph_feature_rows_held",
+                "relgraph_feature_rows_fetched_total",
+            ] {
+                assert!(value(name) > 0.0, "{name} is 0:\n{text}");
+            }
+            value("relgraph_training_steps_total") as u64
         })
         .collect();
     assert!(steps.iter().all(|&s| s == steps[0] && s > 0), "{steps:?}");

@@ -8,8 +8,10 @@
 //! descriptor with the command
 //! `{"v":1,"op":"sample","job":J,"attempt":A,"edge_type":E,"strategy":"uniform"}`;
 //! the server answers one batch of neighbors (`request` u32, `node` u32, `time` i64,
-//! grouped by request in request order). Every call needs the cluster's bearer token
-//! when one is configured.
+//! grouped by request in request order). The same service answers a job's encoded rows
+//! (`"op":"features"`, [`super::features`]) and labels (`"op":"labels"`,
+//! [`super::labels`]). Every call needs the cluster's bearer token when one is
+//! configured.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,18 +24,25 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::utils::{batches_to_flight_data, flight_data_to_batches};
 use arrow_flight::{FlightData, FlightDescriptor};
+use relgraph_common::Database;
+use relgraph_common::pql::TaskPlan;
 use relgraph_coordinator::auth::Auth;
 use relgraph_coordinator::service::connect;
 use relgraph_sampler::{
     GraphView, HeteroGraph, Neighbor, Owners, Request, Routed, Shard, Strategy, owner,
 };
-use relgraph_worker::model::{GraphSplit, ModelError};
+use relgraph_worker::label::Labels;
+use relgraph_worker::model::features::{OwnedFeatures, TableCode};
+use relgraph_worker::model::{GraphSplit, ModelError, SplitData};
+use relgraph_worker::store::PartitionStore;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::features::{self, SplitFeatures};
+use super::labels;
 use crate::serve::Limits;
 use crate::serve::auth::Sessions;
 use crate::serve::flight::NodeService;
@@ -51,8 +60,14 @@ struct SampleCommand {
     job: u64,
     #[serde(default)]
     attempt: u64,
+    /// `sample`: the edge type and strategy.
+    #[serde(default)]
     edge_type: usize,
+    #[serde(default)]
     strategy: String,
+    /// `features`: the table.
+    #[serde(default)]
+    table: usize,
 }
 
 fn request_schema() -> SchemaRef {
@@ -167,10 +182,12 @@ fn strategy_name(s: Strategy) -> &'static str {
     }
 }
 
-/// A partition a worker serves: its part of the graph, who owns what, and its own index.
+/// A partition a worker serves: its part of the graph, its rows encoded, who owns what,
+/// and its own index.
 #[derive(Debug, Clone)]
 pub struct Served {
     pub part: Arc<HeteroGraph>,
+    pub features: Arc<OwnedFeatures>,
     pub owners: Arc<Owners>,
     pub rank: u16,
 }
@@ -179,8 +196,13 @@ pub struct Served {
 /// the nodes it owns.
 #[derive(Debug, Clone, Default)]
 pub struct SampleService {
-    parts: Arc<RwLock<HashMap<(u64, u64), Served>>>,
+    parts: Arc<RwLock<HashMap<JobAttempt, Served>>>,
+    /// The labels of each job attempt's entities held here.
+    labels: Arc<RwLock<HashMap<JobAttempt, Arc<Labels>>>>,
 }
+
+/// A training job's (id, attempt).
+type JobAttempt = (u64, u64);
 
 impl SampleService {
     /// Serves `served` for `job` = (id, attempt) until [`SampleService::withdraw`].
@@ -190,23 +212,34 @@ impl SampleService {
         }
     }
 
-    /// Stops serving the partitions of the job attempts `keep` refuses.
+    /// Serves `labels` for `job` = (id, attempt) until [`SampleService::retain`] drops it.
+    pub fn publish_labels(&self, job: (u64, u64), labels: Arc<Labels>) {
+        if let Ok(mut held) = self.labels.write() {
+            held.insert(job, labels);
+        }
+    }
+
+    /// Stops serving the partitions and labels of the job attempts `keep` refuses.
     pub fn retain(&self, keep: impl Fn((u64, u64)) -> bool) {
         if let Ok(mut parts) = self.parts.write() {
             parts.retain(|&job, _| keep(job));
         }
+        if let Ok(mut labels) = self.labels.write() {
+            labels.retain(|&job, _| keep(job));
+        }
     }
 
-    /// Whether the first message of an exchange asks for neighbors (else it is serving's).
+    /// Whether the first message of an exchange asks for neighbors or encoded rows (else
+    /// it is serving's).
     pub fn is_sample(first: &FlightData) -> bool {
         first
             .flight_descriptor
             .as_ref()
             .and_then(|d| serde_json::from_slice::<SampleCommand>(&d.cmd).ok())
-            .is_some_and(|c| c.op == "sample")
+            .is_some_and(|c| matches!(c.op.as_str(), "sample" | "features" | "labels"))
     }
 
-    /// The answer to a sampling exchange's messages.
+    /// The answer to a sampling, encoded rows or labels exchange's messages.
     pub fn answer(&self, messages: &[FlightData]) -> Result<Vec<FlightData>, Status> {
         let bad = |m: String| Status::invalid_argument(m);
         let cmd = messages
@@ -217,11 +250,58 @@ impl SampleService {
             })?;
         let cmd: SampleCommand =
             serde_json::from_slice(&cmd.cmd).map_err(|e| bad(format!("command: {e}")))?;
-        if cmd.v != 1 || cmd.op != "sample" {
+        if cmd.v != 1 || !matches!(cmd.op.as_str(), "sample" | "features" | "labels") {
             return Err(bad(format!(
-                "command v{} `{}`: this worker serves v1 `sample`",
+                "command v{} `{}`: this worker serves v1 `sample`, `features` and `labels`",
                 cmd.v, cmd.op
             )));
+        }
+        // What this worker holds of the job attempt; a worker still loading is asked again.
+        let held = |what: &str| {
+            Status::unavailable(format!(
+                "job {} attempt {}: this worker does not hold its {what} (yet)",
+                cmd.job, cmd.attempt
+            ))
+        };
+        let job = (cmd.job, cmd.attempt);
+        if cmd.op == "labels" {
+            let labels = self
+                .labels
+                .read()
+                .ok()
+                .and_then(|l| l.get(&job).cloned())
+                .ok_or_else(|| held("labels"))?;
+            let batch = labels::encode(&labels).map_err(Status::internal)?;
+            return batches_to_flight_data(&batch.schema(), [&batch])
+                .map_err(|e| Status::internal(e.to_string()));
+        }
+        let served = self
+            .parts
+            .read()
+            .ok()
+            .and_then(|p| p.get(&job).cloned())
+            .ok_or_else(|| held("partition"))?;
+        let batches =
+            flight_data_to_batches(messages).map_err(|e| bad(format!("requests: {e}")))?;
+        if cmd.op == "features" {
+            let mut rows = Vec::new();
+            for b in &batches {
+                rows.extend_from_slice(column::<UInt32Array>(b, "row").map_err(bad)?.values());
+            }
+            let owners = served
+                .owners
+                .get(cmd.table)
+                .ok_or_else(|| bad(format!("table {} of {}", cmd.table, served.owners.len())))?;
+            if let Some(r) = rows
+                .iter()
+                .find(|&&r| owners.get(r as usize) != Some(&served.rank))
+            {
+                return Err(bad(format!(
+                    "row {r} of `{}` is not on worker {}",
+                    served.part.tables[cmd.table], served.rank
+                )));
+            }
+            return features::answer(&served.features, cmd.table, &rows).map_err(Status::internal);
         }
         let strategy = match cmd.strategy.as_str() {
             "uniform" => Strategy::Uniform,
@@ -232,17 +312,6 @@ impl SampleService {
                 )));
             }
         };
-        let served = self
-            .parts
-            .read()
-            .ok()
-            .and_then(|p| p.get(&(cmd.job, cmd.attempt)).cloned())
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "job {} attempt {}: this worker does not hold its partition (yet)",
-                    cmd.job, cmd.attempt
-                ))
-            })?;
         let Some(et) = served.part.edge_types.get(cmd.edge_type) else {
             return Err(bad(format!(
                 "edge type {} of {}",
@@ -250,8 +319,6 @@ impl SampleService {
                 served.part.edge_types.len()
             )));
         };
-        let batches =
-            flight_data_to_batches(messages).map_err(|e| bad(format!("requests: {e}")))?;
         let requests = decode_requests(&batches).map_err(bad)?;
         let owners = &served.owners[et.src];
         if let Some(r) = requests
@@ -374,8 +441,20 @@ impl RemoteShard {
 }
 
 impl RemoteShard {
-    /// One sampling exchange; a worker that does not hold the partition (yet) or cannot
-    /// be reached is asked again for up to `patience`, unless `stop` is set.
+    /// The command `op` for this partition's job attempt.
+    fn command(&self, op: &str) -> SampleCommand {
+        SampleCommand {
+            v: 1,
+            op: op.into(),
+            job: self.job.0,
+            attempt: self.job.1,
+            edge_type: 0,
+            strategy: String::new(),
+            table: 0,
+        }
+    }
+
+    /// One sampling exchange.
     fn exchange(
         &self,
         edge_type: usize,
@@ -383,16 +462,51 @@ impl RemoteShard {
         strategy: Strategy,
         patience: Duration,
     ) -> Result<Vec<RecordBatch>, String> {
-        let mut data = encode_requests(requests)?;
         let command = SampleCommand {
-            v: 1,
-            op: "sample".into(),
-            job: self.job.0,
-            attempt: self.job.1,
             edge_type,
             strategy: strategy_name(strategy).into(),
+            ..self.command("sample")
         };
-        let cmd = serde_json::to_vec(&command).map_err(|e| e.to_string())?;
+        self.call(&command, encode_requests(requests)?, patience)
+    }
+
+    /// The encoded rows `rows` of `table` (every one held by this worker).
+    pub fn features(&self, table: usize, rows: &[u32]) -> Result<Vec<RecordBatch>, String> {
+        let command = SampleCommand {
+            table,
+            ..self.command("features")
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "row",
+            DataType::UInt32,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(UInt32Array::from(rows.to_vec()))],
+        )
+        .map_err(|e| e.to_string())?;
+        let data = batches_to_flight_data(&schema, [&batch]).map_err(|e| e.to_string())?;
+        metrics::counter!("relgraph_feature_rows_fetched_total").increment(rows.len() as u64);
+        self.call(&command, data, PATIENCE)
+    }
+
+    /// The labels this worker computed for `job`, waiting up to `patience` for them.
+    pub fn labels(&self, patience: Duration) -> Result<Labels, String> {
+        let batches = self.call(&self.command("labels"), encode_requests(&[])?, patience)?;
+        labels::decode(&batches).map_err(|e| format!("worker {}: labels: {e}", self.addr))
+    }
+
+    /// One exchange of `data` under `command`; a worker that does not hold the partition
+    /// (yet) or cannot be reached is asked again for up to `patience`, unless `stop` is
+    /// set.
+    fn call(
+        &self,
+        command: &SampleCommand,
+        mut data: Vec<FlightData>,
+        patience: Duration,
+    ) -> Result<Vec<RecordBatch>, String> {
+        let cmd = serde_json::to_vec(command).map_err(|e| e.to_string())?;
         if let Some(first) = data.first_mut() {
             first.flight_descriptor = Some(FlightDescriptor::new_cmd(cmd));
         }
@@ -466,26 +580,86 @@ pub struct FlightSplit {
     pub stop: Arc<AtomicBool>,
     pub service: SampleService,
     pub owners: Arc<Owners>,
+    /// This worker's partitions, ingested for the job: its encoded rows are read from
+    /// here (else from the loaded data).
+    pub store: Option<Arc<PartitionStore>>,
+}
+
+impl FlightSplit {
+    /// Every entity's labels: this worker's `mine` (of its own entities among
+    /// `entities`), served to the others, merged with theirs as one process would
+    /// compute them all.
+    pub fn labels(
+        &self,
+        mine: Labels,
+        plan: &TaskPlan,
+        entities: &[usize],
+    ) -> Result<Labels, ModelError> {
+        metrics::gauge!("relgraph_labels_computed").set(mine.len() as f64);
+        let mine = Arc::new(mine);
+        self.service.publish_labels(self.job, mine.clone());
+        let broken = |e: String| ModelError::Collective(e);
+        let fetch = |addr: &String| -> Result<Labels, String> {
+            let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
+            let stop = Some(self.stop.clone());
+            let shard = self
+                .runtime
+                .block_on(RemoteShard::connect(addr, token, runtime, self.job, stop))
+                .map_err(|e| format!("{e:#}"))?;
+            shard.labels(LOADING)
+        };
+        let theirs: Vec<Result<Labels, String>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = self
+                .addrs
+                .iter()
+                .enumerate()
+                .filter(|&(s, _)| s != self.rank)
+                .map(|(_, addr)| scope.spawn(move || fetch(addr)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let theirs = theirs
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(broken)?;
+        let parts: Vec<&Labels> = std::iter::once(mine.as_ref()).chain(&theirs).collect();
+        Ok(Labels::merge(&parts, plan, entities))
+    }
 }
 
 impl GraphSplit for FlightSplit {
     fn split(
         &self,
         graph: &HeteroGraph,
-    ) -> Result<(Arc<HeteroGraph>, Arc<dyn GraphView + Send + Sync>), ModelError> {
+        db: &Database,
+        codes: &[TableCode],
+    ) -> Result<SplitData, ModelError> {
         let rank = self.rank as u16;
         let owners = &self.owners;
-        let part = Arc::new(graph.partition(|t, n| owner(owners, t, n) == self.rank)?);
+        let mine = |t: usize, n: u32| owner(owners, t, n) == self.rank;
+        let part = Arc::new(graph.partition(mine)?);
+        let features = Arc::new(match &self.store {
+            None => OwnedFeatures::encode(db, codes, mine)?,
+            Some(store) => stored_features(store, db, codes, mine)?,
+        });
+        metrics::gauge!("relgraph_feature_rows_held").set(features.rows() as f64);
+        metrics::gauge!("relgraph_feature_bytes_held").set(features.bytes() as f64);
         let served = Served {
             part: part.clone(),
+            features: features.clone(),
             owners: owners.clone(),
             rank,
         };
         self.service.publish(self.job, served);
         let mut shards: Vec<Option<Arc<dyn Shard>>> = Vec::with_capacity(self.addrs.len());
+        let mut remotes = Vec::with_capacity(self.addrs.len());
         for (s, addr) in self.addrs.iter().enumerate() {
             if s == self.rank {
                 shards.push(None);
+                remotes.push(None);
                 continue;
             }
             let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
@@ -499,11 +673,22 @@ impl GraphSplit for FlightSplit {
             if !graph.edge_types.is_empty() {
                 shard.wait_ready(LOADING).map_err(ModelError::Collective)?;
             }
-            shards.push(Some(Arc::new(shard)));
+            let shard = Arc::new(shard);
+            shards.push(Some(shard.clone()));
+            remotes.push(Some(shard));
         }
         let view = Routed::new(part.clone(), owners.clone(), shards, self.rank)
             .map_err(ModelError::Collective)?;
-        Ok((part, Arc::new(view)))
+        Ok(SplitData {
+            graph: part,
+            view: Arc::new(view),
+            features: Arc::new(SplitFeatures {
+                local: features,
+                owners: owners.clone(),
+                rank: self.rank,
+                remotes,
+            }),
+        })
     }
 
     fn owner(&self, table: usize, row: u32) -> usize {
@@ -511,10 +696,45 @@ impl GraphSplit for FlightSplit {
     }
 }
 
+/// This worker's encoded rows, from the rows its store holds, which must be those
+/// `mine` places here.
+fn stored_features(
+    store: &PartitionStore,
+    db: &Database,
+    codes: &[TableCode],
+    mine: impl Fn(usize, u32) -> bool,
+) -> Result<OwnedFeatures, ModelError> {
+    let mut held = Vec::with_capacity(codes.len());
+    for (t, code) in codes.iter().enumerate() {
+        let table = db
+            .table(&code.table)
+            .ok_or_else(|| ModelError::Mismatch(format!("no table `{}`", code.table)))?;
+        let (ids, batch) = match store.rows_with_ids(&code.table)? {
+            Some(found) => found,
+            None => (Vec::new(), table.batch.slice(0, 0)),
+        };
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        let placed: Vec<u32> = (0..table.num_rows() as u32)
+            .filter(|&r| mine(t, r))
+            .collect();
+        if sorted != placed {
+            return Err(ModelError::Mismatch(format!(
+                "the partition store holds {} rows of `{}`, but {} are placed on this worker",
+                sorted.len(),
+                code.table,
+                placed.len()
+            )));
+        }
+        held.push((ids, batch));
+    }
+    Ok(OwnedFeatures::from_rows(codes, held)?)
+}
+
 /// Per table, the worker owning each row's neighbor lists: the row's partition
 /// ([`relgraph_worker::store::placement`]) dealt round-robin over `workers`, as ingest
 /// deals partitions to stores.
-pub fn owners(db: &relgraph_common::Database, workers: usize, partitions: u32) -> Owners {
+pub fn owners(db: &Database, workers: usize, partitions: u32) -> Owners {
     let workers = workers.clamp(1, usize::from(u16::MAX)) as u32;
     relgraph_worker::store::placement(db, partitions)
         .into_iter()
@@ -527,6 +747,7 @@ mod tests {
     use super::*;
     use crate::generate::{Kind, Output};
     use relgraph_sampler::{SampleConfig, Seed, sample};
+    use relgraph_worker::model::features::{EncoderOptions, FeatureSource, TableFeatures};
 
     #[test]
     fn three_workers_sample_over_flight_as_one_graph() {
@@ -544,15 +765,35 @@ mod tests {
             days: 200,
         })
         .expect("generate");
-        let db = relgraph_common::Database::load(&data, None).expect("load");
+        let db = Database::load(&data, None).expect("load");
         let whole = HeteroGraph::from_database(&db).expect("graph");
         let owners = Arc::new(owners(&db, 3, 12));
-        let parts: Vec<Arc<HeteroGraph>> = (0..3u16)
+        let options = EncoderOptions {
+            max_vocab: 50,
+            text_buckets: 64,
+        };
+        let codes: Vec<TableCode> = (0..db.tables.len())
+            .map(|t| TableCode::fit(&db, t, &[], options).expect("fit"))
+            .collect();
+        let encoded: Vec<TableFeatures> = codes
+            .iter()
+            .map(|c| c.apply(&db).expect("encode"))
+            .collect();
+        let (parts, owned): (Vec<Arc<HeteroGraph>>, Vec<Arc<OwnedFeatures>>) = (0..3u16)
             .map(|w| {
                 let keep = |t: usize, n: u32| owners[t][n as usize] == w;
-                Arc::new(whole.partition(keep).expect("partition"))
+                let features = OwnedFeatures::encode(&db, &codes, keep).expect("owned");
+                (
+                    Arc::new(whole.partition(keep).expect("partition")),
+                    Arc::new(features),
+                )
             })
-            .collect();
+            .unzip();
+        // Categorical ids and bags (multicategorical, text) travel too.
+        assert!(encoded.iter().any(|f| f.categorical > 0));
+        assert!(encoded.iter().any(|f| !f.bags.is_empty()));
+        let held: usize = owned.iter().map(|o| o.rows()).sum();
+        assert_eq!(held, db.tables.iter().map(|t| t.num_rows()).sum::<usize>());
         assert!(parts.iter().all(|p| p.num_edges() < whole.num_edges()));
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -565,6 +806,7 @@ mod tests {
             .map(|w| {
                 let served = Served {
                     part: parts[w as usize].clone(),
+                    features: owned[w as usize].clone(),
                     owners: owners.clone(),
                     rank: w,
                 };
@@ -605,7 +847,47 @@ mod tests {
                 routed > 0 && routed < total,
                 "{routed} of {total} requests routed"
             );
+            // The encoded rows of every table, read through this worker, are those of
+            // the whole data, in order, whoever holds them.
+            let split = SplitFeatures {
+                local: owned[home].clone(),
+                owners: owners.clone(),
+                rank: home,
+                remotes: (0..3)
+                    .map(|s| (s != home).then(|| remote[s].clone()))
+                    .collect(),
+            };
+            let wanted: Vec<Vec<u32>> = encoded
+                .iter()
+                .enumerate()
+                .map(|(t, f)| {
+                    (0..f.rows as u32)
+                        .filter(|r| !(r * 7 + t as u32).is_multiple_of(3))
+                        .collect()
+                })
+                .collect();
+            let got = split.gather_tables(&wanted).expect("gather");
+            for (t, (got, want)) in got
+                .iter()
+                .zip(encoded.gather_tables(&wanted).expect("whole"))
+                .enumerate()
+            {
+                assert_eq!(got.rows, want.rows, "table {t}");
+                assert_eq!(got.dense, want.dense, "table {t}");
+                assert_eq!(got.ids, want.ids, "table {t}");
+                assert_eq!(got.bags, want.bags, "table {t}");
+            }
         }
+        let customers_encoded = &owned[0].tables[customers];
+        assert!(customers_encoded.0.len() < encoded[customers].rows);
+        // A worker refuses encoded rows it does not hold.
+        let foreign = (0..300u32)
+            .find(|&n| owners[customers][n as usize] != 2)
+            .expect("a customer not on worker 2");
+        let err = remote[2]
+            .features(customers, &[foreign])
+            .expect_err("not owned");
+        assert!(err.contains("is not on worker 2"), "{err}");
 
         // A worker refuses nodes it does not own, and calls without the token.
         let request = Request {

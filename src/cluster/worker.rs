@@ -32,7 +32,7 @@ use super::ring::{CollectiveService, Mailbox, Ring};
 use tokio::sync::mpsc;
 use tonic::Code;
 
-use crate::pql::{DataArgs, label_all, prepare};
+use crate::pql::{DataArgs, entity_rows, label_all, label_entities, prepare, read_assuming};
 use crate::serve::{Limits, Serving};
 use crate::train::{report_json, save_trained};
 
@@ -68,6 +68,12 @@ pub struct WorkerConfig {
     /// (`DoPut`, here or through the router); without it appends are refused.
     #[serde(default)]
     pub serve_store: Option<String>,
+    /// A directory where this worker keeps its partitions of each data-parallel job it
+    /// runs (a RocksDB store per job, written at the job's ingest, its encoded rows read
+    /// back from it, removed when the job ends here); none: they are taken from the
+    /// loaded data directly.
+    #[serde(default)]
+    pub store: Option<String>,
     /// The CUDA device this worker trains on (one worker per GPU); none: the CPU.
     #[serde(default)]
     pub gpu: Option<usize>,
@@ -104,6 +110,7 @@ impl Default for WorkerConfig {
             heartbeat_ms: default_heartbeat_ms(),
             serve_data: None,
             serve_store: None,
+            store: None,
             gpu: None,
             tls_cert: None,
             tls_key: None,
@@ -300,6 +307,7 @@ impl Worker {
                                 sampling: self.sampling.clone(),
                                 runtime: tokio::runtime::Handle::current(),
                                 device: self.device,
+                                store: self.config.store.as_ref().map(PathBuf::from),
                             };
                             reconcile(&mut running, &group, reply.jobs, &tx);
                         }
@@ -364,6 +372,8 @@ struct Group {
     sampling: SampleService,
     runtime: tokio::runtime::Handle,
     device: Device,
+    /// Where jobs keep their partitions (`WorkerConfig::store`).
+    store: Option<PathBuf>,
 }
 
 impl Group {
@@ -385,7 +395,8 @@ impl Group {
     }
 
     /// How `job`'s workers split its graph (None when this worker trains alone): by
-    /// [`flight::owners`] of `db`, each serving its part over Flight.
+    /// [`flight::owners`] of `db`, each serving its part over Flight; with a store, this
+    /// worker's partitions are first written to it (the job's ingest).
     fn split(
         &self,
         job: &Job,
@@ -401,6 +412,11 @@ impl Group {
             .iter()
             .map(|&w| self.addr(w))
             .collect::<Result<Vec<_>>>()?;
+        let parts = PARTITIONS_PER_WORKER * size as u32;
+        let store = match &self.store {
+            None => None,
+            Some(root) => Some(Arc::new(ingest(&job_store(root, job), db, rank, size)?)),
+        };
         Ok(Some(FlightSplit {
             job: (job.id, u64::from(job.attempt)),
             rank,
@@ -409,11 +425,8 @@ impl Group {
             runtime: self.runtime.clone(),
             stop: stop.clone(),
             service: self.sampling.clone(),
-            owners: Arc::new(flight::owners(
-                db,
-                size,
-                PARTITIONS_PER_WORKER * size as u32,
-            )),
+            owners: Arc::new(flight::owners(db, size, parts)),
+            store,
         }))
     }
 
@@ -434,6 +447,36 @@ impl Group {
             self.runtime.clone(),
         )))
     }
+}
+
+/// Where `job` keeps this worker's partitions under `root`.
+fn job_store(root: &Path, job: &Job) -> PathBuf {
+    root.join(format!("job-{}", job.id))
+}
+
+/// Writes this worker's partitions of `db` (rank `rank` of `size`: partition `p` of
+/// `16 x size` is rank `p % size`'s) to a new store at `dir`, replacing what an earlier
+/// attempt left there (its placement may differ).
+fn ingest(dir: &Path, db: &Database, rank: usize, size: usize) -> Result<PartitionStore> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot clear the job store {}", dir.display()))?;
+    }
+    let store = PartitionStore::open(dir)?;
+    let parts = PARTITIONS_PER_WORKER * size as u32;
+    let owned: Vec<u32> = (0..parts).filter(|p| *p as usize % size == rank).collect();
+    let started = Instant::now();
+    let ingested = store.ingest(db, &owned, parts)?;
+    let rows: u64 = ingested.rows.iter().map(|(_, n)| n).sum();
+    metrics::gauge!("relgraph_rows_stored").set(rows as f64);
+    println!(
+        "stored {rows} rows of {} partitions in {} ({} bytes, {:.1} s)",
+        owned.len(),
+        dir.display(),
+        ingested.bytes,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(store)
 }
 
 /// Starts the jobs the leader gave this worker and stops the ones it took away.
@@ -516,7 +559,17 @@ fn run_job(
         }
     };
     let collective: Option<&dyn Collective> = ring.as_ref().map(|r| r as &dyn Collective);
-    match train_job(job, stop, collective, group, &report) {
+    let outcome = train_job(job, stop, collective, group, &report);
+    // The job's partitions are not needed here any more (a new attempt writes its own).
+    if let Some(root) = &group.store {
+        let dir = job_store(root, job);
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!("cannot remove the job store {}: {e}", dir.display());
+        }
+    }
+    match outcome {
         Ok(Some((model_path, metrics_json))) => report(JobProgress {
             state: JobState::Ready.into(),
             model_path,
@@ -589,6 +642,8 @@ fn train_job(
         anchor: Vec::new(),
     };
     let (db, plan) = prepare(&job.query, &data)?;
+    // A data-parallel job's placement, and this worker's partitions in its store.
+    let split = peers.split(job, &db, stop)?;
     let rows: usize = db.tables.iter().map(|t| t.num_rows()).sum();
     metrics::gauge!("relgraph_rows_loaded").set(rows as f64);
     let tables = db
@@ -614,8 +669,22 @@ fn train_job(
         ..stage(JobState::Label, 0, 0)
     });
     let config = TrainConfig::from_toml(&job.config_toml).context("the job's training config")?;
-    let labels = label_all(&db, &plan, config.assuming)?;
-    let split = peers.split(job, &db, stop)?;
+    let labels = match &split {
+        None => label_all(&db, &plan, config.assuming)?,
+        Some(split) => {
+            // Each worker labels the entities it holds; the others' come over Flight.
+            let entities = entity_rows(&db, &plan)?;
+            let table = plan.task.entity_table;
+            let mine: Vec<usize> = entities
+                .iter()
+                .copied()
+                .filter(|&r| split.owner(table, r as u32) == split.rank)
+                .collect();
+            let mine = label_entities(&db, &plan, &mine, config.assuming)?;
+            let all = split.labels(mine, &plan, &entities)?;
+            read_assuming(&plan, all, config.assuming)?
+        }
+    };
     let out = PathBuf::from(&job.output_dir);
     let resume: Option<TrainState> = if job.checkpoint.is_empty() {
         None

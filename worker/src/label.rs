@@ -27,6 +27,28 @@ pub use aggregate::{Arg, Linked, RowValues, key_text};
 pub use eval::{Env, compare, eval, like, value_at};
 pub use source::{FactSource, LabelError, LocalFacts, RowEnv};
 
+/// Why a candidate example has no label ([`Labels::dropped`]).
+pub mod drop {
+    pub const WHERE: &str = "WHERE is false or unknown";
+    pub const ASSUMING: &str = "ASSUMING is false or unknown";
+    pub const NO_ITEMS: &str = "no items in the target window";
+    pub const UNDEFINED: &str = "the target is undefined (empty window or NULL)";
+    pub const NOT_NUMBER: &str = "the target is not a number";
+    pub const NOT_FORECAST: &str = "the target is not a forecast";
+    pub const STEP_UNDEFINED: &str = "a forecast step is undefined (empty window)";
+
+    /// Every reason, so that counts read back from another worker keep their names.
+    pub const ALL: [&str; 7] = [
+        WHERE,
+        ASSUMING,
+        NO_ITEMS,
+        UNDEFINED,
+        NOT_NUMBER,
+        NOT_FORECAST,
+        STEP_UNDEFINED,
+    ];
+}
+
 /// One label.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Label {
@@ -138,6 +160,48 @@ pub struct Reading {
 }
 
 impl Labels {
+    /// The labels of disjoint sets of `entities`, each built for `plan` by [`build`] or
+    /// [`build_treated`], in the order one build over all of `entities` gives them (by
+    /// anchor, then by position in `entities`).
+    pub fn merge(parts: &[&Labels], plan: &TaskPlan, entities: &[usize]) -> Labels {
+        let anchors: Vec<i64> = plan.anchors().iter().map(|a| a.0).collect();
+        let mut position = vec![usize::MAX; entities.iter().max().map_or(0, |&m| m + 1)];
+        for (i, &r) in entities.iter().enumerate() {
+            position[r] = i;
+        }
+        let key = |anchor: i64, row: usize| {
+            let a = anchors
+                .iter()
+                .position(|&x| x == anchor)
+                .unwrap_or(usize::MAX);
+            (a, position.get(row).copied().unwrap_or(usize::MAX))
+        };
+        let mut order: Vec<((usize, usize), usize, usize)> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(p, &l)| (0..l.len()).map(move |i| (key(l.anchors[i], l.entities[i]), p, i)))
+            .collect();
+        order.sort_unstable();
+        let mut out = Labels::default();
+        for &(_, p, i) in &order {
+            let part = parts[p];
+            out.entities.push(part.entities[i]);
+            out.anchors.push(part.anchors[i]);
+            out.splits.push(part.splits[i]);
+            if let Some(label) = part.labels.get(i) {
+                out.labels.push(label);
+            }
+            if !part.treated.is_empty() {
+                out.treated.push(part.treated[i]);
+            }
+        }
+        for part in parts {
+            for (&k, &v) in &part.dropped {
+                *out.dropped.entry(k).or_default() += v;
+            }
+        }
+        out
+    }
     /// Resolves how ASSUMING is read from labels built by [`build_treated`]: keeps them
     /// (counterfactual) or only the examples where the assumption held (conditional).
     /// `counterfactual`: `None` decides (counterfactual when the target is a yes/no or a
@@ -175,10 +239,7 @@ impl Labels {
             let keep: Vec<usize> = (0..n).filter(|&i| self.treated[i]).collect();
             let mut kept = self.subset(&keep);
             kept.dropped = self.dropped;
-            *kept
-                .dropped
-                .entry("ASSUMING is false or unknown")
-                .or_default() += (n - held) as u64;
+            *kept.dropped.entry(drop::ASSUMING).or_default() += (n - held) as u64;
             self = kept;
         }
         Ok((
@@ -501,10 +562,10 @@ fn holds(e: &BoundExpr, env: &EntityEnv<'_>) -> bool {
 fn example(plan: &TaskPlan, env: &EntityEnv<'_>, treated: bool) -> Result<Label, &'static str> {
     let task = &plan.task;
     if task.filter.as_ref().is_some_and(|f| !holds(f, env)) {
-        return Err("WHERE is false or unknown");
+        return Err(drop::WHERE);
     }
     if !treated && task.assuming.as_ref().is_some_and(|a| !holds(a, env)) {
-        return Err("ASSUMING is false or unknown");
+        return Err(drop::ASSUMING);
     }
     let value = match &task.target {
         Target::Expr(e) => eval(e, env),
@@ -515,7 +576,7 @@ fn example(plan: &TaskPlan, env: &EntityEnv<'_>, treated: bool) -> Result<Label,
             let items =
                 aggregate::items(values, linked.range(env.position, &spec.window, env.anchor));
             return if items.is_empty() {
-                Err("no items in the target window")
+                Err(drop::NO_ITEMS)
             } else {
                 Ok(Label::Items(items))
             };
@@ -525,11 +586,8 @@ fn example(plan: &TaskPlan, env: &EntityEnv<'_>, treated: bool) -> Result<Label,
     match (&task.task, value) {
         (TaskType::Binary, Value::Bool(b)) => Ok(Label::Bool(b)),
         (TaskType::Binary, _) => Ok(Label::Bool(false)),
-        (_, Value::Null) => Err("the target is undefined (empty window or NULL)"),
-        (TaskType::Regression, v) => v
-            .as_f64()
-            .map(Label::Number)
-            .ok_or("the target is not a number"),
+        (_, Value::Null) => Err(drop::UNDEFINED),
+        (TaskType::Regression, v) => v.as_f64().map(Label::Number).ok_or(drop::NOT_NUMBER),
         (_, v) => Ok(Label::Class(key_text(&v))),
     }
 }
@@ -537,7 +595,7 @@ fn example(plan: &TaskPlan, env: &EntityEnv<'_>, treated: bool) -> Result<Label,
 /// `FORECAST n TIMEFRAMES`: the aggregate over n consecutive windows.
 fn forecast(plan: &TaskPlan, env: &EntityEnv<'_>, i: usize) -> Result<Label, &'static str> {
     let TaskType::Forecast { steps } = plan.task.task else {
-        return Err("the target is not a forecast");
+        return Err(drop::NOT_FORECAST);
     };
     let spec = &plan.task.aggregates[i];
     let (linked, values) = &env.aggs[i];
@@ -547,7 +605,7 @@ fn forecast(plan: &TaskPlan, env: &EntityEnv<'_>, i: usize) -> Result<Label, &'s
         let range = linked.range(env.position, &spec.window, env.anchor + k * length);
         let v = aggregate::aggregate(spec, values, range)
             .as_f64()
-            .ok_or("a forecast step is undefined (empty window)")?;
+            .ok_or(drop::STEP_UNDEFINED)?;
         series.push(v);
     }
     Ok(Label::Series(series))

@@ -28,6 +28,6 @@ pub use config::TrainConfig;
 pub use fit::{Assessment, assess, fit, predict};
 pub use task::{Output, TargetCode};
 pub use trainer::{
-    GraphSplit, Inputs, Model, ModelError, Prepared, Progress, RankParts, Session, TrainReport,
-    TrainState,
+    GraphSplit, Inputs, Model, ModelError, Prepared, Progress, RankParts, Session, SplitData,
+    TrainReport, TrainState,
 };

@@ -8,7 +8,8 @@
 //!
 //! Layout: `s/schema` holds the database schema (protobuf); `r/<table>/<partition>/<chunk>`
 //! holds up to [`CHUNK_ROWS`] rows as one Arrow IPC stream (columnar, at the columns'
-//! natural widths); `n/<table>/<partition>` the partition's row count. Writes go through
+//! natural widths), `g/<table>/<partition>/<chunk>` the rows' positions in the ingested
+//! table (u32, little-endian); `n/<table>/<partition>` the partition's row count. Writes go through
 //! the WAL and a table's last write is synced, so an acknowledged ingest survives
 //! `kill -9`.
 
@@ -153,7 +154,15 @@ impl std::fmt::Debug for PartitionStore {
 }
 
 fn rows_key(table: &str, part: u32, chunk: u32) -> Vec<u8> {
-    let mut k = format!("r/{table}/").into_bytes();
+    chunk_key("r", table, part, chunk)
+}
+
+fn ids_key(table: &str, part: u32, chunk: u32) -> Vec<u8> {
+    chunk_key("g", table, part, chunk)
+}
+
+fn chunk_key(kind: &str, table: &str, part: u32, chunk: u32) -> Vec<u8> {
+    let mut k = format!("{kind}/{table}/").into_bytes();
     k.extend_from_slice(&part.to_be_bytes());
     k.push(b'/');
     k.extend_from_slice(&chunk.to_be_bytes());
@@ -232,6 +241,7 @@ impl PartitionStore {
                 let rows = buckets[t].get(p as usize).map_or(&[][..], Vec::as_slice);
                 let mut batch = WriteBatch::default();
                 batch.delete_range(rows_key(name, p, 0), rows_key(name, p, u32::MAX));
+                batch.delete_range(ids_key(name, p, 0), ids_key(name, p, u32::MAX));
                 let mut bytes = 0u64;
                 for (c, chunk) in rows.chunks(CHUNK_ROWS).enumerate() {
                     let part = take_record_batch(&table.batch, &UInt32Array::from(chunk.to_vec()))
@@ -240,6 +250,8 @@ impl PartitionStore {
                         encode(&part).map_err(|e| self.data(format!("table {name}"), e))?;
                     bytes += encoded.len() as u64;
                     batch.put(rows_key(name, p, c as u32), encoded);
+                    let ids: Vec<u8> = chunk.iter().flat_map(|r| r.to_le_bytes()).collect();
+                    batch.put(ids_key(name, p, c as u32), ids);
                 }
                 batch.put(count_key(name, p), (rows.len() as u64).to_le_bytes());
                 self.db
@@ -275,8 +287,17 @@ impl PartitionStore {
     /// Every stored row of `table`, partitions in order, as one batch (None if the
     /// table holds no chunk here).
     pub fn rows(&self, table: &str) -> Result<Option<RecordBatch>, StoreError> {
+        Ok(self.rows_with_ids(table)?.map(|(_, batch)| batch))
+    }
+
+    /// Every stored row of `table` and its position in the table it was ingested from,
+    /// partitions in order (None if the table holds no chunk here).
+    pub fn rows_with_ids(
+        &self,
+        table: &str,
+    ) -> Result<Option<(Vec<u32>, RecordBatch)>, StoreError> {
         let prefix = format!("r/{table}/").into_bytes();
-        let mut batches = Vec::new();
+        let (mut batches, mut ids) = (Vec::new(), Vec::new());
         for item in self
             .db
             .iterator(IteratorMode::From(&prefix, Direction::Forward))
@@ -285,13 +306,31 @@ impl PartitionStore {
             if !k.starts_with(&prefix) {
                 break;
             }
-            batches.push(decode(&v).map_err(|e| self.data(format!("table {table}"), e))?);
+            let batch = decode(&v).map_err(|e| self.data(format!("table {table}"), e))?;
+            let mut id_key = k.to_vec();
+            id_key[0] = b'g';
+            let held = self
+                .db
+                .get(&id_key)
+                .map_err(|e| self.rocks(e))?
+                .filter(|b| b.len() == 4 * batch.num_rows())
+                .ok_or_else(|| {
+                    self.data(
+                        format!("table {table}"),
+                        "a chunk without its row positions",
+                    )
+                })?;
+            ids.extend(
+                held.chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            batches.push(batch);
         }
         let Some(first) = batches.first() else {
             return Ok(None);
         };
         concat_batches(&first.schema(), &batches)
-            .map(Some)
+            .map(|batch| Some((ids, batch)))
             .map_err(|e| self.data(format!("table {table}"), e))
     }
 

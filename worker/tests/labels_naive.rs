@@ -13,7 +13,9 @@ use relgraph_common::pql::bound::{AggSpec, BoundExpr, ColumnId, Target, TaskType
 use relgraph_common::pql::{self, PlanOptions, TaskPlan};
 use relgraph_common::schema::DType;
 use relgraph_common::time::{DAY, format_timestamp};
-use relgraph_worker::label::{Env, Label, LocalFacts, RowEnv, build, eval, key_text, value_at};
+use relgraph_worker::label::{
+    Env, Label, Labels, LocalFacts, RowEnv, build, eval, key_text, value_at,
+};
 
 const T0: i64 = 1_700_000_000 / DAY * DAY;
 
@@ -355,5 +357,19 @@ proptest! {
             let got = labels.labels.get(i).expect("label");
             prop_assert!(same(&got, l), "{}: {:?} vs {:?} at {} {}", query, got, l, e, anchor);
         }
+        // Built per worker (entities dealt out by a hash of their row) and merged, the
+        // labels are the same, in the same order.
+        let parts: Vec<Labels> = (0..3usize)
+            .map(|w| {
+                let mine: Vec<usize> = everyone.iter().copied().filter(|&e| (e * 7 + 1) % 3 == w).collect();
+                build(&plan, &db, &mine, &LocalFacts { db: &db }).expect("labels")
+            })
+            .collect();
+        let merged = Labels::merge(&parts.iter().collect::<Vec<_>>(), &plan, &everyone);
+        prop_assert_eq!(&merged.entities, &labels.entities, "{}", query);
+        prop_assert_eq!(&merged.anchors, &labels.anchors, "{}", query);
+        prop_assert_eq!(&merged.splits, &labels.splits, "{}", query);
+        prop_assert_eq!(&merged.labels, &labels.labels, "{}", query);
+        prop_assert_eq!(&merged.dropped, &labels.dropped, "{}", query);
     }
 }

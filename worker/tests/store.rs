@@ -81,6 +81,29 @@ fn facts_live_with_their_parents_and_every_row_is_stored_once() {
             t.name()
         );
     }
+    // Each stored row knows its row in the table: across the stores, every row once,
+    // each with the table's values there.
+    let flights = db.table("flights").expect("flights");
+    let mut seen = vec![false; flights.num_rows()];
+    for w in 0..3 {
+        let store = PartitionStore::open(&dir.path().join(format!("w{w}"))).expect("open");
+        let (ids, rows) = store
+            .rows_with_ids("flights")
+            .expect("rows")
+            .expect("flights stored");
+        assert_eq!(ids.len(), rows.num_rows());
+        let want = arrow::compute::take_record_batch(
+            &flights.batch,
+            &arrow::array::UInt32Array::from(ids.clone()),
+        )
+        .expect("take");
+        assert_eq!(rows, want, "store {w}");
+        for id in ids {
+            assert!(!seen[id as usize], "flight row {id} stored twice");
+            seen[id as usize] = true;
+        }
+    }
+    assert!(seen.iter().all(|&s| s), "a flight row was not stored");
     // Keys of an entity table come back exactly once across the stores.
     let mut tailnums = Vec::new();
     for w in 0..3 {

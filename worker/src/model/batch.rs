@@ -15,7 +15,7 @@ use std::sync::Arc;
 use relgraph_sampler::{GraphView, STATIC, SampleConfig, SampleError, Seed, SubgraphBatch};
 use rustc_hash::FxHashMap;
 
-use super::features::{EncoderInput, TableFeatures};
+use super::features::{EncoderInput, FeatureSource};
 
 /// Neighbor lists as CSR: `(offsets, neighbors)`.
 pub type Lists = (Arc<Vec<u32>>, Arc<Vec<u32>>);
@@ -93,7 +93,7 @@ impl ModelBatch {
     /// ranking task.
     pub fn build(
         graph: &dyn GraphView,
-        features: &[TableFeatures],
+        features: &dyn FeatureSource,
         seeds: &[Seed],
         config: &SampleConfig,
         layers: usize,
@@ -124,9 +124,20 @@ impl ModelBatch {
         let mut plans: Vec<LayerPlan> = (1..rows.len())
             .map(|l| layer_plan(&rows[l - 1], &rows[l], &adjacency, &endpoints, &counts))
             .collect();
-        let (input, node_inputs): (Vec<TableBatch>, Vec<Vec<u32>>) = (0..tables)
-            .map(|t| table_batch(&sub, t, &rows[0][t], &features[t]))
+        let (mut input, node_inputs): (Vec<TableBatch>, Vec<Vec<u32>>) = (0..tables)
+            .map(|t| table_batch(&sub, t, &rows[0][t]))
             .unzip();
+        // Every table's rows at once: a split job's remote rows come in one round.
+        let wanted: Vec<Vec<u32>> = input
+            .iter_mut()
+            .map(|b| std::mem::take(&mut b.rows))
+            .collect();
+        let encoded = features
+            .gather_tables(&wanted)
+            .map_err(|e| SampleError::Shard(format!("encoded rows: {e}")))?;
+        for ((b, rows), e) in input.iter_mut().zip(wanted).zip(encoded) {
+            (b.rows, b.input) = (rows, e);
+        }
         if let Some(first) = plans.first_mut() {
             read_inputs(first, &node_inputs, &endpoints);
         }
@@ -220,13 +231,9 @@ fn layer_plan(
     LayerPlan { rows, edges }
 }
 
-/// Table `t`'s input for its nodes `rows` (local ids), and the input row of each node.
-fn table_batch(
-    sub: &SubgraphBatch,
-    t: usize,
-    rows: &[u32],
-    features: &TableFeatures,
-) -> (TableBatch, Vec<u32>) {
+/// Table `t`'s input for its nodes `rows` (local ids), but for the encoded rows
+/// themselves, and the input row of each node.
+fn table_batch(sub: &SubgraphBatch, t: usize, rows: &[u32]) -> (TableBatch, Vec<u32>) {
     let block = &sub.nodes[t];
     let mut distinct: Vec<u32> = rows.iter().map(|&u| block.ids[u as usize]).collect();
     distinct.sort_unstable();
@@ -251,7 +258,7 @@ fn table_batch(
         .map(|k| pairs.binary_search(k).unwrap_or(0) as u32)
         .collect();
     let batch = TableBatch {
-        input: features.gather(&distinct),
+        input: EncoderInput::default(),
         rows: distinct,
         encoded: Arc::new(pairs.iter().map(|p| p.0).collect()),
         days: pairs.iter().map(|p| f32::from_bits(p.1)).collect(),
@@ -274,6 +281,7 @@ fn read_inputs(plan: &mut LayerPlan, node_inputs: &[Vec<u32>], endpoints: &[(usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::features::TableFeatures;
     use relgraph_sampler::{EdgeBlock, NodeBlock};
 
     /// Table 0: a seed (local 0) with two neighbors in table 1 (locals 0, 1); local 1 of
@@ -339,8 +347,8 @@ mod tests {
             dense: (0..10).map(|r| r as f32).collect(),
             ..TableFeatures::default()
         };
-        let (b, inputs) = table_batch(&sub, 1, &[0, 1], &features);
-        assert_eq!(b.input.dense, vec![5.0, 9.0]);
+        let (b, inputs) = table_batch(&sub, 1, &[0, 1]);
+        assert_eq!(features.gather(&b.rows).dense, vec![5.0, 9.0]);
         assert_eq!(*b.encoded, vec![0, 1]);
         assert_eq!(b.days, vec![0.0, 2.0]);
         assert_eq!(inputs, vec![0, 1]);
@@ -355,13 +363,7 @@ mod tests {
             seeds: vec![0, 0, 1, 1],
             rel_times: vec![86_400, STATIC, 86_400, 3 * 86_400],
         };
-        let features = TableFeatures {
-            rows: 10,
-            dense_width: 1,
-            dense: (0..10).map(|r| r as f32).collect(),
-            ..TableFeatures::default()
-        };
-        let (b, inputs) = table_batch(&sub, 1, &[0, 1, 2, 3], &features);
+        let (b, inputs) = table_batch(&sub, 1, &[0, 1, 2, 3]);
         assert_eq!(b.rows, vec![5, 9]);
         assert_eq!(*b.encoded, vec![0, 0, 1]);
         assert_eq!(b.days, vec![1.0, 3.0, 0.0]);

@@ -385,6 +385,161 @@ impl TableFeatures {
     }
 }
 
+/// Where a batch reads its nodes' encoded rows: every table's, held in this process, or
+/// those of a data-parallel job whose rows are held by the workers owning them.
+pub trait FeatureSource: Send + Sync {
+    /// Per table `t`, the encoder's input for its rows `wanted[t]` (sorted, distinct),
+    /// in that order.
+    fn gather_tables(&self, wanted: &[Vec<u32>]) -> Result<Vec<EncoderInput>, String>;
+}
+
+impl FeatureSource for Vec<TableFeatures> {
+    fn gather_tables(&self, wanted: &[Vec<u32>]) -> Result<Vec<EncoderInput>, String> {
+        if wanted.len() != self.len() {
+            return Err(format!(
+                "rows asked of {} tables, {} held",
+                wanted.len(),
+                self.len()
+            ));
+        }
+        Ok(self
+            .iter()
+            .zip(wanted)
+            .map(|(f, rows)| f.gather(rows))
+            .collect())
+    }
+}
+
+/// A worker's own rows of each table, encoded: what it serves to the other workers of a
+/// data-parallel job and reads its own nodes from.
+#[derive(Clone, Debug, Default)]
+pub struct OwnedFeatures {
+    /// Per table: the rows held (sorted table rows) and their encodings, in that order.
+    pub tables: Vec<(Vec<u32>, TableFeatures)>,
+}
+
+impl OwnedFeatures {
+    /// Encodes, with `codes`, the rows of `db` that `keep(table, row)` says are this
+    /// worker's.
+    pub fn encode(
+        db: &Database,
+        codes: &[TableCode],
+        keep: impl Fn(usize, u32) -> bool + Sync,
+    ) -> Result<Self, FeatureError> {
+        let held = codes
+            .iter()
+            .enumerate()
+            .map(|(t, code)| {
+                let table = db
+                    .table(&code.table)
+                    .ok_or_else(|| FeatureError::MissingTable(code.table.clone()))?;
+                let rows: Vec<u32> = (0..table.num_rows() as u32)
+                    .filter(|&r| keep(t, r))
+                    .collect();
+                let taken = take_rows(&code.table, &table.batch, &rows)?;
+                Ok((rows, taken))
+            })
+            .collect::<Result<Vec<_>, FeatureError>>()?;
+        Self::from_rows(codes, held)
+    }
+
+    /// Encodes, with `codes`, each table's rows held here: (their rows in the table, in
+    /// any order, and their columns).
+    pub fn from_rows(
+        codes: &[TableCode],
+        held: Vec<(Vec<u32>, RecordBatch)>,
+    ) -> Result<Self, FeatureError> {
+        let tables = codes
+            .iter()
+            .zip(held)
+            .map(|(code, (rows, batch))| {
+                let (rows, batch) = if rows.is_sorted() {
+                    (rows, batch)
+                } else {
+                    let mut order: Vec<u32> = (0..rows.len() as u32).collect();
+                    order.sort_unstable_by_key(|&i| rows[i as usize]);
+                    let sorted = order.iter().map(|&i| rows[i as usize]).collect();
+                    (sorted, take_rows(&code.table, &batch, &order)?)
+                };
+                Ok((rows, code.encode(&batch)?))
+            })
+            .collect::<Result<Vec<_>, FeatureError>>()?;
+        Ok(OwnedFeatures { tables })
+    }
+
+    /// Rows of all tables held.
+    pub fn rows(&self) -> usize {
+        self.tables.iter().map(|(r, _)| r.len()).sum()
+    }
+
+    /// Bytes of the encodings held.
+    pub fn bytes(&self) -> usize {
+        let bags = |f: &TableFeatures| -> usize {
+            f.bags.iter().map(|b| b.offsets.len() + b.ids.len()).sum()
+        };
+        self.tables
+            .iter()
+            .map(|(r, f)| 4 * (r.len() + f.dense.len() + f.ids.len() + bags(f)))
+            .sum()
+    }
+
+    /// The encoder's input for `rows` of `table`, every one of them held here.
+    pub fn gather(&self, table: usize, rows: &[u32]) -> Result<EncoderInput, String> {
+        let (held, features) = self
+            .tables
+            .get(table)
+            .ok_or_else(|| format!("table {table} of {}", self.tables.len()))?;
+        let at = rows
+            .iter()
+            .map(|r| {
+                held.binary_search(r)
+                    .map(|i| i as u32)
+                    .map_err(|_| format!("row {r} of table {table} is not held here"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(features.gather(&at))
+    }
+}
+
+impl EncoderInput {
+    /// Rows taken in turn from `parts`: row `i` is the next unread row of part `pick[i]`.
+    /// `like` gives the widths (every part has them).
+    pub fn interleave(parts: &[EncoderInput], pick: &[u16], like: &TableFeatures) -> Self {
+        let (w, c) = (like.dense_width, like.categorical);
+        let mut next = vec![0usize; parts.len()];
+        let mut dense = Vec::with_capacity(pick.len() * w);
+        let mut ids = Vec::with_capacity(pick.len() * c);
+        let mut bags: Vec<Bags> = (0..like.bags.len())
+            .map(|_| Bags {
+                offsets: vec![0],
+                ids: Vec::new(),
+            })
+            .collect();
+        for &p in pick {
+            let (part, r) = (&parts[p as usize], next[p as usize]);
+            next[p as usize] += 1;
+            dense.extend_from_slice(&part.dense[r * w..(r + 1) * w]);
+            ids.extend_from_slice(&part.ids[r * c..(r + 1) * c]);
+            for (out, b) in bags.iter_mut().zip(&part.bags) {
+                let (lo, hi) = (b.offsets[r] as usize, b.offsets[r + 1] as usize);
+                out.ids.extend_from_slice(&b.ids[lo..hi]);
+                out.offsets.push(out.ids.len() as u32);
+            }
+        }
+        EncoderInput {
+            rows: pick.len(),
+            dense,
+            ids: Arc::new(ids),
+            bags,
+        }
+    }
+}
+
+fn take_rows(table: &str, batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch, FeatureError> {
+    arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(rows.to_vec()))
+        .map_err(|e| problem(table, "(all)", e.to_string()))
+}
+
 fn problem(table: &str, column: &str, problem: impl Into<String>) -> FeatureError {
     FeatureError::Column {
         table: table.to_string(),
@@ -559,5 +714,62 @@ mod tests {
         assert_eq!(top_values(&strings, false, 2), vec!["a", "b"]);
         let multi = vec![Some("x|y; x".to_string()), None];
         assert_eq!(top_values(&multi, true, 10), vec!["x", "y"]);
+    }
+
+    /// Six rows: dense `[r, -r]`, one categorical id `10 + r`, one bag of `r` ids.
+    fn six_rows() -> TableFeatures {
+        let mut bags = Bags {
+            offsets: vec![0],
+            ids: Vec::new(),
+        };
+        for r in 0..6u32 {
+            bags.ids.extend(std::iter::repeat_n(r, r as usize));
+            bags.offsets.push(bags.ids.len() as u32);
+        }
+        TableFeatures {
+            rows: 6,
+            dense_width: 2,
+            dense: (0..6).flat_map(|r| [r as f32, -(r as f32)]).collect(),
+            categorical: 1,
+            ids: (10..16).collect(),
+            bags: vec![bags],
+        }
+    }
+
+    #[test]
+    fn rows_held_in_parts_interleave_into_the_whole_gather() {
+        let whole = six_rows();
+        // Part 0 holds rows 1, 4, 5 and part 1 rows 0, 2, 3.
+        let held = [vec![1u32, 4, 5], vec![0u32, 2, 3]];
+        let owned: Vec<OwnedFeatures> = held
+            .iter()
+            .map(|rows| OwnedFeatures {
+                tables: vec![(rows.clone(), {
+                    let g = whole.gather(rows);
+                    TableFeatures {
+                        rows: g.rows,
+                        dense_width: 2,
+                        dense: g.dense,
+                        categorical: 1,
+                        ids: g.ids.to_vec(),
+                        bags: g.bags,
+                    }
+                })],
+            })
+            .collect();
+        let wanted = [0u32, 2, 4, 5];
+        let pick = [1u16, 1, 0, 0];
+        let parts = [
+            owned[0].gather(0, &[4, 5]).expect("held"),
+            owned[1].gather(0, &[0, 2]).expect("held"),
+        ];
+        let got = EncoderInput::interleave(&parts, &pick, &whole);
+        let want = whole.gather(&wanted);
+        assert_eq!(got.rows, 4);
+        assert_eq!(got.dense, want.dense);
+        assert_eq!(got.ids, want.ids);
+        assert_eq!(got.bags, want.bags);
+        let err = owned[0].gather(0, &[2]).expect_err("not held");
+        assert!(err.contains("row 2 of table 0 is not held here"), "{err}");
     }
 }

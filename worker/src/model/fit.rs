@@ -144,7 +144,7 @@ pub fn fit(
             TableCode::fit(db, t, &skip, options)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let data = Prepared::new(db, &codes)?.split(session.split)?;
+    let data = Prepared::new(db, &codes, session.split)?;
     let train_mask: Vec<bool> = labels.splits.iter().map(|&s| s == Split::Train).collect();
     let items = match plan.task.task {
         TaskType::Ranking { items, .. } => Some((db.tables[items].name(), keys(db, items))),

@@ -21,7 +21,7 @@ use super::batch::ModelBatch;
 use super::cache::EncoderCache;
 use super::checkpoint::Manifest;
 use super::config::{ConfigError, RegressionLoss, TrainConfig};
-use super::features::{FeatureError, TableCode, TableFeatures};
+use super::features::{FeatureError, FeatureSource, TableCode};
 use super::metrics::{Metrics, Ranked};
 use super::net::{Head, Net};
 use super::parallel::{self, Collective};
@@ -53,6 +53,8 @@ pub enum ModelError {
     Mismatch(String),
     #[error("data-parallel training: {0}")]
     Collective(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("device: {0}")]
     Device(String),
 }
@@ -63,7 +65,9 @@ pub struct Prepared {
     pub graph: Arc<HeteroGraph>,
     /// What sampling reads through: the graph itself, or a view of the whole graph.
     pub view: Arc<dyn GraphView + Send + Sync>,
-    pub features: Vec<TableFeatures>,
+    /// What batches read encoded rows from: every table's, or this worker's and the
+    /// others' through it.
+    pub features: Arc<dyn FeatureSource>,
     pub endpoints: Vec<(usize, usize)>,
 }
 
@@ -76,15 +80,32 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
-/// How a data-parallel worker keeps only its part of the graph and samples the rest
-/// from the workers holding it.
+/// A data-parallel worker's part of the data: the neighbor lists and encoded rows of
+/// what it owns, and views of the whole that read the rest from the workers owning it.
+pub struct SplitData {
+    pub graph: Arc<HeteroGraph>,
+    pub view: Arc<dyn GraphView + Send + Sync>,
+    pub features: Arc<dyn FeatureSource>,
+}
+
+impl std::fmt::Debug for SplitData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitData")
+            .field("edges", &self.graph.num_edges())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a data-parallel worker keeps only its part of the graph and of the encoded rows,
+/// and reads the rest from the workers holding it.
 pub trait GraphSplit: Sync {
-    /// The part of `graph` this worker keeps, and a view sampling the whole through it.
-    #[allow(clippy::type_complexity)]
+    /// This worker's part of `graph` and of `db`'s rows encoded by `codes`.
     fn split(
         &self,
         graph: &HeteroGraph,
-    ) -> Result<(Arc<HeteroGraph>, Arc<dyn GraphView + Send + Sync>), ModelError>;
+        db: &Database,
+        codes: &[TableCode],
+    ) -> Result<SplitData, ModelError>;
     /// The rank holding row `row` of `table`, which trains on its examples, so that their
     /// first hops are sampled where they live.
     fn owner(&self, table: usize, row: u32) -> usize;
@@ -95,14 +116,14 @@ pub trait GraphSplit: Sync {
 #[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub view: &'a (dyn GraphView + Send + Sync),
-    pub features: &'a [TableFeatures],
+    pub features: &'a dyn FeatureSource,
     pub endpoints: &'a [(usize, usize)],
 }
 
 impl std::fmt::Debug for Inputs<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inputs")
-            .field("tables", &self.features.len())
+            .field("edge_types", &self.endpoints.len())
             .finish_non_exhaustive()
     }
 }
@@ -111,37 +132,43 @@ impl Prepared {
     pub fn inputs(&self) -> Inputs<'_> {
         Inputs {
             view: self.view.as_ref(),
-            features: &self.features,
+            features: self.features.as_ref(),
             endpoints: &self.endpoints,
         }
     }
 
-    pub fn new(db: &Database, codes: &[TableCode]) -> Result<Self, ModelError> {
+    /// The graph of `db` and its rows encoded by `codes`: all of them, or with `split`
+    /// this worker's part.
+    pub fn new(
+        db: &Database,
+        codes: &[TableCode],
+        split: Option<&dyn GraphSplit>,
+    ) -> Result<Self, ModelError> {
         let graph = HeteroGraph::from_database(db)?;
+        let endpoints = graph.edge_types.iter().map(|e| (e.src, e.dst)).collect();
+        if let Some(split) = split {
+            let SplitData {
+                graph,
+                view,
+                features,
+            } = split.split(&graph, db, codes)?;
+            return Ok(Prepared {
+                graph,
+                view,
+                features,
+                endpoints,
+            });
+        }
         let features = codes
             .iter()
             .map(|c| c.apply(db))
             .collect::<Result<Vec<_>, _>>()?;
-        let endpoints = graph.edge_types.iter().map(|e| (e.src, e.dst)).collect();
         let graph = Arc::new(graph);
         Ok(Prepared {
             view: graph.clone(),
             graph,
-            features,
+            features: Arc::new(features),
             endpoints,
-        })
-    }
-
-    /// Keeps only this worker's part of the graph, sampling through `split`'s view.
-    pub fn split(self, split: Option<&dyn GraphSplit>) -> Result<Self, ModelError> {
-        let Some(split) = split else {
-            return Ok(self);
-        };
-        let (graph, view) = split.split(&self.graph)?;
-        Ok(Prepared {
-            graph,
-            view,
-            ..self
         })
     }
 }
