@@ -111,17 +111,22 @@ pub fn label_entities(
     assuming: Assuming,
 ) -> Result<Labels> {
     let facts = LocalFacts { db };
-    if plan.task.assuming.is_none() || assuming == Assuming::Conditional {
+    if !maybe_treatment(plan, assuming) {
         return Ok(build(plan, db, entities, &facts)?);
     }
     Ok(build_treated(plan, db, entities, &facts)?)
+}
+
+/// Whether the query's ASSUMING may be read as a treatment.
+fn maybe_treatment(plan: &TaskPlan, assuming: Assuming) -> bool {
+    plan.task.assuming.is_some() && assuming != Assuming::Conditional
 }
 
 /// Reads the query's ASSUMING on `labels` from [`label_entities`]: as a treatment (the
 /// labels as they are) or a condition (the examples where it held), as `assuming` says
 /// or as the labels suggest; the reading is reported on stderr.
 pub fn read_assuming(plan: &TaskPlan, labels: Labels, assuming: Assuming) -> Result<Labels> {
-    if plan.task.assuming.is_none() || assuming == Assuming::Conditional {
+    if !maybe_treatment(plan, assuming) {
         return Ok(labels);
     }
     let insist = (assuming == Assuming::Counterfactual).then_some(true);

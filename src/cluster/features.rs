@@ -55,7 +55,7 @@ pub fn answer(
         let ids = fixed(
             DataType::UInt32,
             like.categorical,
-            Arc::new(UInt32Array::from(input.ids.as_ref().clone())),
+            Arc::new(UInt32Array::from(Arc::unwrap_or_clone(input.ids))),
         )?;
         fields.push(Field::new("ids", ids.data_type().clone(), false));
         columns.push(Arc::new(ids));

@@ -87,7 +87,10 @@ fn neighbor_schema() -> SchemaRef {
     ]))
 }
 
-fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+pub(super) fn column<'a, T: Array + 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a T, String> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
@@ -598,16 +601,7 @@ impl FlightSplit {
         metrics::gauge!("relgraph_labels_computed").set(mine.len() as f64);
         let mine = Arc::new(mine);
         self.service.publish_labels(self.job, mine.clone());
-        let broken = |e: String| ModelError::Collective(e);
-        let fetch = |addr: &String| -> Result<Labels, String> {
-            let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
-            let stop = Some(self.stop.clone());
-            let shard = self
-                .runtime
-                .block_on(RemoteShard::connect(addr, token, runtime, self.job, stop))
-                .map_err(|e| format!("{e:#}"))?;
-            shard.labels(LOADING)
-        };
+        let fetch = |addr: &String| self.connect(addr)?.labels(LOADING);
         let theirs: Vec<Result<Labels, String>> = std::thread::scope(|scope| {
             let threads: Vec<_> = self
                 .addrs
@@ -624,9 +618,18 @@ impl FlightSplit {
         let theirs = theirs
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(broken)?;
+            .map_err(ModelError::Collective)?;
         let parts: Vec<&Labels> = std::iter::once(mine.as_ref()).chain(&theirs).collect();
         Ok(Labels::merge(&parts, plan, entities))
+    }
+
+    /// The job attempt's partition on the worker at `addr`.
+    fn connect(&self, addr: &str) -> Result<RemoteShard, String> {
+        let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
+        let stop = Some(self.stop.clone());
+        self.runtime
+            .block_on(RemoteShard::connect(addr, token, runtime, self.job, stop))
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -654,29 +657,24 @@ impl GraphSplit for FlightSplit {
             rank,
         };
         self.service.publish(self.job, served);
-        let mut shards: Vec<Option<Arc<dyn Shard>>> = Vec::with_capacity(self.addrs.len());
         let mut remotes = Vec::with_capacity(self.addrs.len());
         for (s, addr) in self.addrs.iter().enumerate() {
             if s == self.rank {
-                shards.push(None);
                 remotes.push(None);
                 continue;
             }
-            let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
-            let stop = Some(self.stop.clone());
-            let shard = self
-                .runtime
-                .block_on(RemoteShard::connect(addr, token, runtime, self.job, stop))
-                .map_err(|e| ModelError::Collective(format!("{e:#}")))?;
+            let shard = self.connect(addr).map_err(ModelError::Collective)?;
             // Training starts once every part is served: a sampling call made earlier
             // would hold a sampling thread while the owner still needs threads to load.
             if !graph.edge_types.is_empty() {
                 shard.wait_ready(LOADING).map_err(ModelError::Collective)?;
             }
-            let shard = Arc::new(shard);
-            shards.push(Some(shard.clone()));
-            remotes.push(Some(shard));
+            remotes.push(Some(Arc::new(shard)));
         }
+        let shards: Vec<Option<Arc<dyn Shard>>> = remotes
+            .iter()
+            .map(|r| r.clone().map(|s| s as Arc<dyn Shard>))
+            .collect();
         let view = Routed::new(part.clone(), owners.clone(), shards, self.rank)
             .map_err(ModelError::Collective)?;
         Ok(SplitData {

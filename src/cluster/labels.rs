@@ -20,6 +20,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use relgraph_common::pql::Split;
 use relgraph_worker::label::{LabelColumn, Labels, drop};
 
+use super::flight::column;
 use crate::labels::label_column;
 
 /// `labels` as one record batch.
@@ -50,13 +51,6 @@ pub fn encode(labels: &Labels) -> Result<RecordBatch, String> {
     RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| e.to_string())
 }
 
-fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| format!("column `{name}` is missing or of the wrong type"))
-}
-
 /// The labels in an answer's batches.
 pub fn decode(batches: &[RecordBatch]) -> Result<Labels, String> {
     let mut out = Labels::default();
@@ -85,12 +79,9 @@ pub fn decode(batches: &[RecordBatch]) -> Result<Labels, String> {
                 .ok_or_else(|| format!("unknown split `{s}`"))?;
             out.splits.push(split);
         }
-        if let Some(t) = b.column_by_name("treated") {
-            let t = t
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .ok_or("`treated` is not bool")?;
-            out.treated.extend(t.iter().map(|x| x.unwrap_or(false)));
+        if b.column_by_name("treated").is_some() {
+            out.treated
+                .extend(column::<BooleanArray>(b, "treated")?.values().iter());
         }
         let label = b
             .column_by_name("label")

@@ -415,7 +415,12 @@ impl Group {
         let parts = PARTITIONS_PER_WORKER * size as u32;
         let store = match &self.store {
             None => None,
-            Some(root) => Some(Arc::new(ingest(&job_store(root, job), db, rank, size)?)),
+            Some(root) => Some(Arc::new(ingest(
+                &job_store(root, job),
+                db,
+                (rank, size),
+                parts,
+            )?)),
         };
         Ok(Some(FlightSplit {
             job: (job.id, u64::from(job.attempt)),
@@ -455,15 +460,19 @@ fn job_store(root: &Path, job: &Job) -> PathBuf {
 }
 
 /// Writes this worker's partitions of `db` (rank `rank` of `size`: partition `p` of
-/// `16 x size` is rank `p % size`'s) to a new store at `dir`, replacing what an earlier
+/// `parts` is rank `p % size`'s) to a new store at `dir`, replacing what an earlier
 /// attempt left there (its placement may differ).
-fn ingest(dir: &Path, db: &Database, rank: usize, size: usize) -> Result<PartitionStore> {
+fn ingest(
+    dir: &Path,
+    db: &Database,
+    (rank, size): (usize, usize),
+    parts: u32,
+) -> Result<PartitionStore> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("cannot clear the job store {}", dir.display()))?;
     }
     let store = PartitionStore::open(dir)?;
-    let parts = PARTITIONS_PER_WORKER * size as u32;
     let owned: Vec<u32> = (0..parts).filter(|p| *p as usize % size == rank).collect();
     let started = Instant::now();
     let ingested = store.ingest(db, &owned, parts)?;
