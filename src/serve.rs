@@ -25,7 +25,8 @@ pub mod topk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -226,7 +227,18 @@ pub struct Serving {
     data: RwLock<Dataset>,
     models: RwLock<BTreeMap<String, Arc<Served>>>,
     pub limits: Limits,
+    /// Small requests waiting for a serving thread (see [`Serving::answer_waiting`]).
+    waiting: Mutex<Vec<Waiting>>,
 }
+
+/// Where a waiting request's answer goes.
+pub type Reply = tokio::sync::oneshot::Sender<Result<Vec<RecordBatch>, ServeError>>;
+
+/// A small request waiting for a serving thread, since when, and where its answer goes.
+type Waiting = (Ticket, Instant, Reply);
+
+/// Entities at most in one forward pass shared by requests that waited together.
+pub const TOGETHER: usize = 32;
 
 fn poisoned<T>(_: T) -> ServeError {
     ServeError::Internal("a request panicked while holding the serving state".into())
@@ -275,6 +287,7 @@ impl Serving {
             data: RwLock::new(data),
             models: RwLock::default(),
             limits,
+            waiting: Mutex::default(),
         };
         if let Some(store) = store {
             let events = store.events()?;
@@ -572,14 +585,8 @@ impl Serving {
         Ok((rows, keys))
     }
 
-    /// Predictions for the entities `ticket` names, in [`Served::schema`]; entities in
-    /// batches of at most `chunk`, handed to `emit` in order.
-    pub fn predict(
-        &self,
-        ticket: &Ticket,
-        chunk: usize,
-        emit: &mut dyn FnMut(RecordBatch) -> Result<(), ServeError>,
-    ) -> Result<(), ServeError> {
+    /// Checks `ticket` against its model and the limits, and finds its entities.
+    fn check(&self, ticket: &Ticket) -> Result<Request, ServeError> {
         if ticket.v != 1 {
             return Err(invalid(format!(
                 "ticket v{}: this server reads v1",
@@ -619,58 +626,207 @@ impl Serving {
                 self.limits.k
             )));
         }
-        let (rows, keys, anchor) = {
-            let data = self.data.read().map_err(poisoned)?;
-            let anchor = match &ticket.anchor {
-                None => data.last_time.unwrap_or(0),
-                Some(a) => parse_anchor(a)?,
-            };
-            let (rows, keys) = self.resolve(&served, &data, ticket)?;
-            (rows, keys, anchor)
+        let data = self.data.read().map_err(poisoned)?;
+        let anchor = match &ticket.anchor {
+            None => data.last_time.unwrap_or(0),
+            Some(a) => parse_anchor(a)?,
         };
+        let (rows, keys) = self.resolve(&served, &data, ticket)?;
+        Ok(Request {
+            served,
+            fanouts,
+            k,
+            anchor,
+            exclude_seen: ticket.exclude_seen,
+            explain: ticket.explain,
+            rows,
+            keys,
+        })
+    }
+
+    /// Predictions for the entities `ticket` names, in [`Served::schema`]; entities in
+    /// batches of at most `chunk`, handed to `emit` in order.
+    pub fn predict(
+        &self,
+        ticket: &Ticket,
+        chunk: usize,
+        emit: &mut dyn FnMut(RecordBatch) -> Result<(), ServeError>,
+    ) -> Result<(), ServeError> {
+        let r = self.check(ticket)?;
         // Each chunk takes the data's read lock for itself and lets it go before its batch
         // is sent, so an append waits for one chunk at most (not for a whole `part`, nor for
         // a slow client), and each chunk sees the rows appended before it started.
-        for (rows, keys) in rows.chunks(chunk.max(1)).zip(keys.chunks(chunk.max(1))) {
-            let data = self.data.read().map_err(poisoned)?;
-            let features = served.features.read().map_err(poisoned)?;
-            let inputs = Inputs {
-                view: data.graph.as_ref(),
-                features: &*features,
-                endpoints: &served.endpoints,
-            };
-            let anchors = vec![anchor; rows.len()];
-            let output = match &served.ranking {
-                None => served
-                    .model
-                    .infer_on(inputs, rows, &anchors, None, Some(&fanouts))?,
-                Some(r) => recommend(
-                    &served.model,
-                    r,
-                    &data.graph,
-                    inputs,
-                    rows,
-                    anchor,
-                    &fanouts,
-                    k,
-                    ticket.exclude_seen,
-                )?,
-            };
+        for (rows, keys) in r.rows.chunks(chunk.max(1)).zip(r.keys.chunks(chunk.max(1))) {
+            let batch = self.answer(&r, rows, &[(0, keys)])?.pop();
+            emit(batch.ok_or_else(|| ServeError::Internal("no answer".into()))?)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a small request (at most [`TOGETHER`] keys, no explanations); a serving
+    /// thread answers it in [`Serving::answer_waiting`].
+    pub fn wait(&self, ticket: Ticket, reply: Reply) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        waiting.push((ticket, Instant::now(), reply));
+    }
+
+    /// Answers the requests waiting, oldest first, up to [`TOGETHER`] entities, in as few
+    /// forward passes as they allow (nothing when another serving thread took them
+    /// first). Under load, requests that came in while every serving thread was busy
+    /// share one pass, which costs little more than one request's; when the threads are
+    /// idle, each request runs at once, alone.
+    pub fn answer_waiting(&self) {
+        let taken: Vec<Waiting> = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let (mut take, mut entities) = (0, 0);
+            while let Some((t, _, _)) = waiting.get(take) {
+                let n = t.keys.len().max(1);
+                if take > 0 && entities + n > TOGETHER {
+                    break;
+                }
+                entities += n;
+                take += 1;
+            }
+            waiting.drain(..take).collect()
+        };
+        if taken.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut tickets = Vec::with_capacity(taken.len());
+        let mut replies = Vec::with_capacity(taken.len());
+        for (ticket, since, reply) in taken {
+            metrics::histogram!("relgraph_serve_queue_seconds")
+                .record((started - since).as_secs_f64());
+            tickets.push(ticket);
+            replies.push(reply);
+        }
+        metrics::histogram!("relgraph_serve_requests_per_pass").record(tickets.len() as f64);
+        let answers = self.predict_together(&tickets);
+        metrics::histogram!("relgraph_serve_compute_seconds")
+            .record(started.elapsed().as_secs_f64());
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            if answer.is_err() {
+                metrics::counter!("relgraph_serve_errors_total").increment(1);
+            }
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Answers small requests that came in together: those that can share a forward
+    /// pass (the same model version, options and anchor; no explanations) share one, the
+    /// rest run alone. Each request gets its own answer, or its own error.
+    pub fn predict_together(
+        &self,
+        tickets: &[Ticket],
+    ) -> Vec<Result<Vec<RecordBatch>, ServeError>> {
+        let mut answers: Vec<Option<Result<Vec<RecordBatch>, ServeError>>> =
+            tickets.iter().map(|_| None).collect();
+        let mut checked = Vec::new();
+        for (i, t) in tickets.iter().enumerate() {
+            match self.check(t) {
+                Ok(r) => checked.push((i, r)),
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        while !checked.is_empty() {
+            let first = checked.remove(0);
+            let (joined, rest): (Vec<_>, Vec<_>) =
+                checked.into_iter().partition(|(_, r)| first.1.joins(r));
+            checked = rest;
+            let group: Vec<(usize, Request)> = std::iter::once(first).chain(joined).collect();
+            let rows: Vec<u32> = group
+                .iter()
+                .flat_map(|(_, r)| r.rows.iter().copied())
+                .collect();
+            let mut parts = Vec::with_capacity(group.len());
+            let mut lo = 0;
+            for (_, r) in &group {
+                parts.push((lo, &r.keys[..]));
+                lo += r.rows.len();
+            }
+            match self.answer(&group[0].1, &rows, &parts) {
+                Ok(batches) => {
+                    for ((i, _), b) in group.iter().zip(batches) {
+                        answers[*i] = Some(Ok(vec![b]));
+                    }
+                }
+                // Each on its own, so that each gets its own error (or its answer).
+                Err(_) if group.len() > 1 => {
+                    for (i, r) in &group {
+                        let one = self.answer(r, &r.rows, &[(0, &r.keys[..])]);
+                        answers[*i] = Some(one);
+                    }
+                }
+                Err(e) => answers[group[0].0] = Some(Err(e)),
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(ServeError::Internal("no answer".into()))))
+            .collect()
+    }
+
+    /// One forward pass over `rows` (the concatenated entities of requests that share
+    /// `r`'s model, options and anchor), and one record batch for each request: `parts`
+    /// gives where its entities start in `rows` and their keys.
+    fn answer(
+        &self,
+        r: &Request,
+        rows: &[u32],
+        parts: &[(usize, &[String])],
+    ) -> Result<Vec<RecordBatch>, ServeError> {
+        let served = &r.served;
+        let code = &served.model.manifest.target;
+        let data = self.data.read().map_err(poisoned)?;
+        let features = served.features.read().map_err(poisoned)?;
+        let inputs = Inputs {
+            view: data.graph.as_ref(),
+            features: &*features,
+            endpoints: &served.endpoints,
+        };
+        let anchors = vec![r.anchor; rows.len()];
+        let output = match &served.ranking {
+            None => served
+                .model
+                .infer_on(inputs, rows, &anchors, None, Some(&r.fanouts))?,
+            Some(ranking) => recommend(
+                &served.model,
+                ranking,
+                &data.graph,
+                inputs,
+                rows,
+                r.anchor,
+                &r.fanouts,
+                r.k,
+                r.exclude_seen,
+            )?,
+        };
+        let outputs = match parts {
+            [_] => vec![output],
+            _ => parts
+                .iter()
+                .map(|&(lo, keys)| output.slice(lo, lo + keys.len()))
+                .collect(),
+        };
+        let mut batches = Vec::with_capacity(parts.len());
+        for (&(lo, keys), output) in parts.iter().zip(&outputs) {
+            let hi = lo + keys.len();
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let mut batch = to_batch(&served.key_name, &keys, anchor, &output, code)
+            let mut batch = to_batch(&served.key_name, &keys, r.anchor, output, code)
                 .map_err(|e| ServeError::Internal(e.to_string()))?;
-            if ticket.explain {
+            if r.explain {
                 let describer =
                     Describer::new(&data.db, &served.model).with_appended(&data.appended);
-                let texts = rows
+                let texts = rows[lo..hi]
                     .iter()
-                    .map(|&r| {
+                    .map(|&row| {
                         let e = served.model.explain_with(
                             inputs,
-                            r,
-                            anchor,
+                            row,
+                            r.anchor,
                             Method::Gradient,
-                            Some(&fanouts),
+                            Some(&r.fanouts),
                         )?;
                         Ok((describer.top_columns(&e, 5), describer.top_rows(&e, 3)))
                     })
@@ -678,10 +834,34 @@ impl Serving {
                 batch = add_explanations(batch, &keys, &texts)
                     .map_err(|e| ServeError::Internal(e.to_string()))?;
             }
-            drop((features, data));
-            emit(batch)?;
+            batches.push(batch);
         }
-        Ok(())
+        Ok(batches)
+    }
+}
+
+/// A checked request: the model version it runs on, its options, and its entities.
+struct Request {
+    served: Arc<Served>,
+    fanouts: Vec<u32>,
+    k: usize,
+    anchor: i64,
+    exclude_seen: bool,
+    explain: bool,
+    rows: Vec<u32>,
+    keys: Vec<String>,
+}
+
+impl Request {
+    /// Whether `other` can share this request's forward pass.
+    fn joins(&self, other: &Request) -> bool {
+        Arc::ptr_eq(&self.served, &other.served)
+            && self.fanouts == other.fanouts
+            && self.k == other.k
+            && self.anchor == other.anchor
+            && self.exclude_seen == other.exclude_seen
+            && !self.explain
+            && !other.explain
     }
 }
 

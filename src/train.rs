@@ -336,7 +336,8 @@ pub fn run_evaluate(args: &EvaluateArgs) -> Result<()> {
     let db = Database::load(&args.data, args.schema.as_deref())?;
     let (model, prepared, plan) = load_model(&args.model, &db)?;
     let labels = label_all(&db, &plan, reading_of(&model.manifest))?;
-    let assessment = model::assess(&model, &prepared, &db, &plan, &labels)?;
+    let past = model::PastValues::of(&db, &plan, &labels)?;
+    let assessment = model::assess(&model, &prepared, &plan, &labels, &past)?;
     let uplift = if model.manifest.treatment {
         let truth_path = args.truth.clone().or_else(|| {
             let p = args.data.join("_truth").join("uplift.csv");

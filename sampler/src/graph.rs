@@ -91,6 +91,16 @@ fn time_at(times: &[i64], node: usize) -> i64 {
 impl HeteroGraph {
     /// Builds the graph of a loaded database. Null and dangling foreign keys give no edge.
     pub fn from_database(db: &Database) -> Result<HeteroGraph, GraphError> {
+        Self::from_database_where(db, |_, _| true)
+    }
+
+    /// The part of `db`'s graph one worker holds, built directly (never the whole): every
+    /// node's time, but the neighbor lists of only the nodes `keep(table, node)` selects;
+    /// the others are empty. Equal to `from_database(db)?.partition(keep)`.
+    pub fn from_database_where(
+        db: &Database,
+        keep: impl Fn(usize, u32) -> bool + Sync,
+    ) -> Result<HeteroGraph, GraphError> {
         for t in &db.tables {
             if t.num_rows() >= NO_ROW as usize {
                 return Err(GraphError::TooManyNodes(t.name().to_string()));
@@ -120,13 +130,14 @@ impl HeteroGraph {
                     src: p,
                     dst: c,
                 };
-                csr.push(child_to_parent(&parents, &node_times[p]));
+                csr.push(child_to_parent(&parents, &node_times[p], |n| keep(c, n)));
                 csr.push(parent_to_children(
                     &parents,
                     &order,
                     &node_times[c],
                     db.tables[p].num_rows(),
                     &reverse.name,
+                    |n| keep(p, n),
                 )?);
                 edge_types.push(forward);
                 edge_types.push(reverse);
@@ -213,13 +224,13 @@ fn time_order(times: &[i64], rows: usize) -> Vec<u32> {
     order
 }
 
-/// Each child's one parent (none where the key is null or dangles).
-fn child_to_parent(parents: &[u32], parent_times: &[i64]) -> Csr {
+/// Each kept child's one parent (none where the key is null or dangles).
+fn child_to_parent(parents: &[u32], parent_times: &[i64], keep: impl Fn(u32) -> bool) -> Csr {
     let mut offsets = Vec::with_capacity(parents.len() + 1);
     offsets.push(0u32);
-    let mut neighbors = Vec::with_capacity(parents.len());
-    for &p in parents {
-        if p != NO_ROW {
+    let mut neighbors = Vec::new();
+    for (child, &p) in parents.iter().enumerate() {
+        if p != NO_ROW && keep(child as u32) {
             neighbors.push(p);
         }
         offsets.push(neighbors.len() as u32);
@@ -235,17 +246,20 @@ fn child_to_parent(parents: &[u32], parent_times: &[i64]) -> Csr {
     }
 }
 
-/// Each parent's children, oldest first: a counting sort over the children in time order.
+/// Each kept parent's children, oldest first: a counting sort over the children in time
+/// order.
 fn parent_to_children(
     parents: &[u32],
     order: &[u32],
     child_times: &[i64],
     num_parents: usize,
     name: &str,
+    keep: impl Fn(u32) -> bool,
 ) -> Result<Csr, GraphError> {
+    let kept: Vec<bool> = (0..num_parents as u32).map(keep).collect();
     let mut counts = vec![0u32; num_parents + 1];
     for &p in parents {
-        if p != NO_ROW {
+        if p != NO_ROW && kept[p as usize] {
             counts[p as usize + 1] += 1;
         }
     }
@@ -260,7 +274,7 @@ fn parent_to_children(
     let (mut neighbors, mut times) = (vec![0u32; edges], vec![0i64; edges]);
     for &child in order {
         let p = parents[child as usize];
-        if p != NO_ROW {
+        if p != NO_ROW && kept[p as usize] {
             let at = cursor[p as usize] as usize;
             neighbors[at] = child;
             times[at] = time_at(child_times, child as usize);

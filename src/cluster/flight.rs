@@ -634,16 +634,11 @@ impl FlightSplit {
 }
 
 impl GraphSplit for FlightSplit {
-    fn split(
-        &self,
-        graph: &HeteroGraph,
-        db: &Database,
-        codes: &[TableCode],
-    ) -> Result<SplitData, ModelError> {
+    fn split(&self, db: &Database, codes: &[TableCode]) -> Result<SplitData, ModelError> {
         let rank = self.rank as u16;
         let owners = &self.owners;
         let mine = |t: usize, n: u32| owner(owners, t, n) == self.rank;
-        let part = Arc::new(graph.partition(mine)?);
+        let part = Arc::new(HeteroGraph::from_database_where(db, mine)?);
         let features = Arc::new(match &self.store {
             None => OwnedFeatures::encode(db, codes, mine)?,
             Some(store) => stored_features(store, db, codes, mine)?,
@@ -666,7 +661,7 @@ impl GraphSplit for FlightSplit {
             let shard = self.connect(addr).map_err(ModelError::Collective)?;
             // Training starts once every part is served: a sampling call made earlier
             // would hold a sampling thread while the owner still needs threads to load.
-            if !graph.edge_types.is_empty() {
+            if !part.edge_types.is_empty() {
                 shard.wait_ready(LOADING).map_err(ModelError::Collective)?;
             }
             remotes.push(Some(Arc::new(shard)));

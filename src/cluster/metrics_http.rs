@@ -24,10 +24,33 @@ pub fn install() -> Result<()> {
 }
 
 pub fn render() -> String {
+    record_memory();
     HANDLE
         .get()
         .map(PrometheusHandle::render)
         .unwrap_or_default()
+}
+
+/// The process's resident memory now and at its peak (`VmRSS`, `VmHWM`), where the
+/// system tells them (Linux); absent elsewhere.
+fn record_memory() {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    for line in status.lines() {
+        let name = match line.split(':').next() {
+            Some("VmRSS") => "relgraph_resident_bytes",
+            Some("VmHWM") => "relgraph_peak_resident_bytes",
+            _ => continue,
+        };
+        let kib = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(kib) = kib {
+            metrics::gauge!(name).set(kib * 1024.0);
+        }
+    }
 }
 
 /// Serves `GET /metrics` on `addr`; returns the bound address.

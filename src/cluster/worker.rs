@@ -122,6 +122,9 @@ impl Default for WorkerConfig {
 struct Running {
     attempt: u32,
     stop: Arc<AtomicBool>,
+    /// Set when the attempt did its part to the end (a rank other than the lead is done
+    /// once it has trained, while the lead still assesses and saves the model).
+    completed: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -269,7 +272,6 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = beat.tick() => {
-                    running.retain(|_, r| !r.thread.is_finished());
                     self.follow_models(&mut client, &mut served).await;
                     let worker = match id {
                         Some(w) => w,
@@ -495,8 +497,15 @@ fn reconcile(
     jobs: Vec<Job>,
     tx: &mpsc::UnboundedSender<JobProgress>,
 ) {
-    metrics::gauge!("relgraph_jobs_running").set(running.len() as f64);
     let held: HashMap<u64, u32> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
+    // An attempt that ended early (an error, a lost peer) starts again if it is still
+    // held; one that did its part is not run twice while the coordinator holds the job.
+    running.retain(|job, r| {
+        !r.thread.is_finished()
+            || (r.completed.load(Ordering::Relaxed) && held.get(job) == Some(&r.attempt))
+    });
+    let active = running.values().filter(|r| !r.thread.is_finished());
+    metrics::gauge!("relgraph_jobs_running").set(active.count() as f64);
     // Partitions of attempts no longer held (finished, moved, cancelled) stop being served.
     group
         .sampling
@@ -520,11 +529,16 @@ fn reconcile(
             continue;
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let completed = Arc::new(AtomicBool::new(false));
         let (attempt, id) = (job.attempt, job.id);
-        let (stop2, tx, group) = (stop.clone(), tx.clone(), group.clone());
+        let (stop2, done, tx, group) = (stop.clone(), completed.clone(), tx.clone(), group.clone());
         let thread = std::thread::Builder::new()
             .name(format!("job-{id}"))
-            .spawn(move || run_job(&job, &group, &stop2, &tx));
+            .spawn(move || {
+                if run_job(&job, &group, &stop2, &tx) {
+                    done.store(true, Ordering::Relaxed);
+                }
+            });
         match thread {
             Ok(thread) => {
                 running.insert(
@@ -532,6 +546,7 @@ fn reconcile(
                     Running {
                         attempt,
                         stop,
+                        completed,
                         thread,
                     },
                 );
@@ -542,18 +557,19 @@ fn reconcile(
 }
 
 /// Runs one attempt of a training job to its end. Rank 0 of a group (or a worker alone)
-/// reports progress, writes checkpoints and the model; the others only train.
+/// reports progress, writes checkpoints and the model; the others only train. Returns
+/// whether this worker's part of the attempt is done (trained, or failed for good).
 fn run_job(
     job: &Job,
     group: &Group,
     stop: &Arc<AtomicBool>,
     tx: &mpsc::UnboundedSender<JobProgress>,
-) {
+) -> bool {
     let ring = match group.ring(job, stop.clone()) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(job = job.id, "{e:#}");
-            return;
+            return false;
         }
     };
     let lead = ring.as_ref().is_none_or(|r| r.rank == 0);
@@ -589,6 +605,7 @@ fn run_job(
         // A peer went away or the attempt was stopped: the coordinator reassigns the job.
         Err(e) if stop.load(Ordering::Relaxed) || is_collective(&e) => {
             tracing::warn!(job = job.id, "attempt {} ends: {e:#}", job.attempt);
+            return false;
         }
         Err(e) => report(JobProgress {
             state: JobState::Failed.into(),
@@ -596,6 +613,7 @@ fn run_job(
             ..JobProgress::default()
         }),
     }
+    true
 }
 
 /// Removes the `step-N` checkpoints beside `checkpoint` older than its `step`, once the
@@ -735,21 +753,34 @@ fn train_job(
         });
         Ok(())
     };
+    let split = split.as_ref().map(|s| s as &dyn GraphSplit);
+    let model::Setup {
+        mut model,
+        data,
+        train,
+        val,
+    } = model::setup(&db, &job.query, &plan, &labels, &config, split)?;
+    // Nothing reads the raw rows past this point: each rank trains on its part of the
+    // graph and its encoded rows, and the lead has read what assessing needs of them.
+    let past = lead
+        .then(|| model::PastValues::of(&db, &plan, &labels))
+        .transpose()?;
+    drop(db);
     let session = Session {
         stop,
         progress: &mut progress,
         resume,
         on_epoch: &mut on_epoch,
         group,
-        split: split.as_ref().map(|s| s as &dyn GraphSplit),
+        split,
         device: peers.device,
     };
-    let (mut model, _, assessment, trained) =
-        model::fit(&db, &job.query, &plan, &labels, &config, session)?;
-    if stop.load(Ordering::Relaxed) || !lead {
+    let trained = model::trainer::train(&mut model, &data, &train, &val, session)?;
+    let Some(past) = past.filter(|_| !stop.load(Ordering::Relaxed)) else {
         // Stopped (this attempt no longer owns the job), or not the reporting rank.
         return Ok(None);
-    }
+    };
+    let assessment = model::assess(&model, &data, &plan, &labels, &past)?;
     save_trained(&mut model, &assessment, &trained, &out)?;
     let metrics = report_json(&assessment, &trained);
     Ok(Some((out.display().to_string(), metrics.to_string())))

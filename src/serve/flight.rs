@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{self, Sessions};
 use super::executor::{blocking, submit};
-use super::{Limits, ServeError, Served, Serving, Ticket as ScoreTicket};
+use super::{Limits, ServeError, Served, Serving, TOGETHER, Ticket as ScoreTicket};
 use crate::cluster::flight::SampleService;
 use crate::predict::explained_schema;
 
@@ -126,11 +126,21 @@ fn encode(
     Box::pin(stream)
 }
 
-/// The whole answer to a ticket naming its entities, computed on a serving thread.
+/// The whole answer to a ticket naming its entities, computed on a serving thread;
+/// small ones wait to share a forward pass with others that came in beside them.
 async fn predict_all(
     serving: Arc<Serving>,
     ticket: ScoreTicket,
 ) -> Result<Vec<RecordBatch>, Status> {
+    if ticket.keys.len() <= TOGETHER && !ticket.explain {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        serving.wait(ticket, tx);
+        submit(move || serving.answer_waiting())?;
+        return rx
+            .await
+            .map_err(|_| Status::internal("the request failed on its serving thread"))?
+            .map_err(Status::from);
+    }
     blocking(move || {
         let mut out = Vec::new();
         serving.predict(&ticket, usize::MAX, &mut |b| {

@@ -1,5 +1,6 @@
-//! `Serving` in process: a batch being scored lets appends through between its chunks;
-//! an append with an id happens once, however often it is retried, restarts included.
+//! `Serving` in process: requests answered together get what each gets alone; a batch
+//! being scored lets appends through between its chunks; an append with an id happens
+//! once, however often it is retried, restarts included.
 
 use std::sync::Arc;
 
@@ -45,10 +46,9 @@ fn orders(round: usize, n: usize, time: i64) -> RecordBatch {
     .expect("orders")
 }
 
-#[test]
-fn appends_go_through_while_a_part_is_scored() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
+/// A churn model of a 300-customer world, served from `dir` with a store.
+fn churn_serving(dir: &std::path::Path) -> Serving {
+    let data = dir.join("data");
     let size = RetailSize {
         customers: 300,
         products: 40,
@@ -65,11 +65,77 @@ fn appends_go_through_while_a_part_is_scored() {
         max_steps_per_epoch: 2,
         ..TrainConfig::default()
     };
-    let model = dir.path().join("model");
+    let model = dir.join("model");
     train_on(&db, CHURN, &plan, &config, &model, false, Device::Cpu).expect("train");
-    let store = PartitionStore::open(&dir.path().join("store")).expect("store");
+    let store = PartitionStore::open(&dir.join("store")).expect("store");
     let serving = Serving::new(db, Some(store), Limits::default()).expect("serving");
     serving.load_model("churn", &model).expect("model");
+    serving
+}
+
+fn ticket(json: serde_json::Value) -> Ticket {
+    serde_json::from_value(json).expect("ticket")
+}
+
+/// Requests answered together (in shared forward passes where they can share one) get
+/// what each gets alone, errors included: a prediction does not depend on what else
+/// its pass held.
+#[test]
+fn requests_answered_together_get_what_each_gets_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serving = churn_serving(dir.path());
+    let tickets = [
+        ticket(serde_json::json!({"v": 1, "model": "churn", "keys": ["CU-1000"]})),
+        ticket(serde_json::json!({"v": 1, "model": "churn", "keys": ["CU-1001", "CU-1002"]})),
+        ticket(serde_json::json!({"v": 1, "model": "churn", "keys": ["CU-1003", "nobody"]})),
+        ticket(
+            serde_json::json!({"v": 1, "model": "churn", "keys": ["CU-1004"], "fanouts": [3, 2]}),
+        ),
+        ticket(serde_json::json!({"v": 1, "model": "churn", "keys": ["CU-1005"], "explain": true})),
+        ticket(serde_json::json!({"v": 1, "model": "churn", "keys": ["CU-1002", "CU-1000"]})),
+        ticket(serde_json::json!({"v": 2, "model": "churn", "keys": ["CU-1000"]})),
+    ];
+    let together = serving.predict_together(&tickets);
+    assert_eq!(together.len(), tickets.len());
+    for (t, got) in tickets.iter().zip(&together) {
+        let mut alone = Vec::new();
+        let want = serving.predict(t, usize::MAX, &mut |b| {
+            alone.push(b);
+            Ok(())
+        });
+        match (got, want) {
+            (Ok(got), Ok(())) => {
+                assert_eq!(got.len(), alone.len());
+                for (g, w) in got.iter().zip(&alone) {
+                    assert_eq!(g.schema(), w.schema());
+                    assert_eq!(g.num_rows(), t.keys.len());
+                    for (c, f) in g.schema().fields().iter().enumerate() {
+                        let (a, b) = (g.column(c), w.column(c));
+                        match (
+                            a.as_any().downcast_ref::<Float64Array>(),
+                            b.as_any().downcast_ref::<Float64Array>(),
+                        ) {
+                            (Some(a), Some(b)) => {
+                                for (x, y) in a.values().iter().zip(b.values()) {
+                                    assert!((x - y).abs() < 1e-6, "{}: {x} != {y}", f.name());
+                                }
+                            }
+                            _ => assert_eq!(a, b, "{}", f.name()),
+                        }
+                    }
+                }
+            }
+            (Err(got), Err(want)) => assert_eq!(got.to_string(), want.to_string()),
+            (got, want) => panic!("together {got:?}, alone {want:?}"),
+        }
+    }
+    assert!(together[2].is_err() && together[6].is_err());
+}
+
+#[test]
+fn appends_go_through_while_a_part_is_scored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serving = churn_serving(dir.path());
     let ticket: Ticket =
         serde_json::from_value(serde_json::json!({"v": 1, "model": "churn", "part": [0, 1]}))
             .expect("ticket");

@@ -25,7 +25,7 @@ pub mod trainer;
 
 pub use checkpoint::{Manifest, load, load_train_state, read_manifest, save, save_train_state};
 pub use config::TrainConfig;
-pub use fit::{Assessment, assess, fit, predict};
+pub use fit::{Assessment, PastValues, Setup, assess, fit, predict, setup};
 pub use task::{Output, TargetCode};
 pub use trainer::{
     GraphSplit, Inputs, Model, ModelError, Prepared, Progress, RankParts, Session, SplitData,

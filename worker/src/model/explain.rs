@@ -24,7 +24,6 @@
 //! value (what the uplift comes from).
 
 use rayon::prelude::*;
-use relgraph_common::hash::combine;
 use relgraph_kernels::{Tape, Tensor};
 
 use super::batch::ModelBatch;
@@ -251,9 +250,9 @@ impl Model {
         anchor: i64,
         fanouts: Option<&[u32]>,
     ) -> Result<Probe, ModelError> {
-        let loader = self.loader(fanouts);
-        let seed = combine(self.manifest.config.seed, 0x5EED);
-        let batch = loader.batch(data, &[row], &[anchor], seed, Vec::new())?;
+        let batch = self
+            .loader(fanouts)
+            .scoring_batch(data, &[row], &[anchor])?;
         let parts = batch
             .tables
             .iter()

@@ -15,7 +15,9 @@ use super::explain::Method;
 use super::features::{EncoderOptions, TableCode};
 use super::metrics::{self, Metrics};
 use super::task::{self, Output, TargetCode, Targets};
-use super::trainer::{self, Examples, Model, ModelError, Prepared, Session, TrainReport};
+use super::trainer::{
+    self, Examples, GraphSplit, Model, ModelError, Prepared, Session, TrainReport,
+};
 use crate::label::{self, Labels, LocalFacts, key_text, value_at};
 
 /// One split's metrics, the model's and the best baseline's.
@@ -116,7 +118,6 @@ pub fn split_examples(labels: &Labels, targets: &Targets, split: Split) -> (Exam
 
 /// Trains a model for `plan` on `labels`, then scores it and the baselines on the
 /// validation and test splits.
-#[allow(clippy::too_many_arguments)]
 pub fn fit(
     db: &Database,
     query: &str,
@@ -125,6 +126,64 @@ pub fn fit(
     config: &TrainConfig,
     session: Session<'_>,
 ) -> Result<(Model, Prepared, Assessment, TrainReport), ModelError> {
+    let Setup {
+        mut model,
+        data,
+        train,
+        val,
+    } = setup(db, query, plan, labels, config, session.split)?;
+    let past = PastValues::of(db, plan, labels)?;
+    let report = trainer::train(&mut model, &data, &train, &val, session)?;
+    let assessment = assess(&model, &data, plan, labels, &past)?;
+    Ok((model, data, assessment, report))
+}
+
+/// What assessing a model reads of the raw rows: each validation and test example's
+/// value of the target over the window before its anchor (for the baselines that carry
+/// it forward), so that the rows need not be kept until then.
+#[derive(Clone, Debug)]
+pub struct PastValues {
+    val: Vec<Option<f64>>,
+    test: Vec<Option<f64>>,
+}
+
+impl PastValues {
+    pub fn of(db: &Database, plan: &TaskPlan, labels: &Labels) -> Result<Self, ModelError> {
+        let of = |split: Split| {
+            let (rows, anchors): (Vec<usize>, Vec<i64>) = (0..labels.len())
+                .filter(|&i| labels.splits[i] == split)
+                .map(|i| (labels.entities[i], labels.anchors[i]))
+                .unzip();
+            label::past_values(plan, db, (&rows, &anchors), &LocalFacts { db })
+                .map_err(|e| ModelError::Mismatch(e.to_string()))
+        };
+        Ok(PastValues {
+            val: of(Split::Val)?,
+            test: of(Split::Test)?,
+        })
+    }
+}
+
+/// A model ready to train, and all it trains on: nothing in it refers to the database
+/// it came from.
+#[derive(Debug)]
+pub struct Setup {
+    pub model: Model,
+    pub data: Prepared,
+    pub train: Examples,
+    pub val: Examples,
+}
+
+/// Fits the column encoders and the target's code, prepares the graph and the encoded
+/// rows (with `split`, this worker's part), and initializes a model for `plan`.
+pub fn setup(
+    db: &Database,
+    query: &str,
+    plan: &TaskPlan,
+    labels: &Labels,
+    config: &TrainConfig,
+    split: Option<&dyn GraphSplit>,
+) -> Result<Setup, ModelError> {
     config.check()?;
     let options = EncoderOptions {
         max_vocab: config.max_vocab,
@@ -144,7 +203,7 @@ pub fn fit(
             TableCode::fit(db, t, &skip, options)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let data = Prepared::new(db, &codes, session.split)?;
+    let data = Prepared::new(db, &codes, split)?;
     let train_mask: Vec<bool> = labels.splits.iter().map(|&s| s == Split::Train).collect();
     let items = match plan.task.task {
         TaskType::Ranking { items, .. } => Some((db.tables[items].name(), keys(db, items))),
@@ -184,13 +243,16 @@ pub fn fit(
         report: serde_json::Value::Null,
     };
     let rows = item_rows(db, &manifest.target);
-    let mut model = trainer::init(manifest, &data, rows);
+    let model = trainer::init(manifest, &data, rows);
     let targets = model.manifest.target.targets(&labels.labels)?;
     let (train, _) = split_examples(labels, &targets, Split::Train);
     let (val, _) = split_examples(labels, &targets, Split::Val);
-    let report = trainer::train(&mut model, &data, &train, &val, session)?;
-    let assessment = assess(&model, &data, db, plan, labels)?;
-    Ok((model, data, assessment, report))
+    Ok(Setup {
+        model,
+        data,
+        train,
+        val,
+    })
 }
 
 /// The model's and the baselines' metrics on the validation and test examples of
@@ -198,9 +260,9 @@ pub fn fit(
 pub fn assess(
     model: &Model,
     data: &Prepared,
-    db: &Database,
     plan: &TaskPlan,
     labels: &Labels,
+    past: &PastValues,
 ) -> Result<Assessment, ModelError> {
     let code = &model.manifest.target;
     let targets = code.targets(&labels.labels)?;
@@ -223,10 +285,10 @@ pub fn assess(
     for split in [Split::Val, Split::Test] {
         let (examples, idx) = split_examples(labels, &targets, split);
         let metrics = model.evaluate(data, &examples)?;
-        // Past values of this split's examples only (training examples need none).
-        let rows: Vec<usize> = idx.iter().map(|&i| labels.entities[i]).collect();
-        let past = label::past_values(plan, db, (&rows, &examples.anchors), &LocalFacts { db })
-            .map_err(|e| ModelError::Mismatch(e.to_string()))?;
+        let past = match split {
+            Split::Val => &past.val,
+            _ => &past.test,
+        };
         let has_past = past.iter().any(Option::is_some);
         let baselines = match (code, &examples.targets) {
             (TargetCode::Ranking { items, .. }, Targets::Items(rel)) => {

@@ -70,6 +70,23 @@ pub enum Output {
     },
 }
 
+impl Output {
+    /// The output of examples `lo..hi` alone.
+    pub fn slice(&self, lo: usize, hi: usize) -> Output {
+        match self {
+            Output::Probs(p) => Output::Probs(p[lo..hi].to_vec()),
+            Output::Values(v) => Output::Values(v[lo..hi].to_vec()),
+            Output::Classes(c) => Output::Classes(c[lo..hi].to_vec()),
+            Output::Series(s) => Output::Series(s[lo..hi].to_vec()),
+            Output::Ranked(r, s) => Output::Ranked(r[lo..hi].to_vec(), s[lo..hi].to_vec()),
+            Output::Uplift { with, without } => Output::Uplift {
+                with: with[lo..hi].to_vec(),
+                without: without[lo..hi].to_vec(),
+            },
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     #[error("the training split is empty: no example to learn from")]

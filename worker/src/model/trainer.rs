@@ -99,13 +99,9 @@ impl std::fmt::Debug for SplitData {
 /// How a data-parallel worker keeps only its part of the graph and of the encoded rows,
 /// and reads the rest from the workers holding it.
 pub trait GraphSplit: Sync {
-    /// This worker's part of `graph` and of `db`'s rows encoded by `codes`.
-    fn split(
-        &self,
-        graph: &HeteroGraph,
-        db: &Database,
-        codes: &[TableCode],
-    ) -> Result<SplitData, ModelError>;
+    /// This worker's part of `db`'s graph (never building the whole) and of its rows
+    /// encoded by `codes`.
+    fn split(&self, db: &Database, codes: &[TableCode]) -> Result<SplitData, ModelError>;
     /// The rank holding row `row` of `table`, which trains on its examples, so that their
     /// first hops are sampled where they live.
     fn owner(&self, table: usize, row: u32) -> usize;
@@ -144,21 +140,22 @@ impl Prepared {
         codes: &[TableCode],
         split: Option<&dyn GraphSplit>,
     ) -> Result<Self, ModelError> {
-        let graph = HeteroGraph::from_database(db)?;
-        let endpoints = graph.edge_types.iter().map(|e| (e.src, e.dst)).collect();
+        let endpoints = |g: &HeteroGraph| g.edge_types.iter().map(|e| (e.src, e.dst)).collect();
         if let Some(split) = split {
             let SplitData {
                 graph,
                 view,
                 features,
-            } = split.split(&graph, db, codes)?;
+            } = split.split(db, codes)?;
             return Ok(Prepared {
+                endpoints: endpoints(&graph),
                 graph,
                 view,
                 features,
-                endpoints,
             });
         }
+        let graph = HeteroGraph::from_database(db)?;
+        let endpoints = endpoints(&graph);
         let features = codes
             .iter()
             .map(|c| c.apply(db))
@@ -382,6 +379,24 @@ impl<'a> Loader<'a> {
         Ok(batch)
     }
 
+    /// A batch to score: each seed's draws keyed by its (row, anchor), so an entity's
+    /// prediction is the same whatever else its request (or a concurrent one batched
+    /// with it) holds.
+    pub(crate) fn scoring_batch(
+        &self,
+        data: Inputs<'_>,
+        rows: &[u32],
+        anchors: &[i64],
+    ) -> Result<ModelBatch, ModelError> {
+        let keys = rows
+            .iter()
+            .zip(anchors)
+            .map(|(&r, &a)| combine(u64::from(r), a as u64))
+            .collect();
+        let seed = combine(self.config.seed, 0x5EED);
+        self.batch(data, rows, anchors, seed, keys)
+    }
+
     fn step_inputs(
         &self,
         data: &Prepared,
@@ -563,7 +578,6 @@ impl<B: Compute> Model<B> {
             .step_by(size)
             .map(|lo| (lo, (lo + size).min(rows.len())))
             .collect();
-        let seed = combine(self.manifest.config.seed, 0x5EED);
         let mut raw: Vec<f32> = Vec::new();
         let mut ranked = Vec::new();
         let mut scores = Vec::new();
@@ -580,13 +594,7 @@ impl<B: Compute> Model<B> {
             chunks.len(),
             |j| {
                 let (lo, hi) = chunks[j];
-                loader.batch(
-                    data,
-                    &rows[lo..hi],
-                    &anchors[lo..hi],
-                    combine(seed, j as u64),
-                    Vec::new(),
-                )
+                loader.scoring_batch(data, &rows[lo..hi], &anchors[lo..hi])
             },
             |j, batch| {
                 let mut tape = Tape::new(&self.backend, &self.params);
@@ -660,9 +668,7 @@ impl<B: Compute> Model<B> {
         fanouts: Option<&[u32]>,
         index: &FxHashMap<u32, u32>,
     ) -> Result<RankParts, ModelError> {
-        let loader = self.loader(fanouts);
-        let seed = combine(self.manifest.config.seed, 0x5EED);
-        let batch = loader.batch(data, rows, anchors, seed, Vec::new())?;
+        let batch = self.loader(fanouts).scoring_batch(data, rows, anchors)?;
         let mut tape = Tape::new(&self.backend, &self.params);
         let cache = self.cache_for(rows.len());
         let (seeds, out) = self
