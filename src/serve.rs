@@ -663,7 +663,7 @@ impl Serving {
         Ok(())
     }
 
-    /// Queues a small request (at most [`TOGETHER`] keys, no explanations); a serving
+    /// Queues a small request (at most [`TOGETHER`] keys, no explanations, no `query`); a serving
     /// thread answers it in [`Serving::answer_waiting`].
     pub fn wait(&self, ticket: Ticket, reply: Reply) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);

@@ -132,7 +132,8 @@ async fn predict_all(
     serving: Arc<Serving>,
     ticket: ScoreTicket,
 ) -> Result<Vec<RecordBatch>, Status> {
-    if ticket.keys.len() <= TOGETHER && !ticket.explain {
+    // A `query` names its entities inside: how many is known only once it is planned.
+    if ticket.keys.len() <= TOGETHER && ticket.query.is_none() && !ticket.explain {
         let (tx, rx) = tokio::sync::oneshot::channel();
         serving.wait(ticket, tx);
         submit(move || serving.answer_waiting())?;
