@@ -239,7 +239,7 @@ fn sample_bench(args: &SampleArgs) -> Result<()> {
     let seeds_total = *batch * *batches * rates.len();
     let mut split = Vec::new();
     for &n in workers {
-        let owners = flight::owners(&db, n, *partitions);
+        let owners = flight::owners(&db, &flight::round_robin(n, *partitions));
         let timing = Timing {
             batch: *batch,
             batches: *batches,

@@ -554,9 +554,12 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
                     .unwrap_or_else(|| panic!("no {name} in\n{text}"))
             };
             // Each worker labelled its own entities and encoded its own rows, and read
-            // the others' encoded rows over Flight.
+            // the others' encoded rows over Flight; the resumed attempt kept the
+            // partitions the first one had stored on it (the placement moved only the
+            // lost worker's).
             for name in [
                 "relgraph_rows_stored",
+                "relgraph_partitions_reused",
                 "relgraph_labels_computed",
                 "relgraph_feature_rows_held",
                 "relgraph_feature_rows_fetched_total",

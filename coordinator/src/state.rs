@@ -145,6 +145,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
             let job = job_mut(state, a.job)?;
             job.worker = a.workers[0];
             job.workers = a.workers.clone();
+            job.placement = place(&job.placement, &a.workers);
             job.attempt += 1;
             job.updated_ms = now;
             Ok(Applied::Job(Box::new(job.clone())))
@@ -210,6 +211,45 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
     }
 }
 
+/// Partitions per worker when a job is first placed.
+pub const PARTITIONS_PER_WORKER: usize = 16;
+
+/// A job's placement over `workers` (see `Job::placement`): a new one dealt round-robin,
+/// or `old` with the partitions of workers not in `workers` dealt to the least loaded,
+/// then single partitions moved from the most to the least loaded until their loads
+/// differ by at most one. Deterministic: every replica computes the same.
+pub fn place(old: &[u64], workers: &[u64]) -> Vec<u64> {
+    if old.is_empty() {
+        let parts = PARTITIONS_PER_WORKER * workers.len();
+        return (0..parts).map(|p| workers[p % workers.len()]).collect();
+    }
+    let mut placement = old.to_vec();
+    let mut load: Vec<usize> = workers
+        .iter()
+        .map(|w| placement.iter().filter(|&x| x == w).count())
+        .collect();
+    let least = |load: &[usize]| (0..load.len()).min_by_key(|&i| (load[i], i));
+    for p in placement.iter_mut() {
+        if !workers.contains(p)
+            && let Some(i) = least(&load)
+        {
+            *p = workers[i];
+            load[i] += 1;
+        }
+    }
+    let most = |load: &[usize]| (0..load.len()).max_by_key(|&i| (load[i], i));
+    while let (Some(lo), Some(hi)) = (least(&load), most(&load))
+        && load[hi] > load[lo] + 1
+    {
+        if let Some(p) = placement.iter().rposition(|&x| x == workers[hi]) {
+            placement[p] = workers[lo];
+        }
+        load[hi] -= 1;
+        load[lo] += 1;
+    }
+    placement
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +260,32 @@ mod tests {
             now_ms: 7,
             op: Some(op),
         }
+    }
+
+    #[test]
+    fn placement_moves_only_what_a_changed_group_needs() {
+        let first = place(&[], &[1, 2, 3]);
+        assert_eq!(first.len(), 48);
+        assert_eq!(&first[..4], &[1, 2, 3, 1]);
+        // Worker 3 lost: its 16 partitions go 8 and 8; the others keep theirs.
+        let second = place(&first, &[1, 2]);
+        for (a, b) in first.iter().zip(&second) {
+            if *a != 3 {
+                assert_eq!(a, b);
+            }
+        }
+        let count = |p: &[u64], w: u64| p.iter().filter(|&&x| x == w).count();
+        assert_eq!((count(&second, 1), count(&second, 2)), (24, 24));
+        // A new worker joins: it gets its share, and only that moves.
+        let third = place(&second, &[1, 2, 4]);
+        assert_eq!(
+            (count(&third, 1), count(&third, 2), count(&third, 4)),
+            (16, 16, 16)
+        );
+        let moved = second.iter().zip(&third).filter(|(a, b)| a != b).count();
+        assert_eq!(moved, 16);
+        // The same group again: nothing moves.
+        assert_eq!(place(&third, &[1, 2, 4]), third);
     }
 
     #[test]

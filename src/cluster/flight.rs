@@ -724,15 +724,20 @@ fn stored_features(
     Ok(OwnedFeatures::from_rows(codes, held)?)
 }
 
-/// Per table, the worker owning each row's neighbor lists: the row's partition
-/// ([`relgraph_worker::store::placement`]) dealt round-robin over `workers`, as ingest
-/// deals partitions to stores.
-pub fn owners(db: &Database, workers: usize, partitions: u32) -> Owners {
-    let workers = workers.clamp(1, usize::from(u16::MAX)) as u32;
-    relgraph_worker::store::placement(db, partitions)
+/// Per table, the rank owning each row's neighbor lists: `ranks[p]` for the row's
+/// partition `p` of `ranks.len()` ([`relgraph_worker::store::placement`]), as ingest
+/// places rows in stores.
+pub fn owners(db: &Database, ranks: &[u16]) -> Owners {
+    relgraph_worker::store::placement(db, ranks.len() as u32)
         .into_iter()
-        .map(|parts| parts.into_iter().map(|p| (p % workers) as u16).collect())
+        .map(|parts| parts.into_iter().map(|p| ranks[p as usize]).collect())
         .collect()
+}
+
+/// `partitions` dealt round-robin over `workers` ranks.
+pub fn round_robin(workers: usize, partitions: u32) -> Vec<u16> {
+    let workers = workers.clamp(1, usize::from(u16::MAX)) as u32;
+    (0..partitions).map(|p| (p % workers) as u16).collect()
 }
 
 #[cfg(test)]
@@ -760,7 +765,7 @@ mod tests {
         .expect("generate");
         let db = Database::load(&data, None).expect("load");
         let whole = HeteroGraph::from_database(&db).expect("graph");
-        let owners = Arc::new(owners(&db, 3, 12));
+        let owners = Arc::new(owners(&db, &round_robin(3, 12)));
         let options = EncoderOptions {
             max_vocab: 50,
             text_buckets: 64,

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use relgraph_common::Database;
 use relgraph_coordinator::auth::check_token;
 use relgraph_coordinator::client::AdminClient;
+use relgraph_coordinator::state::PARTITIONS_PER_WORKER;
 use relgraph_coordinator::tls::{self, TlsFiles};
 use relgraph_kernels::Device;
 use relgraph_proto::cluster::collective_server::CollectiveServer;
@@ -35,9 +36,6 @@ use tonic::Code;
 use crate::pql::{DataArgs, entity_rows, label_all, label_entities, prepare, read_assuming};
 use crate::serve::{Limits, Serving};
 use crate::train::{report_json, save_trained};
-
-/// Partitions of a data-parallel job's graph per worker (placement granularity).
-const PARTITIONS_PER_WORKER: u32 = 16;
 
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -408,20 +406,19 @@ impl Group {
         let Some(rank) = self.rank(job)? else {
             return Ok(None);
         };
-        let size = job.workers.len();
         let addrs = job
             .workers
             .iter()
             .map(|&w| self.addr(w))
             .collect::<Result<Vec<_>>>()?;
-        let parts = PARTITIONS_PER_WORKER * size as u32;
+        let ranks = placement_ranks(job)?;
         let store = match &self.store {
             None => None,
             Some(root) => Some(Arc::new(ingest(
-                &job_store(root, job),
+                &job_store(root, job.id),
                 db,
-                (rank, size),
-                parts,
+                rank,
+                &ranks,
             )?)),
         };
         Ok(Some(FlightSplit {
@@ -432,7 +429,7 @@ impl Group {
             runtime: self.runtime.clone(),
             stop: stop.clone(),
             service: self.sampling.clone(),
-            owners: Arc::new(flight::owners(db, size, parts)),
+            owners: Arc::new(flight::owners(db, &ranks)),
             store,
         }))
     }
@@ -456,36 +453,81 @@ impl Group {
     }
 }
 
-/// Where `job` keeps this worker's partitions under `root`.
-fn job_store(root: &Path, job: &Job) -> PathBuf {
-    root.join(format!("job-{}", job.id))
+/// The rank holding each of `job`'s partitions: its placement (kept by the coordinators
+/// across attempts), or, from a coordinator that keeps none, 16 partitions per worker
+/// dealt round-robin.
+fn placement_ranks(job: &Job) -> Result<Vec<u16>> {
+    if job.placement.is_empty() {
+        let parts = (PARTITIONS_PER_WORKER * job.workers.len()) as u32;
+        return Ok(flight::round_robin(job.workers.len(), parts));
+    }
+    job.placement
+        .iter()
+        .map(|w| {
+            let rank = job.workers.iter().position(|x| x == w);
+            rank.and_then(|r| u16::try_from(r).ok()).with_context(|| {
+                format!(
+                    "job {}'s placement names worker {w}, not in its group",
+                    job.id
+                )
+            })
+        })
+        .collect()
 }
 
-/// Writes this worker's partitions of `db` (rank `rank` of `size`: partition `p` of
-/// `parts` is rank `p % size`'s) to a new store at `dir`, replacing what an earlier
-/// attempt left there (its placement may differ).
-fn ingest(
-    dir: &Path,
-    db: &Database,
-    (rank, size): (usize, usize),
-    parts: u32,
-) -> Result<PartitionStore> {
-    if dir.exists() {
+/// Where job `id` keeps this worker's partitions under `root` (across its attempts).
+fn job_store(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("job-{id}"))
+}
+
+/// Brings the job store at `dir` to this worker's partitions of `db` (those `ranks`
+/// gives rank `rank`): the partitions an earlier attempt of the job left there and this
+/// one still places here are kept, those placed elsewhere now are removed, and only
+/// the missing ones are written. A store of another schema or partition count is
+/// replaced whole.
+fn ingest(dir: &Path, db: &Database, rank: usize, ranks: &[u16]) -> Result<PartitionStore> {
+    let parts = ranks.len() as u32;
+    let owned: Vec<u32> = (0..parts)
+        .filter(|&p| usize::from(ranks[p as usize]) == rank)
+        .collect();
+    let schema = relgraph_common::DatabaseSchema {
+        tables: db.tables.iter().map(|t| t.schema.clone()).collect(),
+    };
+    let mut store = PartitionStore::open(dir)?;
+    let mut held = store.held(parts)?;
+    // Nothing of this partition count held, or another schema: whatever is there goes.
+    if held.is_empty() || store.schema()?.as_ref() != Some(&schema) {
+        drop(store);
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("cannot clear the job store {}", dir.display()))?;
+        store = PartitionStore::open(dir)?;
+        held.clear();
     }
-    let store = PartitionStore::open(dir)?;
-    let owned: Vec<u32> = (0..parts).filter(|p| *p as usize % size == rank).collect();
+    let gone: Vec<u32> = held
+        .iter()
+        .copied()
+        .filter(|p| !owned.contains(p))
+        .collect();
+    let missing: Vec<u32> = owned
+        .iter()
+        .copied()
+        .filter(|p| !held.contains(p))
+        .collect();
+    let names: Vec<&str> = db.tables.iter().map(|t| t.name()).collect();
+    store.remove(&names, &gone, parts)?;
     let started = Instant::now();
-    let ingested = store.ingest(db, &owned, parts)?;
+    let ingested = store.ingest(db, &missing, parts)?;
     let rows: u64 = ingested.rows.iter().map(|(_, n)| n).sum();
+    let kept = owned.len() - missing.len();
     metrics::gauge!("relgraph_rows_stored").set(rows as f64);
+    metrics::gauge!("relgraph_partitions_reused").set(kept as f64);
     println!(
-        "stored {rows} rows of {} partitions in {} ({} bytes, {:.1} s)",
-        owned.len(),
+        "stored {rows} rows of {} partitions in {} ({} bytes, {:.1} s); {kept} kept from an earlier attempt, {} removed",
+        missing.len(),
         dir.display(),
         ingested.bytes,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        gone.len()
     );
     Ok(store)
 }
@@ -500,9 +542,14 @@ fn reconcile(
     let held: HashMap<u64, u32> = jobs.iter().map(|j| (j.id, j.attempt)).collect();
     // An attempt that ended early (an error, a lost peer) starts again if it is still
     // held; one that did its part is not run twice while the coordinator holds the job.
-    running.retain(|job, r| {
-        !r.thread.is_finished()
-            || (r.completed.load(Ordering::Relaxed) && held.get(job) == Some(&r.attempt))
+    running.retain(|&job, r| {
+        let keep = !r.thread.is_finished()
+            || (r.completed.load(Ordering::Relaxed) && held.get(&job) == Some(&r.attempt));
+        // A job that left this worker leaves nothing behind in its store.
+        if !keep && !held.contains_key(&job) {
+            remove_job_store(group, job);
+        }
+        keep
     });
     let active = running.values().filter(|r| !r.thread.is_finished());
     metrics::gauge!("relgraph_jobs_running").set(active.count() as f64);
@@ -585,15 +632,6 @@ fn run_job(
     };
     let collective: Option<&dyn Collective> = ring.as_ref().map(|r| r as &dyn Collective);
     let outcome = train_job(job, stop, collective, group, &report);
-    // The job's partitions are not needed here any more (a new attempt writes its own).
-    if let Some(root) = &group.store {
-        let dir = job_store(root, job);
-        if dir.exists()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
-        {
-            tracing::warn!("cannot remove the job store {}: {e}", dir.display());
-        }
-    }
     match outcome {
         Ok(Some((model_path, metrics_json))) => report(JobProgress {
             state: JobState::Ready.into(),
@@ -602,7 +640,8 @@ fn run_job(
             ..JobProgress::default()
         }),
         Ok(None) => {}
-        // A peer went away or the attempt was stopped: the coordinator reassigns the job.
+        // A peer went away or the attempt was stopped: the coordinator reassigns the job,
+        // and a new attempt here keeps the partitions this one stored.
         Err(e) if stop.load(Ordering::Relaxed) || is_collective(&e) => {
             tracing::warn!(job = job.id, "attempt {} ends: {e:#}", job.attempt);
             return false;
@@ -613,7 +652,20 @@ fn run_job(
             ..JobProgress::default()
         }),
     }
+    // This worker's part is done: its partitions are not needed any more.
+    remove_job_store(group, job.id);
     true
+}
+
+/// Removes job `id`'s partitions from this worker's store, if it keeps any.
+fn remove_job_store(group: &Group, id: u64) {
+    let Some(root) = &group.store else { return };
+    let dir = job_store(root, id);
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        tracing::warn!("cannot remove the job store {}: {e}", dir.display());
+    }
 }
 
 /// Removes the `step-N` checkpoints beside `checkpoint` older than its `step`, once the

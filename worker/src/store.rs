@@ -169,6 +169,15 @@ fn chunk_key(kind: &str, table: &str, part: u32, chunk: u32) -> Vec<u8> {
     k
 }
 
+/// Marks partition `part` of `parts` as wholly ingested.
+fn held_key(parts: u32, part: u32) -> Vec<u8> {
+    let mut k = b"p/".to_vec();
+    k.extend_from_slice(&parts.to_be_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
 fn count_key(table: &str, part: u32) -> Vec<u8> {
     let mut k = format!("n/{table}/").into_bytes();
     k.extend_from_slice(&part.to_be_bytes());
@@ -269,8 +278,52 @@ impl PartitionStore {
             out.rows[t].1 += rows;
             out.bytes += bytes;
         }
+        // Each partition is marked held once every table's piece of it is written.
+        let mut marks = WriteBatch::default();
+        for &p in owned {
+            marks.put(held_key(parts, p), []);
+        }
+        self.db
+            .write_opt(marks, &plain)
+            .map_err(|e| self.rocks(e))?;
         self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
         Ok(out)
+    }
+
+    /// The partitions (of `parts`) wholly ingested here.
+    pub fn held(&self, parts: u32) -> Result<Vec<u32>, StoreError> {
+        let prefix = held_key(parts, 0);
+        let prefix = &prefix[..prefix.len() - 4];
+        let mut held = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, _) = item.map_err(|e| self.rocks(e))?;
+            let Some(part) = k.strip_prefix(prefix) else {
+                break;
+            };
+            let part = <[u8; 4]>::try_from(part).map_err(|_| self.data("partitions", "bad key"))?;
+            held.push(u32::from_be_bytes(part));
+        }
+        Ok(held)
+    }
+
+    /// Removes partitions `gone` (of `parts`) of every table in `tables`.
+    pub fn remove(&self, tables: &[&str], gone: &[u32], parts: u32) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for &p in gone {
+            batch.delete(held_key(parts, p));
+            for name in tables {
+                batch.delete_range(rows_key(name, p, 0), rows_key(name, p, u32::MAX));
+                batch.delete_range(ids_key(name, p, 0), ids_key(name, p, u32::MAX));
+                batch.delete(count_key(name, p));
+            }
+        }
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| self.rocks(e))?;
+        self.db.flush_wal(true).map_err(|e| self.rocks(e))
     }
 
     /// The stored schema (None before the first ingest).

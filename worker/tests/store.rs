@@ -175,3 +175,40 @@ fn appended_events_replay_in_order_after_reopening() {
         ]
     );
 }
+
+/// A store knows which partitions it wholly holds; removing some and ingesting others
+/// leaves exactly the rows of the partitions held (what a job's new attempt does with
+/// the partitions an earlier attempt left on a surviving worker).
+#[test]
+fn partitions_are_held_removed_and_added() {
+    let db = nycflights();
+    let parts = 4;
+    let placed = placement(&db, parts);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PartitionStore::open(dir.path()).expect("open");
+    store.ingest(&db, &[0, 2], parts).expect("ingest");
+    assert_eq!(store.held(parts).expect("held"), vec![0, 2]);
+    assert!(
+        store.held(8).expect("held").is_empty(),
+        "another partition count"
+    );
+    let names: Vec<&str> = db.tables.iter().map(|t| t.name()).collect();
+    store.remove(&names, &[2], parts).expect("remove");
+    store.ingest(&db, &[1], parts).expect("ingest");
+    drop(store);
+    let store = PartitionStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.held(parts).expect("held"), vec![0, 1]);
+    for (t, table) in db.tables.iter().enumerate() {
+        let mut ids = store
+            .rows_with_ids(table.name())
+            .expect("rows")
+            .map(|(ids, _)| ids)
+            .unwrap_or_default();
+        ids.sort_unstable();
+        let want: Vec<u32> = (0..table.num_rows() as u32)
+            .filter(|&r| placed[t][r as usize] <= 1)
+            .collect();
+        assert_eq!(ids, want, "{}", table.name());
+        assert_eq!(store.count(table.name(), 2).expect("count"), 0);
+    }
+}
