@@ -490,13 +490,12 @@ fn ingest(dir: &Path, db: &Database, rank: usize, ranks: &[u16]) -> Result<Parti
     let owned: Vec<u32> = (0..parts)
         .filter(|&p| usize::from(ranks[p as usize]) == rank)
         .collect();
-    let schema = relgraph_common::DatabaseSchema {
-        tables: db.tables.iter().map(|t| t.schema.clone()).collect(),
-    };
     let mut store = PartitionStore::open(dir)?;
     let mut held = store.held(parts)?;
-    // Nothing of this partition count held, or another schema: whatever is there goes.
-    if held.is_empty() || store.schema()?.as_ref() != Some(&schema) {
+    // A store left by an earlier attempt that holds nothing of this partition count, or
+    // another schema: whatever is there goes.
+    let stored = store.schema()?;
+    if stored.is_some() && (held.is_empty() || stored != Some(db.schema())) {
         drop(store);
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("cannot clear the job store {}", dir.display()))?;

@@ -215,9 +215,7 @@ impl PartitionStore {
     /// Writes the rows of `db` that fall in the partitions `owned` (of `parts`),
     /// replacing what those partitions held.
     pub fn ingest(&self, db: &Database, owned: &[u32], parts: u32) -> Result<Ingested, StoreError> {
-        let schema = DatabaseSchema {
-            tables: db.tables.iter().map(|t| t.schema.clone()).collect(),
-        };
+        let schema = db.schema();
         let mut out = Ingested::default();
         let plain = WriteOptions::default();
         self.db
