@@ -303,3 +303,29 @@ pub trait Backend: Send + Sync + Sized + Debug {
         rows: Option<&Index<Self>>,
     );
 }
+
+/// The allocation size for `len` values: at least 256, rounded up to one of the four
+/// steps between consecutive powers of two (at most 25% unused). Both backends' pools
+/// allocate by it, so that a buffer freed by one batch fits the next batch's slightly
+/// larger request of the same tensor; the CPU's slack is address space until written.
+pub(crate) fn size_class(len: usize) -> usize {
+    let len = len.max(256);
+    let top = usize::BITS - 1 - len.leading_zeros();
+    let quarter = 1usize << (top - 2);
+    len.div_ceil(quarter) * quarter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_fit_and_waste_at_most_a_quarter() {
+        for len in [0, 1, 255, 256, 257, 1000, 1 << 20, (1 << 20) + 1, 3 << 27] {
+            let class = size_class(len);
+            assert!(class >= len.max(256));
+            assert!(class as f64 <= len.max(256) as f64 * 1.25, "{len}: {class}");
+            assert_eq!(size_class(class), class, "classes are stable");
+        }
+    }
+}

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::backend::{Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor, product_shape};
+use crate::backend::{
+    Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor, product_shape, size_class,
+};
 use crate::real::Real;
 
 /// The CPU backend over element type `E` (`f32` to train, `f64` as the reference).
@@ -35,20 +37,22 @@ impl<E: Real> Cpu<E> {
     }
 
     /// An empty buffer with room for `len`: the smallest pooled one that fits (and is
-    /// not more than twice as large), else a new one.
+    /// not more than twice as large), else a new one with room for [`size_class`]`(len)`.
     fn reserve(&self, len: usize) -> Vec<E> {
-        if len >= POOLED {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            let best = (0..pool.len())
-                .filter(|&i| pool[i].capacity() >= len && pool[i].capacity() <= 2 * len)
-                .min_by_key(|&i| pool[i].capacity());
-            if let Some(i) = best {
-                let mut b = pool.swap_remove(i);
-                b.clear();
-                return b;
-            }
+        if len < POOLED {
+            return Vec::with_capacity(len);
         }
-        Vec::with_capacity(len)
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].capacity() >= len && pool[i].capacity() <= 2 * len)
+            .min_by_key(|&i| pool[i].capacity());
+        if let Some(i) = best {
+            let mut b = pool.swap_remove(i);
+            b.clear();
+            return b;
+        }
+        drop(pool);
+        Vec::with_capacity(size_class(len))
     }
 
     /// `items` collected into a pooled buffer.

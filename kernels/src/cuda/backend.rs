@@ -26,7 +26,9 @@ use cudarc::driver::{
 use cudarc::driver::{PushKernelArg, ValidAsZeroBits};
 
 use super::{CudaDevice, CudaError, compile_cached};
-use crate::backend::{Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor, product_shape};
+use crate::backend::{
+    Activation, AdamConfig, Backend, Index, Loss, Reduce, Tensor, product_shape, size_class,
+};
 use crate::cpu::{self, check_same};
 use crate::launch::{self, Grid, KERNELS, Param};
 
@@ -43,15 +45,6 @@ pub struct DeviceBuf<T> {
 struct Pool {
     free: HashMap<usize, Vec<CudaSlice<f32>>>,
     held: usize,
-}
-
-/// The allocation size for `len` values: at least 256, rounded up to one of the four
-/// steps between consecutive powers of two (at most 25% unused).
-fn size_class(len: usize) -> usize {
-    let len = len.max(256);
-    let top = usize::BITS - 1 - len.leading_zeros();
-    let quarter = 1usize << (top - 2);
-    len.div_ceil(quarter) * quarter
 }
 
 /// Uploads of at least this many values are staged through pinned memory.
@@ -920,21 +913,6 @@ impl Backend for Cuda {
                 let grid = launch::grid_stride((rows.len * param.cols) as u64);
                 self.launch("adam_sparse", grid, 0, &args);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::size_class;
-
-    #[test]
-    fn size_classes_fit_and_waste_at_most_a_quarter() {
-        for len in [0, 1, 255, 256, 257, 1000, 1 << 20, (1 << 20) + 1, 3 << 27] {
-            let class = size_class(len);
-            assert!(class >= len.max(256));
-            assert!(class as f64 <= len.max(256) as f64 * 1.25, "{len}: {class}");
-            assert_eq!(size_class(class), class, "classes are stable");
         }
     }
 }
