@@ -337,7 +337,8 @@ pub fn run_evaluate(args: &EvaluateArgs) -> Result<()> {
     let (model, prepared, plan) = load_model(&args.model, &db)?;
     let labels = label_all(&db, &plan, reading_of(&model.manifest))?;
     let past = model::PastValues::of(&db, &plan, &labels)?;
-    let assessment = model::assess(&model, &prepared, &plan, &labels, &past)?;
+    let metrics = model::split_metrics(&model, &prepared, &labels, None)?;
+    let assessment = model::assess(&model, &prepared, &plan, &labels, &past, metrics)?;
     let uplift = if model.manifest.treatment {
         let truth_path = args.truth.clone().or_else(|| {
             let p = args.data.join("_truth").join("uplift.csv");

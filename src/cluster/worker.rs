@@ -827,11 +827,17 @@ fn train_job(
         device: peers.device,
     };
     let trained = model::trainer::train(&mut model, &data, &train, &val, session)?;
-    let Some(past) = past.filter(|_| !stop.load(Ordering::Relaxed)) else {
-        // Stopped (this attempt no longer owns the job), or not the reporting rank.
+    if stop.load(Ordering::Relaxed) {
+        // Stopped: this attempt no longer owns the job.
+        return Ok(None);
+    }
+    // Every rank scores its entities' validation and test examples; the lead assesses.
+    let together = group.map(|group| model::Together { group, split });
+    let metrics = model::split_metrics(&model, &data, &labels, together.as_ref())?;
+    let Some(past) = past else {
         return Ok(None);
     };
-    let assessment = model::assess(&model, &data, &plan, &labels, &past)?;
+    let assessment = model::assess(&model, &data, &plan, &labels, &past, metrics)?;
     save_trained(&mut model, &assessment, &trained, &out)?;
     let metrics = report_json(&assessment, &trained);
     Ok(Some((out.display().to_string(), metrics.to_string())))

@@ -25,9 +25,9 @@ pub mod trainer;
 
 pub use checkpoint::{Manifest, load, load_train_state, read_manifest, save, save_train_state};
 pub use config::TrainConfig;
-pub use fit::{Assessment, PastValues, Setup, assess, fit, predict, setup};
+pub use fit::{Assessment, PastValues, Setup, assess, fit, predict, setup, split_metrics};
 pub use task::{Output, TargetCode};
 pub use trainer::{
     GraphSplit, Inputs, Model, ModelError, Prepared, Progress, RankParts, Session, SplitData,
-    TrainReport, TrainState,
+    Together, TrainReport, TrainState,
 };

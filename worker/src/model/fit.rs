@@ -16,7 +16,7 @@ use super::features::{EncoderOptions, TableCode};
 use super::metrics::{self, Metrics};
 use super::task::{self, Output, TargetCode, Targets};
 use super::trainer::{
-    self, Examples, GraphSplit, Model, ModelError, Prepared, Session, TrainReport,
+    self, Examples, GraphSplit, Model, ModelError, Prepared, Session, Together, TrainReport,
 };
 use crate::label::{self, Labels, LocalFacts, key_text, value_at};
 
@@ -133,9 +133,32 @@ pub fn fit(
         val,
     } = setup(db, query, plan, labels, config, session.split)?;
     let past = PastValues::of(db, plan, labels)?;
+    let (group, split) = (session.group, session.split);
     let report = trainer::train(&mut model, &data, &train, &val, session)?;
-    let assessment = assess(&model, &data, plan, labels, &past)?;
+    let together = group.map(|group| Together { group, split });
+    let metrics = split_metrics(&model, &data, labels, together.as_ref())?;
+    let assessment = assess(&model, &data, plan, labels, &past, metrics)?;
     Ok((model, data, assessment, report))
+}
+
+/// The model's metrics on the validation and test examples of `labels`, for
+/// [`assess`]. With `together`, every worker of the group calls this and they score the
+/// examples together ([`Model::evaluate_together`]).
+pub fn split_metrics(
+    model: &Model,
+    data: &Prepared,
+    labels: &Labels,
+    together: Option<&Together<'_>>,
+) -> Result<[Metrics; 2], ModelError> {
+    let targets = model.manifest.target.targets(&labels.labels)?;
+    let metrics = |split: Split| {
+        let (examples, _) = split_examples(labels, &targets, split);
+        match together {
+            Some(t) => model.evaluate_together(data, &examples, t),
+            None => model.evaluate(data, &examples),
+        }
+    };
+    Ok([metrics(Split::Val)?, metrics(Split::Test)?])
 }
 
 /// What assessing a model reads of the raw rows: each validation and test example's
@@ -255,15 +278,18 @@ pub fn setup(
     })
 }
 
-/// The model's and the baselines' metrics on the validation and test examples of
-/// `labels`; the baseline shown is the one best on validation.
+/// The model's metrics (`metrics`, of [`split_metrics`]: validation, test) beside the
+/// baselines' on the validation and test examples of `labels`; the baseline shown is
+/// the one best on validation.
 pub fn assess(
     model: &Model,
     data: &Prepared,
     plan: &TaskPlan,
     labels: &Labels,
     past: &PastValues,
+    metrics: [Metrics; 2],
 ) -> Result<Assessment, ModelError> {
+    let [val_metrics, test_metrics] = metrics;
     let code = &model.manifest.target;
     let targets = code.targets(&labels.labels)?;
     let (train, _) = split_examples(labels, &targets, Split::Train);
@@ -284,7 +310,6 @@ pub fn assess(
     let mut candidates: Vec<(String, Metrics, Metrics)> = Vec::new();
     for split in [Split::Val, Split::Test] {
         let (examples, idx) = split_examples(labels, &targets, split);
-        let metrics = model.evaluate(data, &examples)?;
         let past = match split {
             Split::Val => &past.val,
             _ => &past.test,
@@ -315,12 +340,12 @@ pub fn assess(
         }
         match split {
             Split::Val => {
-                out.metrics.val = metrics;
+                out.metrics.val = val_metrics.clone();
                 out.examples.val = idx.len();
                 out.importance = importance(model, data, &examples)?;
             }
             _ => {
-                out.metrics.test = metrics;
+                out.metrics.test = test_metrics.clone();
                 out.examples.test = idx.len();
             }
         }

@@ -180,6 +180,19 @@ pub struct Examples {
     pub treated: Vec<bool>,
 }
 
+/// Integers below this are exact in f32.
+const EXACT_F32: usize = 1 << 24;
+
+/// What scoring examples gives before decoding: the network's outputs (`width` per
+/// example; a treatment model's with the treatment on in `treated_raw` when it scored
+/// both), or a ranking model's top items and their scores.
+struct Scores {
+    raw: Vec<f32>,
+    treated_raw: Vec<f32>,
+    ranked: Vec<Ranked>,
+    scores: Vec<Vec<f64>>,
+}
+
 /// A trained (or loaded) model, its parameters in backend `B`'s memory.
 #[derive(Debug)]
 pub struct Model<B: Compute = Backend> {
@@ -544,7 +557,9 @@ impl<B: Compute> Model<B> {
         relevant: Option<&[Vec<u32>]>,
         fanouts: Option<&[u32]>,
     ) -> Result<Output, ModelError> {
-        self.run(data, rows, anchors, relevant, fanouts, None)
+        let batch = self.manifest.config.batch_size;
+        let scored = self.score(data, rows, anchors, relevant, fanouts, None, batch)?;
+        Ok(self.decode(scored, rows.len(), self.net.has_treatment()))
     }
 
     /// The encoder cache for a request of `entities`, if the model has one and the
@@ -553,9 +568,30 @@ impl<B: Compute> Model<B> {
         self.encoded.as_ref().filter(|_| entities <= CACHED_REQUEST)
     }
 
-    /// [`Model::infer_on`]; with `observed`, a treatment model scores each example with
-    /// the treatment it had (for its metrics).
-    fn run(
+    /// The output of `n` scored examples (`both`: scored treated and not).
+    fn decode(&self, scored: Scores, n: usize, both: bool) -> Output {
+        let code = &self.manifest.target;
+        match code {
+            TargetCode::Ranking { .. } => Output::Ranked(scored.ranked, scored.scores),
+            _ if both => {
+                let numbers = |raw: &[f32]| match code.decode(raw, n) {
+                    Output::Probs(v) | Output::Values(v) => v,
+                    _ => Vec::new(),
+                };
+                Output::Uplift {
+                    with: numbers(&scored.treated_raw),
+                    without: numbers(&scored.raw),
+                }
+            }
+            _ => code.decode(&scored.raw, n),
+        }
+    }
+
+    /// The examples scored in batches of at most `batch`, before decoding; with
+    /// `observed`, a treatment model scores each example with the treatment it had (for
+    /// its metrics), else both with and without it.
+    #[allow(clippy::too_many_arguments)]
+    fn score(
         &self,
         data: Inputs<'_>,
         rows: &[u32],
@@ -563,7 +599,8 @@ impl<B: Compute> Model<B> {
         relevant: Option<&[Vec<u32>]>,
         fanouts: Option<&[u32]>,
         observed: Option<&[bool]>,
-    ) -> Result<Output, ModelError> {
+        batch: usize,
+    ) -> Result<Scores, ModelError> {
         let code = &self.manifest.target;
         let both = self.net.has_treatment() && observed.is_none();
         let mut treated_raw: Vec<f32> = Vec::new();
@@ -571,9 +608,9 @@ impl<B: Compute> Model<B> {
         let size = match code {
             // Keep a batch's score matrix near 16 M entries.
             TargetCode::Ranking { .. } => (1 << 24) / items.max(1),
-            _ => self.manifest.config.batch_size,
+            _ => batch,
         }
-        .clamp(1, self.manifest.config.batch_size);
+        .clamp(1, batch.max(1));
         let chunks: Vec<(usize, usize)> = (0..rows.len())
             .step_by(size)
             .map(|lo| (lo, (lo + size).min(rows.len())))
@@ -629,19 +666,11 @@ impl<B: Compute> Model<B> {
                 Ok(true)
             },
         )?;
-        Ok(match code {
-            TargetCode::Ranking { .. } => Output::Ranked(ranked, scores),
-            _ if both => {
-                let numbers = |raw: &[f32]| match code.decode(raw, rows.len()) {
-                    Output::Probs(v) | Output::Values(v) => v,
-                    _ => Vec::new(),
-                };
-                Output::Uplift {
-                    with: numbers(&treated_raw),
-                    without: numbers(&raw),
-                }
-            }
-            _ => code.decode(&raw, rows.len()),
+        Ok(Scores {
+            raw,
+            treated_raw,
+            ranked,
+            scores,
         })
     }
 
@@ -717,15 +746,106 @@ impl<B: Compute> Model<B> {
             .net
             .has_treatment()
             .then_some(examples.treated.as_slice());
-        let output = self.run(
+        let batch = self.manifest.config.batch_size;
+        let rows = &examples.rows;
+        let scored = self.score(
             data.inputs(),
-            &examples.rows,
+            rows,
             &examples.anchors,
             relevant,
             None,
             observed,
+            batch,
         )?;
+        let output = self.decode(scored, rows.len(), false);
         Ok(evaluate(&self.manifest.target, &output, &examples.targets))
+    }
+
+    /// [`Model::evaluate`] by the workers of a group together, each calling it with the
+    /// same examples: each scores the examples of the entities it holds, in batches
+    /// of its share of a training batch (so scoring holds about what a training step
+    /// holds), and the outputs are summed across the workers as numbers (each example's
+    /// on one worker, zeros on the others), so every worker gets exactly the metrics of
+    /// one worker scoring them all. A ranking model's lists travel as their item ids and
+    /// the rank of the first relevant item, exact in f32 below 2^24 items; with more
+    /// items, rank 0 scores them alone and the other workers get no metrics.
+    pub fn evaluate_together(
+        &self,
+        data: &Prepared,
+        examples: &Examples,
+        together: &Together<'_>,
+    ) -> Result<Metrics, ModelError> {
+        let group = together.group;
+        let (rank, size) = (group.rank(), group.size());
+        let code = &self.manifest.target;
+        let ranking = matches!(code, TargetCode::Ranking { .. });
+        // Per example: the raw outputs, or a list's length, first relevant rank (0:
+        // none) and items.
+        let width = if ranking {
+            code.k() + 2
+        } else {
+            code.outputs()
+        };
+        if size <= 1 || (ranking && self.item_rows.len() >= EXACT_F32) {
+            return if rank == 0 {
+                self.evaluate(data, examples)
+            } else {
+                Ok(Metrics::new())
+            };
+        }
+        let owner = |row: u32| example_owner(together.split, self.net.entity_table, row, size);
+        let mine: Vec<usize> = (0..examples.rows.len())
+            .filter(|&i| owner(examples.rows[i]) == rank)
+            .collect();
+        let rows: Vec<u32> = mine.iter().map(|&i| examples.rows[i]).collect();
+        let anchors: Vec<i64> = mine.iter().map(|&i| examples.anchors[i]).collect();
+        let relevant: Option<Vec<Vec<u32>>> = match &examples.targets {
+            Targets::Items(t) => Some(mine.iter().map(|&i| t[i].clone()).collect()),
+            _ => None,
+        };
+        let observed: Option<Vec<bool>> = self
+            .net
+            .has_treatment()
+            .then(|| mine.iter().map(|&i| examples.treated[i]).collect());
+        let batch = self.manifest.config.batch_size.div_ceil(size);
+        let scored = self.score(
+            data.inputs(),
+            &rows,
+            &anchors,
+            relevant.as_deref(),
+            None,
+            observed.as_deref(),
+            batch,
+        )?;
+        let mut sums = vec![0f32; examples.rows.len() * width];
+        for (k, &i) in mine.iter().enumerate() {
+            let out = &mut sums[i * width..(i + 1) * width];
+            if ranking {
+                let list = &scored.ranked[k];
+                out[0] = list.top.len() as f32;
+                out[1] = list.first_relevant.map_or(0.0, |r| r as f32);
+                for (o, &item) in out[2..].iter_mut().zip(&list.top) {
+                    *o = item as f32;
+                }
+            } else {
+                out.copy_from_slice(&scored.raw[k * width..(k + 1) * width]);
+            }
+        }
+        group.all_reduce(&mut sums)?;
+        let n = examples.rows.len();
+        let output = if ranking {
+            let lists = sums
+                .chunks(width)
+                .map(|e| Ranked {
+                    top: e[2..2 + e[0] as usize].iter().map(|&v| v as u32).collect(),
+                    first_relevant: (e[1] > 0.0).then_some(e[1] as usize),
+                })
+                .collect();
+            Output::Ranked(lists, vec![Vec::new(); n])
+        } else {
+            code.decode(&sums, n)
+        };
+        Ok(evaluate(code, &output, &examples.targets))
     }
 
     fn snapshot(&self) -> Vec<Vec<f32>> {
@@ -868,6 +988,38 @@ impl std::fmt::Debug for Session<'_> {
     }
 }
 
+/// How the workers of a data-parallel job score examples together: their group, and
+/// their split of the graph (whose owners score their entities' examples).
+#[derive(Clone, Copy)]
+pub struct Together<'a> {
+    pub group: &'a dyn Collective,
+    pub split: Option<&'a dyn GraphSplit>,
+}
+
+impl std::fmt::Debug for Together<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Together")
+            .field("rank", &self.group.rank())
+            .field("size", &self.group.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rank of a group of `size` that trains on, and scores, the examples of entity row
+/// `row` (of table `entity_table`): the worker holding the row in a split graph, so
+/// that its first hops are sampled where they live.
+pub fn example_owner(
+    split: Option<&dyn GraphSplit>,
+    entity_table: usize,
+    row: u32,
+    size: usize,
+) -> usize {
+    split.map_or_else(
+        || parallel::owner(row, size),
+        |s| s.owner(entity_table, row),
+    )
+}
+
 /// Trains `model` on `train`, validating on `val` after each epoch; keeps the parameters
 /// of the best validation epoch. The steps run on the session's device: on a GPU the
 /// parameters go there for training and come back after.
@@ -979,6 +1131,9 @@ fn train_on<B: Compute>(
     }
     let mut seeds_seen = 0usize;
     let mut stepping = 0.0;
+    let entity_table = model.net.entity_table;
+    let owner = |row: u32| example_owner(split, entity_table, row, size);
+    let together = group.map(|group| Together { group, split });
     for epoch in first_epoch..=config.epochs {
         let epoch_started = Instant::now();
         let mut order = usable.clone();
@@ -997,14 +1152,7 @@ fn train_on<B: Compute>(
             .map(|b| {
                 b.iter()
                     .copied()
-                    .filter(|&i| {
-                        let row = train.rows[i];
-                        size == 1
-                            || split.map_or_else(
-                                || parallel::owner(row, size),
-                                |s| s.owner(model.net.entity_table, row),
-                            ) == rank
-                    })
+                    .filter(|&i| size == 1 || owner(train.rows[i]) == rank)
                     .collect()
             })
             .collect();
@@ -1095,11 +1243,11 @@ fn train_on<B: Compute>(
             report.interrupted = true;
             break;
         }
-        // In a group, rank 0 validates and every worker decides on its figure.
-        let metrics = if rank == 0 {
-            model.evaluate(data, val)?
-        } else {
-            Metrics::new()
+        // In a group, the workers validate together and every worker decides on rank
+        // 0's figure (the same as its own, unless only rank 0 could score them).
+        let metrics = match &together {
+            Some(t) => model.evaluate_together(data, val, t)?,
+            None => model.evaluate(data, val)?,
         };
         let (name, larger) = match &model.manifest.target {
             TargetCode::Binary => ("auroc".to_string(), true),
