@@ -56,7 +56,7 @@ where
     A: ArrayAccessor + Sync,
     A::Item: std::hash::Hash + Eq + Send + Sync,
 {
-    let index: std::collections::HashMap<A::Item, u32> = (0..keys.len())
+    let index: rustc_hash::FxHashMap<A::Item, u32> = (0..keys.len())
         .filter(|&i| keys.is_valid(i))
         .map(|i| (keys.value(i), i as u32))
         .collect();
@@ -426,6 +426,8 @@ fn inferred_links(
             continue;
         };
         let mut best: Option<((u32, u64), usize, u64)> = None;
+        // The column's distinct values, counted once for all the tables it may link to.
+        let mut counts = None;
         for (b, keys) in key_sets.iter().enumerate() {
             let (Some(keys), Some(pk)) = (keys, typed[b].primary_key) else {
                 continue;
@@ -444,7 +446,9 @@ fn inferred_links(
             {
                 continue;
             }
-            let m = values.containment(keys);
+            let m = counts
+                .get_or_insert_with(|| values.counts())
+                .containment(keys);
             let accepted = match score {
                 0 => m.row_share() >= 0.9 && m.distinct_share() >= 0.8,
                 1 => m.distinct_share() >= 0.8,

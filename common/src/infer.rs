@@ -2,12 +2,13 @@
 //!
 //! Every guess here can be seen with `relgraph inspect` and overridden in `schema.toml`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampSecondArray,
 };
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::schema::{DType, SType};
 use crate::time::parse_timestamp;
@@ -142,8 +143,8 @@ pub fn dtype_of(array: &dyn Array) -> Option<DType> {
 /// The distinct non-null values of a key-typed column, for uniqueness and containment.
 #[derive(Debug)]
 pub enum KeySet<'a> {
-    Int(HashSet<i64>),
-    Str(HashSet<&'a str>),
+    Int(FxHashSet<i64>),
+    Str(FxHashSet<&'a str>),
 }
 
 /// The values of a key-typed column (int64 or string).
@@ -162,18 +163,26 @@ impl<'a> KeyValues<'a> {
     }
 
     pub fn set(&self) -> KeySet<'a> {
+        fn collect<T: std::hash::Hash + Eq>(
+            values: impl Iterator<Item = Option<T>>,
+            len: usize,
+        ) -> FxHashSet<T> {
+            let mut set = FxHashSet::with_capacity_and_hasher(len, Default::default());
+            set.extend(values.flatten());
+            set
+        }
         match *self {
-            KeyValues::Int(a) => KeySet::Int(a.iter().flatten().collect()),
-            KeyValues::Str(a) => KeySet::Str(a.iter().flatten().collect()),
+            KeyValues::Int(a) => KeySet::Int(collect(a.iter(), a.len() - a.null_count())),
+            KeyValues::Str(a) => KeySet::Str(collect(a.iter(), a.len() - a.null_count())),
         }
     }
 
     /// The first row whose value repeats an earlier one: (earlier row, row, value).
     pub fn first_duplicate(&self) -> Option<(usize, usize, String)> {
         fn scan<T: std::hash::Hash + Eq + ToString>(
-            values: impl Iterator<Item = Option<T>>,
+            values: impl ExactSizeIterator<Item = Option<T>>,
         ) -> Option<(usize, usize, String)> {
-            let mut seen = std::collections::HashMap::new();
+            let mut seen = FxHashMap::with_capacity_and_hasher(values.len(), Default::default());
             for (row, v) in values.enumerate() {
                 let Some(v) = v else { continue };
                 if let Some(&first) = seen.get(&v) {
@@ -191,18 +200,56 @@ impl<'a> KeyValues<'a> {
 
     /// Rows with a value, rows whose value is in `keys`, and the same over distinct values.
     pub fn containment(&self, keys: &KeySet<'_>) -> Containment {
+        self.counts().containment(keys)
+    }
+
+    /// Each distinct non-null value with its number of rows: counted once per column,
+    /// then checked against any number of key sets.
+    pub fn counts(&self) -> KeyCounts<'a> {
+        fn count<T: std::hash::Hash + Eq>(
+            values: impl Iterator<Item = Option<T>>,
+        ) -> FxHashMap<T, u64> {
+            let mut counts = FxHashMap::default();
+            for v in values.flatten() {
+                *counts.entry(v).or_insert(0) += 1;
+            }
+            counts
+        }
+        match *self {
+            KeyValues::Int(a) => KeyCounts::Int(count(a.iter())),
+            KeyValues::Str(a) => KeyCounts::Str(count(a.iter())),
+        }
+    }
+}
+
+/// The distinct non-null values of a key-typed column and how many rows hold each.
+#[derive(Debug)]
+pub enum KeyCounts<'a> {
+    Int(FxHashMap<i64, u64>),
+    Str(FxHashMap<&'a str, u64>),
+}
+
+impl KeyCounts<'_> {
+    /// Rows with a value, rows whose value is in `keys`, and the same over distinct values.
+    pub fn containment(&self, keys: &KeySet<'_>) -> Containment {
         let mut c = Containment::default();
+        let mut add = |found: bool, rows: u64| {
+            c.rows += rows;
+            c.distinct += 1;
+            if found {
+                c.rows_found += rows;
+                c.distinct_found += 1;
+            }
+        };
         match (self, keys) {
-            (KeyValues::Int(a), KeySet::Int(k)) => {
-                let mut distinct = HashSet::new();
-                for v in a.iter().flatten() {
-                    c.count(k.contains(&v), distinct.insert(v));
+            (KeyCounts::Int(counts), KeySet::Int(k)) => {
+                for (v, &n) in counts {
+                    add(k.contains(v), n);
                 }
             }
-            (KeyValues::Str(a), KeySet::Str(k)) => {
-                let mut distinct = HashSet::new();
-                for v in a.iter().flatten() {
-                    c.count(k.contains(v), distinct.insert(v));
+            (KeyCounts::Str(counts), KeySet::Str(k)) => {
+                for (v, &n) in counts {
+                    add(k.contains(v), n);
                 }
             }
             _ => {}
@@ -233,15 +280,6 @@ pub struct Containment {
 }
 
 impl Containment {
-    fn count(&mut self, found: bool, new: bool) {
-        self.rows += 1;
-        self.rows_found += u64::from(found);
-        if new {
-            self.distinct += 1;
-            self.distinct_found += u64::from(found);
-        }
-    }
-
     pub fn dangling(&self) -> u64 {
         self.rows - self.rows_found
     }
@@ -355,8 +393,8 @@ pub struct TextProfile {
 
 impl TextProfile {
     pub fn of(values: &StringArray) -> Self {
-        let mut distinct = HashSet::new();
-        let mut items = HashSet::new();
+        let mut distinct = FxHashSet::default();
+        let mut items = FxHashSet::default();
         let (mut n, mut words, mut listed, mut max_item_words) = (0usize, 0usize, 0usize, 0usize);
         for text in values.iter().flatten() {
             n += 1;
@@ -429,6 +467,29 @@ mod tests {
 
     fn text(values: &[Option<&str>]) -> StringArray {
         values.iter().copied().collect()
+    }
+
+    #[test]
+    fn containment_counts_rows_and_distinct_values_found() {
+        let keys = Int64Array::from(vec![1, 2, 3]);
+        let keys = KeyValues::Int(&keys).set();
+        let refs = Int64Array::from(vec![Some(1), Some(1), None, Some(4), Some(2), Some(4)]);
+        let expected = Containment {
+            rows: 5,
+            rows_found: 3,
+            distinct: 3,
+            distinct_found: 2,
+        };
+        assert_eq!(KeyValues::Int(&refs).containment(&keys), expected);
+        let keys = text(&[Some("a"), Some("b")]);
+        let keys = KeyValues::Str(&keys).set();
+        let refs = text(&[Some("a"), Some("c"), Some("c"), None]);
+        let m = KeyValues::Str(&refs).containment(&keys);
+        assert_eq!(
+            (m.rows, m.rows_found, m.distinct, m.distinct_found),
+            (3, 1, 2, 1)
+        );
+        assert_eq!(m.dangling(), 2);
     }
 
     #[test]
