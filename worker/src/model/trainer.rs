@@ -738,27 +738,42 @@ impl<B: Compute> Model<B> {
 
     /// The task's metrics on `examples`.
     pub fn evaluate(&self, data: &Prepared, examples: &Examples) -> Result<Metrics, ModelError> {
-        let relevant = match &examples.targets {
-            Targets::Items(t) => Some(t.as_slice()),
+        let all: Vec<usize> = (0..examples.rows.len()).collect();
+        let batch = self.manifest.config.batch_size;
+        let scored = self.score_examples(data, examples, &all, batch)?;
+        let output = self.decode(scored, all.len(), false);
+        Ok(evaluate(&self.manifest.target, &output, &examples.targets))
+    }
+
+    /// Examples `picks` of `examples` scored for their metrics, in batches of at most
+    /// `batch`: a ranking model's with their relevant items, a treatment model's with the
+    /// treatment each had.
+    fn score_examples(
+        &self,
+        data: &Prepared,
+        examples: &Examples,
+        picks: &[usize],
+        batch: usize,
+    ) -> Result<Scores, ModelError> {
+        let rows: Vec<u32> = picks.iter().map(|&i| examples.rows[i]).collect();
+        let anchors: Vec<i64> = picks.iter().map(|&i| examples.anchors[i]).collect();
+        let relevant: Option<Vec<Vec<u32>>> = match &examples.targets {
+            Targets::Items(t) => Some(picks.iter().map(|&i| t[i].clone()).collect()),
             _ => None,
         };
-        let observed = self
+        let observed: Option<Vec<bool>> = self
             .net
             .has_treatment()
-            .then_some(examples.treated.as_slice());
-        let batch = self.manifest.config.batch_size;
-        let rows = &examples.rows;
-        let scored = self.score(
+            .then(|| picks.iter().map(|&i| examples.treated[i]).collect());
+        self.score(
             data.inputs(),
-            rows,
-            &examples.anchors,
-            relevant,
+            &rows,
+            &anchors,
+            relevant.as_deref(),
             None,
-            observed,
+            observed.as_deref(),
             batch,
-        )?;
-        let output = self.decode(scored, rows.len(), false);
-        Ok(evaluate(&self.manifest.target, &output, &examples.targets))
+        )
     }
 
     /// [`Model::evaluate`] by the workers of a group together, each calling it with the
@@ -797,26 +812,8 @@ impl<B: Compute> Model<B> {
         let mine: Vec<usize> = (0..examples.rows.len())
             .filter(|&i| owner(examples.rows[i]) == rank)
             .collect();
-        let rows: Vec<u32> = mine.iter().map(|&i| examples.rows[i]).collect();
-        let anchors: Vec<i64> = mine.iter().map(|&i| examples.anchors[i]).collect();
-        let relevant: Option<Vec<Vec<u32>>> = match &examples.targets {
-            Targets::Items(t) => Some(mine.iter().map(|&i| t[i].clone()).collect()),
-            _ => None,
-        };
-        let observed: Option<Vec<bool>> = self
-            .net
-            .has_treatment()
-            .then(|| mine.iter().map(|&i| examples.treated[i]).collect());
         let batch = self.manifest.config.batch_size.div_ceil(size);
-        let scored = self.score(
-            data.inputs(),
-            &rows,
-            &anchors,
-            relevant.as_deref(),
-            None,
-            observed.as_deref(),
-            batch,
-        )?;
+        let scored = self.score_examples(data, examples, &mine, batch)?;
         let mut sums = vec![0f32; examples.rows.len() * width];
         for (k, &i) in mine.iter().enumerate() {
             let out = &mut sums[i * width..(i + 1) * width];
