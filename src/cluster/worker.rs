@@ -712,7 +712,8 @@ fn train_job(
         step,
         ..JobProgress::default()
     };
-    report(stage(JobState::Ingest, 0, 0));
+    // Until training reports, a new attempt shows where the job was.
+    report(stage(JobState::Ingest, job.epoch, job.step));
     let data = DataArgs {
         data: Some(PathBuf::from(&job.data_dir)),
         schema: (!job.schema.is_empty()).then(|| PathBuf::from(&job.schema)),
@@ -744,7 +745,7 @@ fn train_job(
         .collect();
     report(JobProgress {
         tables,
-        ..stage(JobState::Label, 0, 0)
+        ..stage(JobState::Label, job.epoch, job.step)
     });
     let config = TrainConfig::from_toml(&job.config_toml).context("the job's training config")?;
     let labels = match &split {
@@ -771,11 +772,11 @@ fn train_job(
     };
     let start = resume
         .as_ref()
-        .map_or((0, 0), |r| (r.epoch as u32, r.steps));
+        .map_or((0, 0), |r| (r.progress_epoch() as u32, r.steps));
     if resume.is_some() {
         println!(
-            "job {} attempt {}: resuming from {} (epoch {})",
-            job.id, job.attempt, job.checkpoint, start.0
+            "job {} attempt {}: resuming from {} (epoch {}, step {})",
+            job.id, job.attempt, job.checkpoint, start.0, start.1
         );
     }
     report(stage(JobState::Train, start.0, start.1));
@@ -784,11 +785,7 @@ fn train_job(
         metrics::gauge!("relgraph_training_seeds_per_second").set(p.seeds_per_second);
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
-            report(stage(
-                JobState::Train,
-                p.epoch as u32,
-                start.1 + p.step as u64,
-            ));
+            report(stage(JobState::Train, p.epoch as u32, p.total));
         }
     };
     let mut on_epoch = |s: &TrainState| {
@@ -800,7 +797,7 @@ fn train_job(
         report(JobProgress {
             checkpoint: dir.display().to_string(),
             checkpoint_step: s.steps,
-            ..stage(JobState::Train, s.epoch as u32, s.steps)
+            ..stage(JobState::Train, s.progress_epoch() as u32, s.steps)
         });
         Ok(())
     };

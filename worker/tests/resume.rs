@@ -1,5 +1,6 @@
 //! Checkpoints within an epoch (`checkpoint_every`): training resumed from one, saved to
-//! disk and read back, ends with exactly the parameters of a run that never stopped.
+//! disk and read back, ends with exactly the parameters of a run that never stopped, and
+//! reports its progress (epoch, steps taken) as that run did from the same point.
 
 mod common;
 
@@ -29,7 +30,11 @@ fn a_run_resumed_within_an_epoch_ends_where_an_uninterrupted_one_does() {
     let stop = AtomicBool::new(false);
     let checkpoints = dir.path().join("checkpoints");
     let mut saved: Vec<(u64, usize, usize)> = Vec::new();
-    let params = |resume: Option<TrainState>, saved: &mut Vec<(u64, usize, usize)>| {
+    // (epoch, steps taken) after every step.
+    let mut reported: Vec<(usize, u64)> = Vec::new();
+    let params = |resume: Option<TrainState>,
+                  saved: &mut Vec<(u64, usize, usize)>,
+                  reported: &mut Vec<(usize, u64)>| {
         let mut on_epoch = |s: &TrainState| {
             save_train_state(s, &checkpoints.join(format!("step-{}", s.steps)))?;
             saved.push((s.steps, s.epoch, s.epoch_steps));
@@ -37,7 +42,7 @@ fn a_run_resumed_within_an_epoch_ends_where_an_uninterrupted_one_does() {
         };
         let session = Session {
             stop: &stop,
-            progress: &mut |_| {},
+            progress: &mut |p| reported.push((p.epoch, p.total)),
             resume,
             on_epoch: &mut on_epoch,
             group: None,
@@ -58,7 +63,9 @@ fn a_run_resumed_within_an_epoch_ends_where_an_uninterrupted_one_does() {
         .num_threads(1)
         .build()
         .expect("pool");
-    let whole = one.install(|| params(None, &mut saved));
+    let whole = one.install(|| params(None, &mut saved, &mut reported));
+    let steps: Vec<u64> = (1..=18).collect();
+    assert_eq!(reported.iter().map(|r| r.1).collect::<Vec<_>>(), steps);
     // Every 4 steps (6 a epoch): within epochs at steps 4, 8 and 16; after each epoch.
     assert_eq!(
         saved,
@@ -73,10 +80,14 @@ fn a_run_resumed_within_an_epoch_ends_where_an_uninterrupted_one_does() {
     );
     for step in [8, 16] {
         let state = load_train_state(&checkpoints.join(format!("step-{step}"))).expect("load");
-        let resumed = one.install(|| params(Some(state), &mut Vec::new()));
+        let at = reported[step as usize - 1];
+        assert_eq!((state.progress_epoch(), state.steps), at);
+        let mut again = Vec::new();
+        let resumed = one.install(|| params(Some(state), &mut Vec::new(), &mut again));
         assert!(
             resumed == whole,
             "resumed from step {step}: other parameters"
         );
+        assert_eq!(again, reported[step as usize..]);
     }
 }

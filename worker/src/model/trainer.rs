@@ -224,10 +224,14 @@ pub struct RankParts {
 /// Where training is, for a progress bar.
 #[derive(Clone, Debug)]
 pub struct Progress {
+    /// The epoch under way (from 1) of `epochs`, and its `step` (from 1) of `steps`.
     pub epoch: usize,
     pub epochs: usize,
     pub step: usize,
     pub steps: usize,
+    /// Steps taken since training began, those of a resumed run's checkpoint included:
+    /// the number a checkpoint taken now would hold.
+    pub total: u64,
     pub loss: f64,
     pub seeds_per_second: f64,
 }
@@ -277,6 +281,14 @@ pub struct TrainState {
     pub best: Vec<Vec<f32>>,
     #[serde(skip)]
     pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl TrainState {
+    /// The epoch this state was taken in, numbered as [`Progress::epoch`]: the one under
+    /// way for a checkpoint within an epoch, the one just finished at an epoch's end.
+    pub fn progress_epoch(&self) -> usize {
+        self.epoch + usize::from(self.epoch_steps > 0)
+    }
 }
 
 /// Called after every epoch, and every `checkpoint_every` steps within one, with the
@@ -1226,6 +1238,7 @@ fn train_on<B: Compute>(
                         epochs: config.epochs,
                         step: done,
                         steps,
+                        total: report.steps,
                         loss: loss_sum / done as f64,
                         seeds_per_second: seeds_seen as f64
                             / (stepping + clock.elapsed().as_secs_f64()).max(1e-9),
