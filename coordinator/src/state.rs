@@ -170,8 +170,12 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
                 });
             }
             job.set_state(p.state());
-            job.epoch = p.epoch;
-            job.step = p.step;
+            // Only training moves them: a new attempt's ingest and the final report keep
+            // the last epoch and step shown (a resumed attempt reports its checkpoint's).
+            if p.state() == JobState::Train {
+                job.epoch = p.epoch;
+                job.step = p.step;
+            }
             if !p.checkpoint.is_empty() {
                 job.checkpoint = p.checkpoint.clone();
                 job.checkpoint_step = p.checkpoint_step;
@@ -345,6 +349,21 @@ mod tests {
         .expect("applies");
         let job = &s.jobs[&1];
         assert_eq!((job.worker, job.attempt, job.checkpoint_step), (2, 2, 10));
+        // Stages before training and the final report leave the step shown as it was.
+        let stage = |state: JobState| {
+            cmd(Op::JobProgress(JobProgress {
+                job: 1,
+                worker: 2,
+                attempt: 2,
+                state: state.into(),
+                ..JobProgress::default()
+            }))
+        };
+        apply(&mut s, &stage(JobState::Ingest)).expect("applies");
+        assert_eq!(
+            (s.jobs[&1].state(), s.jobs[&1].step),
+            (JobState::Ingest, 10)
+        );
         let before = s.clone();
         assert!(matches!(
             apply(&mut s, &report(1, 1, 20)),
@@ -353,5 +372,7 @@ mod tests {
         assert_eq!(s, before);
         apply(&mut s, &report(2, 2, 20)).expect("applies");
         assert_eq!(s.jobs[&1].checkpoint, "ck20");
+        apply(&mut s, &stage(JobState::Ready)).expect("applies");
+        assert_eq!((s.jobs[&1].state(), s.jobs[&1].step), (JobState::Ready, 20));
     }
 }

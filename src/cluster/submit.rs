@@ -22,7 +22,8 @@ pub struct SubmitArgs {
     pub coordinator: Vec<String>,
     #[arg(long, env = "RELGRAPH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Workers to train on, data-parallel (default: every live worker).
+    /// At most this many workers train it, data-parallel (default: every live worker);
+    /// fewer when fewer are live, as after one is lost.
     #[arg(long, default_value_t = 0)]
     pub workers: u32,
 }

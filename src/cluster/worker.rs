@@ -712,8 +712,7 @@ fn train_job(
         step,
         ..JobProgress::default()
     };
-    // Until training reports, a new attempt shows where the job was.
-    report(stage(JobState::Ingest, job.epoch, job.step));
+    report(stage(JobState::Ingest, 0, 0));
     let data = DataArgs {
         data: Some(PathBuf::from(&job.data_dir)),
         schema: (!job.schema.is_empty()).then(|| PathBuf::from(&job.schema)),
@@ -745,7 +744,7 @@ fn train_job(
         .collect();
     report(JobProgress {
         tables,
-        ..stage(JobState::Label, job.epoch, job.step)
+        ..stage(JobState::Label, 0, 0)
     });
     let config = TrainConfig::from_toml(&job.config_toml).context("the job's training config")?;
     let labels = match &split {

@@ -117,8 +117,10 @@ impl Default for TrainConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Not a `source`: the message already holds the parser's, which a chain of causes
+    /// would print twice.
     #[error("config: {0}")]
-    Toml(#[from] toml::de::Error),
+    Toml(toml::de::Error),
     #[error("config: {field}: {problem}")]
     Invalid {
         field: &'static str,
@@ -128,7 +130,7 @@ pub enum ConfigError {
 
 impl TrainConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: TrainConfig = toml::from_str(text)?;
+        let config: TrainConfig = toml::from_str(text).map_err(ConfigError::Toml)?;
         config.check()?;
         Ok(config)
     }
@@ -195,6 +197,10 @@ mod tests {
         assert_eq!(c.channels, 128);
         let e = TrainConfig::from_toml("epoch = 3").expect_err("unknown key");
         assert!(e.to_string().contains("unknown field `epoch`"), "{e}");
+        // Said once: a chain of causes adds nothing the message lacks.
+        let e = TrainConfig::from_toml("epochs = \"x\"").expect_err("a string");
+        assert!(e.to_string().contains("line 1, column 10"), "{e}");
+        assert!(std::error::Error::source(&e).is_none(), "{e}");
         let e = TrainConfig::from_toml("layers = 3").expect_err("fanouts per layer");
         assert!(e.to_string().contains("fanouts"), "{e}");
         assert!(TrainConfig::from_toml("strategy = 'newest'").is_err());
