@@ -719,7 +719,9 @@ fn train_job(
         step: (!job.anchor_step.is_empty()).then(|| job.anchor_step.clone()),
         anchor: Vec::new(),
     };
+    let started = Instant::now();
     let (db, plan) = prepare(&job.query, &data)?;
+    let loaded = started.elapsed();
     // A data-parallel job's placement, and this worker's partitions in its store.
     let split = peers.split(job, &db, stop)?;
     let rows: usize = db.tables.iter().map(|t| t.num_rows()).sum();
@@ -763,6 +765,7 @@ fn train_job(
             read_assuming(&plan, all, config.assuming)?
         }
     };
+    let labelled = started.elapsed();
     let out = PathBuf::from(&job.output_dir);
     let resume: Option<TrainState> = if job.checkpoint.is_empty() {
         None
@@ -807,6 +810,16 @@ fn train_job(
         train,
         val,
     } = model::setup(&db, &job.query, &plan, &labels, &config, split)?;
+    let secs = |d: Duration| d.as_secs_f64();
+    println!(
+        "job {} attempt {}: loaded {rows} rows in {:.1} s; stored and labelled in {:.1} s; \
+         graph and encoded rows ready in {:.1} s",
+        job.id,
+        job.attempt,
+        secs(loaded),
+        secs(labelled - loaded),
+        secs(started.elapsed() - labelled)
+    );
     // Nothing reads the raw rows past this point: each rank trains on its part of the
     // graph and its encoded rows, and the lead has read what assessing needs of them.
     let past = lead

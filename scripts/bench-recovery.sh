@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# How long a data-parallel job takes to come back from a worker killed with SIGKILL: a
+# fresh coordinator and 3 one-thread worker processes (each with its own store) on
+# loopback train churn on a generated retail world, checkpointing every 10 steps; after
+# the first checkpoint recorded in Raft, worker 3 is killed. Prints, from the kill: when
+# the coordinator gave the job to a new attempt (the lost worker's lease ran out), when
+# the survivors read the checkpoint (having loaded the data, stored the partitions they
+# gained and labelled), when the job took its first step after the checkpoint (each
+# survivor having built its part of the graph and encoded its rows), when it passed
+# the step it was at when the worker died, and the steps redone.
+# Needs a release build (cargo build --release); RELGRAPH_BIN picks another binary.
+# Usage: scripts/bench-recovery.sh [CUSTOMERS] [DIR]   (default 100000 and a temporary
+# directory)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${RELGRAPH_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/relgraph}
+customers=${1:-100000}
+dir=${2:-$(mktemp -d)}
+mkdir -p "$dir"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+now() { date +%s.%N; }
+# Seconds from $1 to $2, one decimal.
+since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+[ -d "$dir/retail" ] || "$bin" generate retail --out "$dir/retail" --customers "$customers" > /dev/null
+printf 'epochs = 1\nmax_steps_per_epoch = 60\ncheckpoint_every = 10\npatience = 100\n' \
+  > "$dir/job.toml"
+query="PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID WHERE COUNT(ORDERS.*, -90, 0, days) > 0"
+"$bin" coordinator --id 1 --listen 127.0.0.1:0 --data-dir "$dir/coordinator" \
+  > "$dir/coordinator.log" 2>&1 &
+pids+=($!)
+addr=
+for _ in $(seq 50); do
+  addr=$(sed -n 's/^coordinator 1 listening on \([^ ]*\).*/\1/p' "$dir/coordinator.log")
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+workers=()
+for i in 1 2 3; do
+  "$bin" worker --coordinator "$addr" --threads 1 --metrics-listen 127.0.0.1:0 \
+    --store "$dir/store-$i" > "$dir/worker-$i.log" 2>&1 &
+  pids+=($!)
+  workers+=($!)
+done
+sleep 2
+"$bin" train "$query" --data "$dir/retail" --out "$dir/model" --config "$dir/job.toml" \
+  --coordinator "$addr" --workers 3 --json > "$dir/train.json" 2> "$dir/train.log" &
+train=$!
+# The job as "attempt step checkpoint_step".
+job() {
+  "$bin" admin jobs --coordinator "$addr" --json 2>/dev/null | python3 -c '
+import json, sys
+j = json.load(sys.stdin)[0]
+print(j["attempt"], j["step"], j["checkpoint_step"])'
+}
+state=
+until [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f3)" -gt 0 ]; do
+  sleep 0.2
+  state=$(job || true)
+done
+killed_at=$(now)
+kill -9 "${workers[2]}"
+step_at_kill=$(echo "$state" | cut -d' ' -f2)
+checkpoint=$(echo "$state" | cut -d' ' -f3)
+assigned= read= stepped= passed=
+while [ -z "$passed" ]; do
+  state=$(job || true)
+  t=$(now)
+  read -r attempt step _ <<< "${state:-0 0 0}"
+  [ -z "$assigned" ] && [ "$attempt" = 2 ] && assigned=$t
+  [ -z "$read" ] && grep -q "resuming from" "$dir/worker-1.log" && read=$t
+  [ -n "$read" ] && [ -z "$stepped" ] && [ "$step" -gt "$checkpoint" ] && stepped=$t
+  [ -n "$read" ] && [ "$step" -gt "$step_at_kill" ] && passed=$t
+  kill -0 "$train" 2> /dev/null || break
+  sleep 0.2
+done
+wait "$train"
+echo "killed worker 3 at step $step_at_kill (checkpoint at step $checkpoint):" \
+  "new attempt after $(since "$killed_at" "$assigned") s," \
+  "checkpoint read after $(since "$killed_at" "$read") s," \
+  "first step after it $(since "$killed_at" "${stepped:-$(now)}") s," \
+  "step $step_at_kill passed again after $(since "$killed_at" "${passed:-$(now)}") s;" \
+  "$((step_at_kill - checkpoint)) step(s) redone"
+grep -h "^stored\|resuming" "$dir"/worker-[12].log
+python3 - "$dir/train.json" <<'PY'
+import json, sys
+out = json.load(open(sys.argv[1]))
+print(f"job {out['job']['state']} after attempt {out['job']['attempt']}, test AUROC "
+      f"{out['report']['metrics']['test']['auroc']:.4f}")
+PY
