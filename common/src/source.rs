@@ -111,6 +111,35 @@ pub fn list(dir: &Path) -> Result<Listing> {
     Ok(Listing { sources, skipped })
 }
 
+/// A stamp of what `dir` holds: every table file's name, size and modification time, and
+/// those of `schema.toml` and of `extra` files (a schema given apart). It changes when a
+/// file is rewritten, added or removed (as far as sizes and times tell); reading the
+/// files again is what would tell more.
+pub fn stamp(dir: &Path, extra: &[&Path]) -> Result<u64> {
+    let listing = list(dir)?;
+    let schema = dir.join("schema.toml");
+    let files = listing
+        .sources
+        .iter()
+        .flat_map(|s| s.files.iter().map(PathBuf::as_path))
+        .chain(schema.exists().then_some(schema.as_path()))
+        .chain(extra.iter().copied());
+    let mut h = crate::hash::FNV_BASIS;
+    for file in files {
+        let meta = std::fs::metadata(file).map_err(|e| LoadError::io(file, e))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let name = file.strip_prefix(dir).unwrap_or(file);
+        h = crate::hash::fnv1a(name.to_string_lossy().bytes(), h);
+        h = crate::hash::fnv1a(meta.len().to_le_bytes(), h);
+        h = crate::hash::fnv1a(modified.to_le_bytes(), h);
+    }
+    Ok(h)
+}
+
 fn file_source(path: &Path) -> Option<TableSource> {
     let (format, table) = Format::of(path)?;
     Some(TableSource {
@@ -468,4 +497,31 @@ fn canonical(array: &ArrayRef) -> Option<ArrayRef> {
 /// The strings of a raw column, if it has no type yet.
 pub fn as_text(array: &ArrayRef) -> Option<&StringArray> {
     array.as_any().downcast_ref::<StringArray>()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_stamp_changes_with_table_files_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text);
+        write("users.csv", "user_id\n1\n2\n").expect("write");
+        std::fs::create_dir(dir.path().join("orders")).expect("mkdir");
+        write("orders/part-0.csv", "order_id,user_id\n1,1\n").expect("write");
+        let stamp = || super::stamp(dir.path(), &[]).expect("stamp");
+        let first = stamp();
+        assert_eq!(stamp(), first);
+        // Not a table: the database is the same.
+        write("README.md", "notes").expect("write");
+        assert_eq!(stamp(), first);
+        // A part file more, a table rewritten, a schema file: each is another database.
+        write("orders/part-1.csv", "order_id,user_id\n2,2\n").expect("write");
+        let second = stamp();
+        assert_ne!(second, first);
+        write("users.csv", "user_id\n1\n2\n3\n").expect("write");
+        let third = stamp();
+        assert_ne!(third, second);
+        write("schema.toml", "").expect("write");
+        assert_ne!(stamp(), third);
+    }
 }

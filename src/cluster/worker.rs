@@ -401,6 +401,7 @@ impl Group {
         &self,
         job: &Job,
         db: &Database,
+        stamp: u64,
         stop: &Arc<AtomicBool>,
     ) -> Result<Option<FlightSplit>> {
         let Some(rank) = self.rank(job)? else {
@@ -417,6 +418,7 @@ impl Group {
             Some(root) => Some(Arc::new(ingest(
                 &job_store(root, job.id),
                 db,
+                stamp,
                 rank,
                 &ranks,
             )?)),
@@ -481,11 +483,17 @@ fn job_store(root: &Path, id: u64) -> PathBuf {
 }
 
 /// Brings the job store at `dir` to this worker's partitions of `db` (those `ranks`
-/// gives rank `rank`): the partitions an earlier attempt of the job left there and this
-/// one still places here are kept, those placed elsewhere now are removed, and only
-/// the missing ones are written. A store of another schema or partition count is
-/// replaced whole.
-fn ingest(dir: &Path, db: &Database, rank: usize, ranks: &[u16]) -> Result<PartitionStore> {
+/// gives rank `rank`), loaded from data stamped `stamp`: the partitions an earlier
+/// attempt of the job left there and this one still places here are kept, those placed
+/// elsewhere now are removed, and only the missing ones are written. A store of another
+/// schema, partition count or data stamp (the data changed since) is replaced whole.
+fn ingest(
+    dir: &Path,
+    db: &Database,
+    stamp: u64,
+    rank: usize,
+    ranks: &[u16],
+) -> Result<PartitionStore> {
     let parts = ranks.len() as u32;
     let owned: Vec<u32> = (0..parts)
         .filter(|&p| usize::from(ranks[p as usize]) == rank)
@@ -495,7 +503,14 @@ fn ingest(dir: &Path, db: &Database, rank: usize, ranks: &[u16]) -> Result<Parti
     // A store left by an earlier attempt that holds nothing of this partition count, or
     // another schema: whatever is there goes.
     let stored = store.schema()?;
-    if stored.is_some() && (held.is_empty() || stored != Some(db.schema())) {
+    let changed = store.data_stamp()? != Some(stamp);
+    if stored.is_some() && (held.is_empty() || stored != Some(db.schema()) || changed) {
+        if changed && !held.is_empty() {
+            println!(
+                "the data changed since {} was written: its partitions are stored again",
+                dir.display()
+            );
+        }
         drop(store);
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("cannot clear the job store {}", dir.display()))?;
@@ -514,6 +529,7 @@ fn ingest(dir: &Path, db: &Database, rank: usize, ranks: &[u16]) -> Result<Parti
         .collect();
     let names: Vec<&str> = db.tables.iter().map(|t| t.name()).collect();
     store.remove(&names, &gone, parts)?;
+    store.set_data_stamp(stamp)?;
     let started = Instant::now();
     let ingested = store.ingest(db, &missing, parts)?;
     let rows: u64 = ingested.rows.iter().map(|(_, n)| n).sum();
@@ -720,10 +736,13 @@ fn train_job(
         anchor: Vec::new(),
     };
     let started = Instant::now();
+    // Taken before loading: a file rewritten meanwhile shows at the next attempt.
+    let schema: Vec<&Path> = data.schema.iter().map(PathBuf::as_path).collect();
+    let stamp = relgraph_common::source::stamp(Path::new(&job.data_dir), &schema)?;
     let (db, plan) = prepare(&job.query, &data)?;
     let loaded = started.elapsed();
     // A data-parallel job's placement, and this worker's partitions in its store.
-    let split = peers.split(job, &db, stop)?;
+    let split = peers.split(job, &db, stamp, stop)?;
     let rows: usize = db.tables.iter().map(|t| t.num_rows()).sum();
     metrics::gauge!("relgraph_rows_loaded").set(rows as f64);
     let tables = db
@@ -850,4 +869,64 @@ fn train_job(
     save_trained(&mut model, &assessment, &trained, &out)?;
     let metrics = report_json(&assessment, &trained);
     Ok(Some((out.display().to_string(), metrics.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{Kind, Output};
+
+    fn generate(dir: &Path, customers: usize) -> Database {
+        crate::generate::run(&Kind::Retail {
+            output: Output {
+                out: dir.to_path_buf(),
+                seed: 5,
+                json: true,
+                only: Vec::new(),
+            },
+            customers,
+            products: 20,
+            days: 120,
+        })
+        .expect("generate");
+        Database::load(dir, None).expect("load")
+    }
+
+    /// The ids of `table`'s rows the store holds, sorted, and those rank 0 of `ranks`
+    /// owns in `db`.
+    fn held_and_owned(store: &PartitionStore, db: &Database, ranks: &[u16]) -> [Vec<u32>; 2] {
+        let (mut ids, _) = store
+            .rows_with_ids("customers")
+            .expect("rows")
+            .expect("held");
+        ids.sort_unstable();
+        let t = db.tables.iter().position(|t| t.name() == "customers");
+        let owners = flight::owners(db, ranks);
+        let owned = (0..db.tables[t.expect("customers")].num_rows() as u32)
+            .filter(|&r| owners[t.expect("customers")][r as usize] == 0)
+            .collect();
+        [ids, owned]
+    }
+
+    #[test]
+    fn a_job_store_keeps_its_partitions_only_while_the_data_is_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, store) = (dir.path().join("data"), dir.path().join("store"));
+        let ranks = flight::round_robin(2, 8);
+        let stamp = || relgraph_common::source::stamp(&data, &[]).expect("stamp");
+        let first = generate(&data, 60);
+        let s = ingest(&store, &first, stamp(), 0, &ranks).expect("ingest");
+        let [held, owned] = held_and_owned(&s, &first, &ranks);
+        assert_eq!(held, owned);
+        drop(s);
+        // The same data again (a later attempt): kept as it is.
+        let s = ingest(&store, &first, stamp(), 0, &ranks).expect("ingest");
+        assert_eq!(held_and_owned(&s, &first, &ranks)[0], held);
+        drop(s);
+        // Other data under the same schema: stored again, none of the old rows kept.
+        let second = generate(&data, 90);
+        let s = ingest(&store, &second, stamp(), 0, &ranks).expect("ingest");
+        let [held, owned] = held_and_owned(&s, &second, &ranks);
+        assert_eq!(held, owned);
+    }
 }

@@ -324,6 +324,23 @@ impl PartitionStore {
         self.db.flush_wal(true).map_err(|e| self.rocks(e))
     }
 
+    /// The stamp of the data its rows were taken from (see
+    /// `relgraph_common::source::stamp`), None until one is set.
+    pub fn data_stamp(&self) -> Result<Option<u64>, StoreError> {
+        let Some(bytes) = self.db.get(b"s/stamp").map_err(|e| self.rocks(e))? else {
+            return Ok(None);
+        };
+        let bytes =
+            <[u8; 8]>::try_from(&bytes[..]).map_err(|_| self.data("stamp", "not 8 bytes"))?;
+        Ok(Some(u64::from_le_bytes(bytes)))
+    }
+
+    pub fn set_data_stamp(&self, stamp: u64) -> Result<(), StoreError> {
+        self.db
+            .put(b"s/stamp", stamp.to_le_bytes())
+            .map_err(|e| self.rocks(e))
+    }
+
     /// The stored schema (None before the first ingest).
     pub fn schema(&self) -> Result<Option<DatabaseSchema>, StoreError> {
         let Some(bytes) = self.db.get(b"s/schema").map_err(|e| self.rocks(e))? else {
