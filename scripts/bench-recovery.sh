@@ -20,6 +20,8 @@ mkdir -p "$dir"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 now() { date +%s.%N; }
+# Each line prefixed with the time it was written.
+stamped() { while IFS= read -r line; do printf '%s %s\n' "$(now)" "$line"; done; }
 # Seconds from $1 to $2, one decimal.
 since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 [ -d "$dir/retail" ] || "$bin" generate retail --out "$dir/retail" --customers "$customers" > /dev/null
@@ -38,7 +40,7 @@ done
 workers=()
 for i in 1 2 3; do
   "$bin" worker --coordinator "$addr" --threads 1 --metrics-listen 127.0.0.1:0 \
-    --store "$dir/store-$i" > "$dir/worker-$i.log" 2>&1 &
+    --store "$dir/store-$i" > >(stamped > "$dir/worker-$i.log") 2>&1 &
   pids+=($!)
   workers+=($!)
 done
@@ -46,12 +48,12 @@ sleep 2
 "$bin" train "$query" --data "$dir/retail" --out "$dir/model" --config "$dir/job.toml" \
   --coordinator "$addr" --workers 3 --json > "$dir/train.json" 2> "$dir/train.log" &
 train=$!
-# The job as "attempt step checkpoint_step".
+# The job as "attempt step checkpoint_step state".
 job() {
   "$bin" admin jobs --coordinator "$addr" --json 2>/dev/null | python3 -c '
 import json, sys
 j = json.load(sys.stdin)[0]
-print(j["attempt"], j["step"], j["checkpoint_step"])'
+print(j["attempt"], j["step"], j["checkpoint_step"], j["state"])'
 }
 state=
 until [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f3)" -gt 0 ]; do
@@ -62,26 +64,30 @@ killed_at=$(now)
 kill -9 "${workers[2]}"
 step_at_kill=$(echo "$state" | cut -d' ' -f2)
 checkpoint=$(echo "$state" | cut -d' ' -f3)
-assigned= read= stepped= passed=
+# A new attempt shows the step the job was at until it reports from its checkpoint.
+assigned= back= stepped= passed=
 while [ -z "$passed" ]; do
   state=$(job || true)
   t=$(now)
-  read -r attempt step _ <<< "${state:-0 0 0}"
-  [ -z "$assigned" ] && [ "$attempt" = 2 ] && assigned=$t
-  [ -z "$read" ] && grep -q "resuming from" "$dir/worker-1.log" && read=$t
-  [ -n "$read" ] && [ -z "$stepped" ] && [ "$step" -gt "$checkpoint" ] && stepped=$t
-  [ -n "$read" ] && [ "$step" -gt "$step_at_kill" ] && passed=$t
+  read -r attempt step _ stage <<< "${state:-0 0 0 -}"
+  if [ "$attempt" = 2 ]; then
+    [ -z "$assigned" ] && assigned=$t
+    [ "$stage" = train ] && [ "$step" = "$checkpoint" ] && back=$t
+    [ -n "$back" ] && [ -z "$stepped" ] && [ "$step" -gt "$checkpoint" ] && stepped=$t
+    [ -n "$back" ] && [ "$step" -gt "$step_at_kill" ] && passed=$t
+  fi
   kill -0 "$train" 2> /dev/null || break
-  sleep 0.2
+  sleep 0.1
 done
 wait "$train"
+resumed=$(sed -n 's/^\([0-9.]*\) job .* resuming from.*/\1/p' "$dir"/worker-[12].log | sort -n | tail -1)
 echo "killed worker 3 at step $step_at_kill (checkpoint at step $checkpoint):" \
   "new attempt after $(since "$killed_at" "$assigned") s," \
-  "checkpoint read after $(since "$killed_at" "$read") s," \
+  "checkpoint read after $(since "$killed_at" "$resumed") s," \
   "first step after it $(since "$killed_at" "${stepped:-$(now)}") s," \
   "step $step_at_kill passed again after $(since "$killed_at" "${passed:-$(now)}") s;" \
   "$((step_at_kill - checkpoint)) step(s) redone"
-grep -h "^stored\|resuming" "$dir"/worker-[12].log
+grep -h "attempt 2" "$dir"/worker-[12].log | cut -d' ' -f2-
 python3 - "$dir/train.json" <<'PY'
 import json, sys
 out = json.load(open(sys.argv[1]))
