@@ -501,7 +501,7 @@ fn ingest(
     let mut store = PartitionStore::open(dir)?;
     let mut held = store.held(parts)?;
     // A store left by an earlier attempt that holds nothing of this partition count, or
-    // another schema: whatever is there goes.
+    // was written from another schema or other data: whatever is there goes.
     let stored = store.schema()?;
     let changed = store.data_stamp()? != Some(stamp);
     if stored.is_some() && (held.is_empty() || stored != Some(db.schema()) || changed) {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampSecondArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
+use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, ParallelIterator};
 use relgraph_common::Database;
 use relgraph_common::hash::{FNV_BASIS, fnv1a};
 use relgraph_common::schema::SType;
@@ -450,7 +451,7 @@ impl OwnedFeatures {
         held: Vec<(Vec<u32>, RecordBatch)>,
     ) -> Result<Self, FeatureError> {
         let tables = codes
-            .iter()
+            .par_iter()
             .zip(held)
             .map(|(code, (rows, batch))| {
                 let (rows, batch) = if rows.is_sorted() {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
 use relgraph_common::Database;
 use relgraph_common::pql::bound::{Target, TaskType};
 use relgraph_common::pql::{Split, TaskPlan};
@@ -217,6 +218,7 @@ pub fn setup(
         _ => None,
     };
     let codes = (0..db.tables.len())
+        .into_par_iter()
         .map(|t| {
             let skip: Vec<usize> = target_column
                 .filter(|c| c.table == t)

@@ -11,6 +11,7 @@ use std::time::Instant;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
+use rayon::iter::{IntoParallelRefIterator, ParallelIterator};
 use relgraph_common::Database;
 use relgraph_common::hash::combine;
 use relgraph_kernels::{AdamConfig, Cpu, Device, Grads, Loss, Params, Tape, Tensor};
@@ -156,8 +157,9 @@ impl Prepared {
         }
         let graph = HeteroGraph::from_database(db)?;
         let endpoints = endpoints(&graph);
+        // Each table on its own thread.
         let features = codes
-            .iter()
+            .par_iter()
             .map(|c| c.apply(db))
             .collect::<Result<Vec<_>, _>>()?;
         let graph = Arc::new(graph);
