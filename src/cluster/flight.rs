@@ -24,6 +24,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::utils::{batches_to_flight_data, flight_data_to_batches};
 use arrow_flight::{FlightData, FlightDescriptor};
+use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, ParallelIterator};
 use relgraph_common::Database;
 use relgraph_common::pql::TaskPlan;
 use relgraph_coordinator::auth::Auth;
@@ -695,10 +696,10 @@ fn stored_features(
     store: &PartitionStore,
     db: &Database,
     codes: &[TableCode],
-    mine: impl Fn(usize, u32) -> bool,
+    mine: impl Fn(usize, u32) -> bool + Sync,
 ) -> Result<OwnedFeatures, ModelError> {
-    let mut held = Vec::with_capacity(codes.len());
-    for (t, code) in codes.iter().enumerate() {
+    // Each table read back and checked on its own thread.
+    let one = |(t, code): (usize, &TableCode)| {
         let table = db
             .table(&code.table)
             .ok_or_else(|| ModelError::Mismatch(format!("no table `{}`", code.table)))?;
@@ -719,8 +720,13 @@ fn stored_features(
                 placed.len()
             )));
         }
-        held.push((ids, batch));
-    }
+        Ok((ids, batch))
+    };
+    let held = codes
+        .par_iter()
+        .enumerate()
+        .map(one)
+        .collect::<Result<Vec<_>, ModelError>>()?;
     Ok(OwnedFeatures::from_rows(codes, held)?)
 }
 
