@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # How long a data-parallel job takes to come back from a worker killed with SIGKILL: a
 # fresh coordinator and 3 one-thread worker processes (each with its own store) on
-# loopback train churn on a generated retail world, checkpointing every 10 steps; after
-# the first checkpoint recorded in Raft, worker 3 is killed. Prints, from the kill: when
-# the coordinator gave the job to a new attempt (the lost worker's lease ran out), when
-# the survivors read the checkpoint (having loaded the data, stored the partitions they
+# loopback train churn on a generated retail world, checkpointing every 10 steps; once
+# the first checkpoint is recorded in Raft, the third worker process is killed. Prints,
+# from the kill: when the coordinator gave the job to a new attempt (the lost worker's
+# lease ran out, or a third of it once a survivor's ring could not reach it), when the
+# survivors read the checkpoint (having loaded the data, stored the partitions they
 # gained and labelled), when the job took its first step after the checkpoint (each
 # survivor having built its part of the graph and encoded its rows), when it passed
 # the step it was at when the worker died, and the steps redone.
@@ -62,6 +63,7 @@ until [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f3)" -gt 0 ]; do
 done
 killed_at=$(now)
 kill -9 "${workers[2]}"
+victim=$(sed -n 's/.*worker registered as \([0-9]*\).*/\1/p' "$dir/worker-3.log")
 step_at_kill=$(echo "$state" | cut -d' ' -f2)
 checkpoint=$(echo "$state" | cut -d' ' -f3)
 # A new attempt shows the step the job was at until it reports from its checkpoint.
@@ -81,13 +83,14 @@ while [ -z "$passed" ]; do
 done
 wait "$train"
 resumed=$(sed -n 's/^\([0-9.]*\) job .* resuming from.*/\1/p' "$dir"/worker-[12].log | sort -n | tail -1)
-echo "killed worker 3 at step $step_at_kill (checkpoint at step $checkpoint):" \
+echo "killed worker $victim at step $step_at_kill (checkpoint at step $checkpoint):" \
   "new attempt after $(since "$killed_at" "$assigned") s," \
   "checkpoint read after $(since "$killed_at" "$resumed") s," \
   "first step after it $(since "$killed_at" "${stepped:-$(now)}") s," \
   "step $step_at_kill passed again after $(since "$killed_at" "${passed:-$(now)}") s;" \
   "$((step_at_kill - checkpoint)) step(s) redone"
 grep -h "attempt 2" "$dir"/worker-[12].log | cut -d' ' -f2-
+grep -h "cannot reach\|declaring" "$dir/coordinator.log" | sed 's/\x1b\[[0-9;]*m//g' | cut -c28-
 python3 - "$dir/train.json" <<'PY'
 import json, sys
 out = json.load(open(sys.argv[1]))

@@ -479,6 +479,19 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     let jobs = admin(&["jobs"], &addrs);
     assert_eq!(jobs[0]["state"], "ready");
     assert_eq!(jobs[0]["attempt"], 2, "{jobs}");
+    // A survivor that could not reach the killed worker said so in a heartbeat (so the
+    // leader declared it lost after a third of its lease).
+    let suspected: f64 = nodes
+        .iter()
+        .flat_map(|n| {
+            let text = scrape(&n.2);
+            text.lines()
+                .filter_map(|l| l.strip_prefix("relgraph_workers_suspected_total "))
+                .filter_map(|v| v.trim().parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert!(suspected >= 1.0, "no survivor named the killed worker");
     // The first worker serves the ready model over its Flight service, under the name of
     // the job's output directory, once the coordinator says it is ready.
     workers[0].0.line("serving model", 60);

@@ -123,28 +123,75 @@ pub fn status_of(e: ProposeError, node: &NodeHandle) -> Status {
 
 /// When each worker was last heard from (kept by the leader only).
 #[derive(Debug, Default)]
-struct Leases(Mutex<HashMap<u64, Instant>>);
+struct Leases(Mutex<HashMap<u64, Lease>>);
+
+/// When a worker was last heard from, and when a peer last said it could not reach it.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    seen: Instant,
+    suspected: Option<Instant>,
+}
 
 impl Leases {
     fn touch(&self, worker: u64) {
         if let Ok(mut m) = self.0.lock() {
-            m.insert(worker, Instant::now());
+            let now = Instant::now();
+            m.entry(worker)
+                .and_modify(|l| l.seen = now)
+                .or_insert(Lease {
+                    seen: now,
+                    suspected: None,
+                });
         }
+    }
+
+    /// A peer could not reach `worker`; true if no peer had said so since it last beat.
+    fn suspect(&self, worker: u64) -> bool {
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        let Some(l) = m.get_mut(&worker) else {
+            return false;
+        };
+        let new = l.suspected.is_none_or(|t| t < l.seen);
+        l.suspected = Some(Instant::now());
+        new
     }
 
     fn reset(&self, workers: impl Iterator<Item = u64>) {
         if let Ok(mut m) = self.0.lock() {
             m.clear();
             let now = Instant::now();
-            m.extend(workers.map(|w| (w, now)));
+            m.extend(workers.map(|w| {
+                let lease = Lease {
+                    seen: now,
+                    suspected: None,
+                };
+                (w, lease)
+            }));
         }
     }
 
     fn expired(&self, worker: u64, lease: Duration) -> bool {
+        let now = Instant::now();
         self.0
             .lock()
-            .map(|m| m.get(&worker).is_none_or(|t| t.elapsed() > lease))
+            .map(|m| m.get(&worker).is_none_or(|l| l.expired(now, lease)))
             .unwrap_or(false)
+    }
+}
+
+impl Lease {
+    /// Silent at `now` for the whole `lease`, or for a third of it since a peer could
+    /// not reach it (within the last lease): a process that died is then found in about
+    /// a second, and a live one that beats on time is never taken for dead on a peer's
+    /// word.
+    fn expired(&self, now: Instant, lease: Duration) -> bool {
+        let silent = now.saturating_duration_since(self.seen);
+        let suspected = self
+            .suspected
+            .is_some_and(|t| now.saturating_duration_since(t) <= lease);
+        silent > lease || (suspected && silent > lease / 3)
     }
 }
 
@@ -307,7 +354,10 @@ impl Admin for AdminService {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         self.require_leader()?;
-        let worker = req.into_inner().worker;
+        let HeartbeatRequest {
+            worker,
+            unreachable,
+        } = req.into_inner();
         let state = self.state(false).await?;
         match state.workers.get(&worker) {
             Some(w) if w.alive => {}
@@ -318,6 +368,12 @@ impl Admin for AdminService {
             }
         }
         self.leases.touch(worker);
+        for w in unreachable {
+            if self.leases.suspect(w) {
+                tracing::warn!(worker = w, "worker {worker} cannot reach it");
+                metrics::counter!("relgraph_workers_suspected_total").increment(1);
+            }
+        }
         let jobs: Vec<Job> = state
             .jobs
             .into_values()
@@ -590,7 +646,10 @@ async fn schedule(node: NodeHandle, leases: Arc<Leases>, lease: Duration) {
         }
         for w in state.workers.values().filter(|w| w.alive) {
             if leases.expired(w.id, lease) {
-                tracing::warn!(worker = w.id, "worker lease expired; declaring it lost");
+                tracing::warn!(
+                    worker = w.id,
+                    "worker silent for its lease (a third of it once a peer could not reach it); declaring it lost"
+                );
                 let _ = node
                     .propose(Op::WorkerLost(WorkerLost { worker: w.id }))
                     .await;
@@ -639,5 +698,42 @@ async fn schedule(node: NodeHandle, leases: Arc<Leases>, lease: Duration) {
                 Err(e) => tracing::warn!(job = j.id, "cannot assign: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_s_word_shortens_a_silent_worker_s_lease_only() {
+        let lease = Duration::from_millis(3000);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let quiet = Lease {
+            seen: t0,
+            suspected: None,
+        };
+        assert!(!quiet.expired(at(2900), lease));
+        assert!(quiet.expired(at(3100), lease));
+        // Suspected: silent for a third of the lease is enough.
+        let suspected = Lease {
+            suspected: Some(at(200)),
+            ..quiet
+        };
+        assert!(!suspected.expired(at(900), lease));
+        assert!(suspected.expired(at(1100), lease));
+        // Still beating on time: a peer's word changes nothing.
+        let beating = Lease {
+            seen: at(800),
+            ..suspected
+        };
+        assert!(!beating.expired(at(1100), lease));
+        // A suspicion older than a lease is forgotten.
+        let old = Lease {
+            seen: at(4000),
+            suspected: Some(at(200)),
+        };
+        assert!(!old.expired(at(5100), lease));
     }
 }

@@ -44,6 +44,7 @@ use tonic::{Code, Status};
 
 use super::features::{self, SplitFeatures};
 use super::labels;
+use super::ring::Unreachable;
 use crate::serve::Limits;
 use crate::serve::auth::Sessions;
 use crate::serve::flight::NodeService;
@@ -411,6 +412,8 @@ pub struct RemoteShard {
     runtime: tokio::runtime::Handle,
     job: (u64, u64),
     stop: Option<Arc<AtomicBool>>,
+    /// The worker's id, and where a failure to reach it is noted for the next heartbeat.
+    noted: Option<(u64, Arc<Unreachable>)>,
 }
 
 /// How long a sampling call waits for an owner that does not answer.
@@ -440,7 +443,16 @@ impl RemoteShard {
             runtime,
             job,
             stop,
+            noted: None,
         })
+    }
+
+    /// Notes in `unreachable` that worker `id` (this shard's) could not be reached.
+    pub fn noting(self, id: u64, unreachable: Arc<Unreachable>) -> Self {
+        RemoteShard {
+            noted: Some((id, unreachable)),
+            ..self
+        }
     }
 }
 
@@ -533,6 +545,12 @@ impl RemoteShard {
                 }
                 Ok::<_, Status>(messages)
             });
+            // A status the transport made (no answer from the worker), not one it sent.
+            if let (Err(s), Some((id, unreachable))) = (&result, &self.noted)
+                && std::error::Error::source(s).is_some()
+            {
+                unreachable.add(*id);
+            }
             match result {
                 Ok(m) => break m,
                 Err(s)
@@ -587,6 +605,9 @@ pub struct FlightSplit {
     /// This worker's partitions, ingested for the job: its encoded rows are read from
     /// here (else from the loaded data).
     pub store: Option<Arc<PartitionStore>>,
+    /// Every worker of the job by rank, and where one that cannot be reached is noted.
+    pub workers: Vec<u64>,
+    pub unreachable: Arc<Unreachable>,
 }
 
 impl FlightSplit {
@@ -602,14 +623,11 @@ impl FlightSplit {
         metrics::gauge!("relgraph_labels_computed").set(mine.len() as f64);
         let mine = Arc::new(mine);
         self.service.publish_labels(self.job, mine.clone());
-        let fetch = |addr: &String| self.connect(addr)?.labels(LOADING);
+        let fetch = |rank: usize| self.connect(rank)?.labels(LOADING);
         let theirs: Vec<Result<Labels, String>> = std::thread::scope(|scope| {
-            let threads: Vec<_> = self
-                .addrs
-                .iter()
-                .enumerate()
-                .filter(|&(s, _)| s != self.rank)
-                .map(|(_, addr)| scope.spawn(move || fetch(addr)))
+            let threads: Vec<_> = (0..self.addrs.len())
+                .filter(|&s| s != self.rank)
+                .map(|s| scope.spawn(move || fetch(s)))
                 .collect();
             threads
                 .into_iter()
@@ -625,12 +643,23 @@ impl FlightSplit {
     }
 
     /// The job attempt's partition on the worker at `addr`.
-    fn connect(&self, addr: &str) -> Result<RemoteShard, String> {
+    fn connect(&self, rank: usize) -> Result<RemoteShard, String> {
         let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
         let stop = Some(self.stop.clone());
-        self.runtime
-            .block_on(RemoteShard::connect(addr, token, runtime, self.job, stop))
-            .map_err(|e| format!("{e:#}"))
+        let shard = self
+            .runtime
+            .block_on(RemoteShard::connect(
+                &self.addrs[rank],
+                token,
+                runtime,
+                self.job,
+                stop,
+            ))
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(match self.workers.get(rank) {
+            Some(&id) => shard.noting(id, self.unreachable.clone()),
+            None => shard,
+        })
     }
 }
 
@@ -654,12 +683,12 @@ impl GraphSplit for FlightSplit {
         };
         self.service.publish(self.job, served);
         let mut remotes = Vec::with_capacity(self.addrs.len());
-        for (s, addr) in self.addrs.iter().enumerate() {
+        for s in 0..self.addrs.len() {
             if s == self.rank {
                 remotes.push(None);
                 continue;
             }
-            let shard = self.connect(addr).map_err(ModelError::Collective)?;
+            let shard = self.connect(s).map_err(ModelError::Collective)?;
             // Training starts once every part is served: a sampling call made earlier
             // would hold a sampling thread while the owner still needs threads to load.
             if !part.edge_types.is_empty() {

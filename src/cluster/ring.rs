@@ -3,7 +3,7 @@
 //! rank order (reduce-scatter, then all-gather), in buckets of [`BUCKET`] values. Every
 //! segment's sum is computed once and then copied, so all workers end bit-identical.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,6 +26,26 @@ pub const BUCKET: usize = 1 << 20;
 const PATIENCE: Duration = Duration::from_secs(600);
 
 type Key = (u64, u32, u64, u32);
+
+/// Workers a ring could not reach, for this worker's next heartbeat to name (the leader
+/// then declares a silent one lost sooner).
+#[derive(Debug, Default)]
+pub struct Unreachable(Mutex<BTreeSet<u64>>);
+
+impl Unreachable {
+    pub fn add(&self, worker: u64) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(worker);
+        }
+    }
+
+    pub fn take(&self) -> Vec<u64> {
+        self.0
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s).into_iter().collect())
+            .unwrap_or_default()
+    }
+}
 
 /// Segments received and not yet consumed, by (job, attempt, call, phase).
 #[derive(Debug, Default)]
@@ -98,8 +118,11 @@ pub struct Ring {
     pub attempt: u32,
     pub rank: usize,
     pub size: usize,
-    /// The next worker's address.
+    /// The next worker's id and address.
+    pub next_worker: u64,
     pub next: String,
+    /// Where a failed push to the next worker is noted.
+    pub unreachable: Arc<Unreachable>,
     pub token: Option<String>,
     pub mailbox: Arc<Mailbox>,
     pub stop: Arc<AtomicBool>,
@@ -138,9 +161,9 @@ impl Ring {
     pub fn new(
         (job, attempt): (u64, u32),
         (rank, size): (usize, usize),
-        next: String,
+        (next_worker, next): (u64, String),
         token: Option<String>,
-        mailbox: Arc<Mailbox>,
+        (mailbox, unreachable): (Arc<Mailbox>, Arc<Unreachable>),
         stop: Arc<AtomicBool>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
@@ -149,7 +172,9 @@ impl Ring {
             attempt,
             rank,
             size,
+            next_worker,
             next,
+            unreachable,
             token,
             mailbox,
             stop,
@@ -185,18 +210,20 @@ impl Ring {
                     c
                 }),
             };
-            if let Some(mut c) = client {
-                match self.runtime.block_on(c.push(chunk.clone())) {
+            match client {
+                None => self.unreachable.add(self.next_worker),
+                Some(mut c) => match self.runtime.block_on(c.push(chunk.clone())) {
                     Ok(_) => return Ok(()),
                     Err(s) if s.code() == tonic::Code::Unauthenticated => {
                         return Err(ModelError::Collective(s.message().to_string()));
                     }
                     Err(_) => {
+                        self.unreachable.add(self.next_worker);
                         if let Ok(mut slot) = self.client.lock() {
                             *slot = None;
                         }
                     }
-                }
+                },
             }
             if started.elapsed() > PATIENCE {
                 return Err(ModelError::Collective(format!(
@@ -272,7 +299,36 @@ impl Collective for Ring {
 
 #[cfg(test)]
 mod tests {
-    use super::segment;
+    use super::*;
+
+    #[test]
+    fn a_push_the_next_worker_does_not_take_names_it_unreachable() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        // A port that was free a moment ago: nothing listens there now.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let (stop, unreachable) = (Arc::new(AtomicBool::new(false)), Arc::default());
+        let ring = Ring::new(
+            (1, 1),
+            (0, 2),
+            (7, closed.to_string()),
+            None,
+            (Arc::default(), Arc::clone(&unreachable)),
+            stop.clone(),
+            runtime.handle().clone(),
+        );
+        let pushing = std::thread::spawn(move || ring.send(0, 0, &[1.0]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut noted = Vec::new();
+        while noted.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            noted = unreachable.take();
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(noted, vec![7]);
+        assert!(pushing.join().expect("push").is_err());
+    }
 
     #[test]
     fn segments_cover_every_value_once() {

@@ -29,7 +29,7 @@ use relgraph_worker::store::PartitionStore;
 use tokio::net::TcpListener;
 
 use super::flight::{self, FlightSplit, SampleService};
-use super::ring::{CollectiveService, Mailbox, Ring};
+use super::ring::{CollectiveService, Mailbox, Ring, Unreachable};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -131,6 +131,9 @@ pub struct Worker {
     /// Where this worker's gRPC server (and its Flight service) listens.
     pub addr: SocketAddr,
     mailbox: Arc<Mailbox>,
+    /// Peers this worker's rings and sampling calls could not reach, named at the next
+    /// heartbeat.
+    unreachable: Arc<Unreachable>,
     sampling: SampleService,
     /// With `serve_data`: the served database and models.
     serving: Option<Arc<Serving>>,
@@ -199,6 +202,7 @@ impl Worker {
             config,
             addr,
             mailbox,
+            unreachable: Arc::default(),
             sampling,
             serving,
             device,
@@ -294,9 +298,15 @@ impl Worker {
                             }
                         }
                     };
+                    let unreachable = self.unreachable.take();
+                    let beat = HeartbeatRequest { worker, unreachable };
                     let reply = client
-                        .call(|mut c| async move { c.heartbeat(HeartbeatRequest { worker }).await })
+                        .call(|mut c| { let beat = beat.clone(); async move { c.heartbeat(beat).await } })
                         .await;
+                    if reply.is_err() {
+                        // Named again at the next heartbeat.
+                        beat.unreachable.iter().for_each(|&w| self.unreachable.add(w));
+                    }
                     match reply {
                         Ok(reply) => {
                             let group = Group {
@@ -304,6 +314,7 @@ impl Worker {
                                 peers: reply.peers,
                                 token: self.config.token.clone(),
                                 mailbox: self.mailbox.clone(),
+                                unreachable: self.unreachable.clone(),
                                 sampling: self.sampling.clone(),
                                 runtime: tokio::runtime::Handle::current(),
                                 device: self.device,
@@ -369,6 +380,7 @@ struct Group {
     peers: std::collections::BTreeMap<u64, String>,
     token: Option<String>,
     mailbox: Arc<Mailbox>,
+    unreachable: Arc<Unreachable>,
     sampling: SampleService,
     runtime: tokio::runtime::Handle,
     device: Device,
@@ -433,6 +445,8 @@ impl Group {
             service: self.sampling.clone(),
             owners: Arc::new(flight::owners(db, &ranks)),
             store,
+            workers: job.workers.clone(),
+            unreachable: self.unreachable.clone(),
         }))
     }
 
@@ -442,13 +456,13 @@ impl Group {
             return Ok(None);
         };
         let size = job.workers.len();
-        let next = self.addr(job.workers[(rank + 1) % size])?;
+        let next = job.workers[(rank + 1) % size];
         Ok(Some(Ring::new(
             (job.id, job.attempt),
             (rank, size),
-            next,
+            (next, self.addr(next)?),
             self.token.clone(),
-            self.mailbox.clone(),
+            (self.mailbox.clone(), self.unreachable.clone()),
             stop,
             self.runtime.clone(),
         )))
