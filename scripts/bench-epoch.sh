@@ -12,21 +12,13 @@ dir=${1:-$(mktemp -d)}
 mkdir -p "$dir"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+. scripts/cluster.sh
 "$bin" generate retail --out "$dir/retail" > /dev/null
-query="PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID WHERE COUNT(ORDERS.*, -90, 0, days) > 0"
 kib() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
 for n in 1 2 3; do
   run="$dir/run-$n"
   mkdir -p "$run"
-  "$bin" coordinator --id 1 --listen 127.0.0.1:0 --data-dir "$run/coordinator" \
-    > "$run/coordinator.log" 2>&1 &
-  pids+=($!)
-  addr=
-  for _ in $(seq 50); do
-    addr=$(sed -n 's/^coordinator 1 listening on \([^ ]*\).*/\1/p' "$run/coordinator.log")
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
+  start_coordinator "$run"
   workers=()
   for i in $(seq "$n"); do
     "$bin" worker --coordinator "$addr" --threads 1 --metrics-listen 127.0.0.1:0 \

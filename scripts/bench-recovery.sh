@@ -20,6 +20,7 @@ dir=${2:-$(mktemp -d)}
 mkdir -p "$dir"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+. scripts/cluster.sh
 now() { date +%s.%N; }
 # Each line prefixed with the time it was written.
 stamped() { while IFS= read -r line; do printf '%s %s\n' "$(now)" "$line"; done; }
@@ -28,16 +29,7 @@ since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 [ -d "$dir/retail" ] || "$bin" generate retail --out "$dir/retail" --customers "$customers" > /dev/null
 printf 'epochs = 1\nmax_steps_per_epoch = 60\ncheckpoint_every = 10\npatience = 100\n' \
   > "$dir/job.toml"
-query="PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID WHERE COUNT(ORDERS.*, -90, 0, days) > 0"
-"$bin" coordinator --id 1 --listen 127.0.0.1:0 --data-dir "$dir/coordinator" \
-  > "$dir/coordinator.log" 2>&1 &
-pids+=($!)
-addr=
-for _ in $(seq 50); do
-  addr=$(sed -n 's/^coordinator 1 listening on \([^ ]*\).*/\1/p' "$dir/coordinator.log")
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
+start_coordinator "$dir"
 workers=()
 for i in 1 2 3; do
   "$bin" worker --coordinator "$addr" --threads 1 --metrics-listen 127.0.0.1:0 \

@@ -642,7 +642,7 @@ impl FlightSplit {
         Ok(Labels::merge(&parts, plan, entities))
     }
 
-    /// The job attempt's partition on the worker at `addr`.
+    /// The job attempt's partition on the worker of rank `rank`.
     fn connect(&self, rank: usize) -> Result<RemoteShard, String> {
         let (token, runtime) = (self.token.as_deref(), self.runtime.clone());
         let stop = Some(self.stop.clone());
