@@ -138,10 +138,7 @@ impl Leases {
             let now = Instant::now();
             m.entry(worker)
                 .and_modify(|l| l.seen = now)
-                .or_insert(Lease {
-                    seen: now,
-                    suspected: None,
-                });
+                .or_insert(Lease::heard(now));
         }
     }
 
@@ -162,13 +159,7 @@ impl Leases {
         if let Ok(mut m) = self.0.lock() {
             m.clear();
             let now = Instant::now();
-            m.extend(workers.map(|w| {
-                let lease = Lease {
-                    seen: now,
-                    suspected: None,
-                };
-                (w, lease)
-            }));
+            m.extend(workers.map(|w| (w, Lease::heard(now))));
         }
     }
 
@@ -182,6 +173,13 @@ impl Leases {
 }
 
 impl Lease {
+    fn heard(now: Instant) -> Lease {
+        Lease {
+            seen: now,
+            suspected: None,
+        }
+    }
+
     /// Silent at `now` for the whole `lease`, or for a third of it since a peer could
     /// not reach it (within the last lease): a process that died is then found in about
     /// a second, and a live one that beats on time is never taken for dead on a peer's
@@ -710,10 +708,7 @@ mod tests {
         let lease = Duration::from_millis(3000);
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let quiet = Lease {
-            seen: t0,
-            suspected: None,
-        };
+        let quiet = Lease::heard(t0);
         assert!(!quiet.expired(at(2900), lease));
         assert!(quiet.expired(at(3100), lease));
         // Suspected: silent for a third of the lease is enough.
