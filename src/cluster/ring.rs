@@ -27,8 +27,8 @@ const PATIENCE: Duration = Duration::from_secs(600);
 
 type Key = (u64, u32, u64, u32);
 
-/// Workers a ring could not reach, for this worker's next heartbeat to name (the leader
-/// then declares a silent one lost sooner).
+/// Workers this one's rings or sampling calls could not reach, for its next heartbeat to
+/// name (the leader then declares a silent one lost sooner).
 #[derive(Debug, Default)]
 pub struct Unreachable(Mutex<BTreeSet<u64>>);
 
