@@ -763,9 +763,17 @@ fn stored_features(
 /// partition `p` of `ranks.len()` ([`relgraph_worker::store::placement`]), as ingest
 /// places rows in stores.
 pub fn owners(db: &Database, ranks: &[u16]) -> Owners {
-    relgraph_worker::store::placement(db, ranks.len() as u32)
-        .into_iter()
-        .map(|parts| parts.into_iter().map(|p| ranks[p as usize]).collect())
+    owners_of(
+        &relgraph_worker::store::placement(db, ranks.len() as u32),
+        ranks,
+    )
+}
+
+/// [`owners`] from the rows' partitions.
+pub fn owners_of(placement: &[Vec<u32>], ranks: &[u16]) -> Owners {
+    placement
+        .iter()
+        .map(|parts| parts.iter().map(|&p| ranks[p as usize]).collect())
         .collect()
 }
 

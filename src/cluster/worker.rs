@@ -25,7 +25,7 @@ use relgraph_worker::model::parallel::Collective;
 use relgraph_worker::model::{
     self, GraphSplit, ModelError, Progress, Session, TrainConfig, TrainState,
 };
-use relgraph_worker::store::PartitionStore;
+use relgraph_worker::store::{PartitionStore, placement};
 use tokio::net::TcpListener;
 
 use super::flight::{self, FlightSplit, SampleService};
@@ -406,9 +406,10 @@ impl Group {
             .with_context(|| format!("no address for worker {worker}"))
     }
 
-    /// How `job`'s workers split its graph (None when this worker trains alone): by
-    /// [`flight::owners`] of `db`, each serving its part over Flight; with a store, this
-    /// worker's partitions are first written to it (the job's ingest).
+    /// How `job`'s workers split its graph (None when this worker trains alone): by the
+    /// placement of `db`'s rows (computed once, for the owners and the store), each
+    /// serving its part over Flight; with a store, this worker's partitions are first
+    /// written to it (the job's ingest).
     fn split(
         &self,
         job: &Job,
@@ -425,11 +426,12 @@ impl Group {
             .map(|&w| self.addr(w))
             .collect::<Result<Vec<_>>>()?;
         let ranks = placement_ranks(job)?;
+        let placed = placement(db, ranks.len() as u32);
         let store = match &self.store {
             None => None,
             Some(root) => Some(Arc::new(ingest(
                 &job_store(root, job.id),
-                db,
+                (db, &placed),
                 stamp,
                 rank,
                 &ranks,
@@ -443,7 +445,7 @@ impl Group {
             runtime: self.runtime.clone(),
             stop: stop.clone(),
             service: self.sampling.clone(),
-            owners: Arc::new(flight::owners(db, &ranks)),
+            owners: Arc::new(flight::owners_of(&placed, &ranks)),
             store,
             workers: job.workers.clone(),
             unreachable: self.unreachable.clone(),
@@ -496,14 +498,15 @@ fn job_store(root: &Path, id: u64) -> PathBuf {
     root.join(format!("job-{id}"))
 }
 
-/// Brings the job store at `dir` to this worker's partitions of `db` (those `ranks`
-/// gives rank `rank`), loaded from data stamped `stamp`: the partitions an earlier
+/// Brings the job store at `dir` to this worker's partitions of `db` (its rows placed in
+/// partitions by `placed`; those `ranks` gives rank `rank`), loaded from data stamped
+/// `stamp`: the partitions an earlier
 /// attempt of the job left there and this one still places here are kept, those placed
 /// elsewhere now are removed, and only the missing ones are written. A store of another
 /// schema, partition count or data stamp (the data changed since) is replaced whole.
 fn ingest(
     dir: &Path,
-    db: &Database,
+    (db, placed): (&Database, &[Vec<u32>]),
     stamp: u64,
     rank: usize,
     ranks: &[u16],
@@ -545,7 +548,7 @@ fn ingest(
     store.remove(&names, &gone, parts)?;
     store.set_data_stamp(stamp)?;
     let started = Instant::now();
-    let ingested = store.ingest(db, &missing, parts)?;
+    let ingested = store.ingest_placed(db, placed, &missing, parts)?;
     let rows: u64 = ingested.rows.iter().map(|(_, n)| n).sum();
     let kept = owned.len() - missing.len();
     metrics::gauge!("relgraph_rows_stored").set(rows as f64);
@@ -928,18 +931,19 @@ mod tests {
         let (data, store) = (dir.path().join("data"), dir.path().join("store"));
         let ranks = flight::round_robin(2, 8);
         let stamp = || relgraph_common::source::stamp(&data, &[]).expect("stamp");
+        let placed = |db: &Database| placement(db, ranks.len() as u32);
         let first = generate(&data, 60);
-        let s = ingest(&store, &first, stamp(), 0, &ranks).expect("ingest");
+        let s = ingest(&store, (&first, &placed(&first)), stamp(), 0, &ranks).expect("ingest");
         let [held, owned] = held_and_owned(&s, &first, &ranks);
         assert_eq!(held, owned);
         drop(s);
         // The same data again (a later attempt): kept as it is.
-        let s = ingest(&store, &first, stamp(), 0, &ranks).expect("ingest");
+        let s = ingest(&store, (&first, &placed(&first)), stamp(), 0, &ranks).expect("ingest");
         assert_eq!(held_and_owned(&s, &first, &ranks)[0], held);
         drop(s);
         // Other data under the same schema: stored again, none of the old rows kept.
         let second = generate(&data, 90);
-        let s = ingest(&store, &second, stamp(), 0, &ranks).expect("ingest");
+        let s = ingest(&store, (&second, &placed(&second)), stamp(), 0, &ranks).expect("ingest");
         let [held, owned] = held_and_owned(&s, &second, &ranks);
         assert_eq!(held, owned);
     }

@@ -215,6 +215,18 @@ impl PartitionStore {
     /// Writes the rows of `db` that fall in the partitions `owned` (of `parts`),
     /// replacing what those partitions held.
     pub fn ingest(&self, db: &Database, owned: &[u32], parts: u32) -> Result<Ingested, StoreError> {
+        self.ingest_placed(db, &placement(db, parts), owned, parts)
+    }
+
+    /// [`PartitionStore::ingest`] with the rows' partitions already known
+    /// (`placement(db, parts)`).
+    pub fn ingest_placed(
+        &self,
+        db: &Database,
+        placement: &[Vec<u32>],
+        owned: &[u32],
+        parts: u32,
+    ) -> Result<Ingested, StoreError> {
         let schema = db.schema();
         let mut out = Ingested::default();
         let plain = WriteOptions::default();
@@ -225,7 +237,6 @@ impl PartitionStore {
                 &plain,
             )
             .map_err(|e| self.rocks(e))?;
-        let placement = placement(db, parts);
         // Rows of each table by partition (one pass), then (table, partition) pieces
         // encoded and written in parallel.
         let buckets: Vec<Vec<Vec<u32>>> = placement
