@@ -500,10 +500,10 @@ fn job_store(root: &Path, id: u64) -> PathBuf {
 
 /// Brings the job store at `dir` to this worker's partitions of `db` (its rows placed in
 /// partitions by `placed`; those `ranks` gives rank `rank`), loaded from data stamped
-/// `stamp`: the partitions an earlier
-/// attempt of the job left there and this one still places here are kept, those placed
-/// elsewhere now are removed, and only the missing ones are written. A store of another
-/// schema, partition count or data stamp (the data changed since) is replaced whole.
+/// `stamp`: the partitions an earlier attempt of the job left there and this one still
+/// places here are kept, those placed elsewhere now are removed, and only the missing
+/// ones are written. A store of another schema, partition count or data stamp (the data
+/// changed since) is replaced whole.
 fn ingest(
     dir: &Path,
     (db, placed): (&Database, &[Vec<u32>]),
@@ -918,9 +918,10 @@ mod tests {
             .expect("held");
         ids.sort_unstable();
         let t = db.tables.iter().position(|t| t.name() == "customers");
+        let t = t.expect("customers");
         let owners = flight::owners(db, ranks);
-        let owned = (0..db.tables[t.expect("customers")].num_rows() as u32)
-            .filter(|&r| owners[t.expect("customers")][r as usize] == 0)
+        let owned = (0..db.tables[t].num_rows() as u32)
+            .filter(|&r| owners[t][r as usize] == 0)
             .collect();
         [ids, owned]
     }
