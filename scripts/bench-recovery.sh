@@ -5,10 +5,10 @@
 # the first checkpoint is recorded in Raft, the third worker process is killed. Prints,
 # from the kill: when the coordinator gave the job to a new attempt (the lost worker's
 # lease ran out, or a third of it once a survivor's ring could not reach it), when the
-# survivors read the checkpoint (having loaded the data, stored the partitions they
-# gained and labelled), when the job took its first step after the checkpoint (each
-# survivor having built its part of the graph and encoded its rows), when it passed
-# the step it was at when the worker died, and the steps redone.
+# survivors read the checkpoint (having read their part back from their stores, or
+# loaded the data where a store lacks a partition), when the job took its first step
+# after the checkpoint, when it passed the step it was at when the worker died, and the
+# steps redone; then each worker's lines on how its attempts prepared their part.
 # Needs a release build (cargo build --release); RELGRAPH_BIN picks another binary.
 # Usage: scripts/bench-recovery.sh [CUSTOMERS] [DIR]   (default 100000 and a temporary
 # directory)
@@ -81,7 +81,7 @@ echo "killed worker $victim at step $step_at_kill (checkpoint at step $checkpoin
   "first step after it $(since "$killed_at" "${stepped:-$(now)}") s," \
   "step $step_at_kill passed again after $(since "$killed_at" "${passed:-$(now)}") s;" \
   "$((step_at_kill - checkpoint)) step(s) redone"
-grep -h "attempt 2" "$dir"/worker-[12].log | cut -d' ' -f2-
+grep -h "job 1 attempt" "$dir"/worker-[123].log | cut -d' ' -f2-
 grep -h "cannot reach\|declaring" "$dir/coordinator.log" | sed 's/\x1b\[[0-9;]*m//g' | cut -c28-
 python3 - "$dir/train.json" <<'PY'
 import json, sys

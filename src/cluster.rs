@@ -7,6 +7,7 @@ pub mod features;
 pub mod flight;
 mod labels;
 mod metrics_http;
+mod prepared;
 mod ring;
 mod submit;
 mod worker;

@@ -467,6 +467,11 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     assert_eq!(j["workers"].as_array().map(Vec::len), Some(3), "{j}");
     let (killed, _) = workers.pop().expect("worker");
     killed.kill();
+    // The lost worker's partitions moved to the survivors holding their replicas: each
+    // trains from its store alone, without reading the data directory again.
+    for (w, _) in &workers {
+        w.line("kept its partitions from an earlier attempt", 120);
+    }
     workers[0].0.line("resuming from", 120);
     let cluster = finish(submit, 300, "the submission");
     assert!(cluster.status.success(), "submit failed");
@@ -567,9 +572,8 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
                     .unwrap_or_else(|| panic!("no {name} in\n{text}"))
             };
             // Each worker labelled its own entities and encoded its own rows, and read
-            // the others' encoded rows over Flight; the resumed attempt kept the
-            // partitions the first one had stored on it (the placement moved only the
-            // lost worker's).
+            // the others' encoded rows over Flight; the resumed attempt kept every
+            // partition placed on it from the first one (its own and its replicas).
             for name in [
                 "relgraph_rows_stored",
                 "relgraph_partitions_reused",

@@ -145,7 +145,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
             let job = job_mut(state, a.job)?;
             job.worker = a.workers[0];
             job.workers = a.workers.clone();
-            job.placement = place(&job.placement, &a.workers);
+            (job.placement, job.replicas) = place(&job.placement, &job.replicas, &a.workers);
             job.attempt += 1;
             job.updated_ms = now;
             Ok(Applied::Job(Box::new(job.clone())))
@@ -218,31 +218,52 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, Rejecte
 /// Partitions per worker when a job is first placed.
 pub const PARTITIONS_PER_WORKER: usize = 16;
 
-/// A job's placement over `workers` (see `Job::placement`): a new one dealt round-robin,
-/// or `old` with the partitions of workers not in `workers` dealt to the least loaded,
-/// then single partitions moved from the most to the least loaded until their loads
-/// differ by at most one. Deterministic: every replica computes the same.
-pub fn place(old: &[u64], workers: &[u64]) -> Vec<u64> {
+/// A job's placement over `workers` and each partition's replica (see `Job::placement`,
+/// `Job::replicas`): a new one dealt round-robin, each worker's replicas spread over the
+/// others; or `old` with the partitions of workers not in `workers` moved to their
+/// replica (else to the least loaded), then single partitions moved from the most to the
+/// least loaded until their loads differ by at most one. A replica stays where it was
+/// unless it is lost or now the owner; a new one goes to the worker holding fewest.
+/// Deterministic: every coordinator computes the same.
+pub fn place(old: &[u64], old_replicas: &[u64], workers: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let n = workers.len();
     if old.is_empty() {
-        let parts = PARTITIONS_PER_WORKER * workers.len();
-        return (0..parts).map(|p| workers[p % workers.len()]).collect();
+        let parts = PARTITIONS_PER_WORKER * n;
+        let placement: Vec<u64> = (0..parts).map(|p| workers[p % n]).collect();
+        let replicas = if n < 2 {
+            Vec::new()
+        } else {
+            // Partition p's owner is p % n; its replicas cycle through the other workers.
+            (0..parts)
+                .map(|p| workers[(p % n + 1 + (p / n) % (n - 1)) % n])
+                .collect()
+        };
+        return (placement, replicas);
     }
     let mut placement = old.to_vec();
     let mut load: Vec<usize> = workers
         .iter()
         .map(|w| placement.iter().filter(|&x| x == w).count())
         .collect();
-    let least = |load: &[usize]| (0..load.len()).min_by_key(|&i| (load[i], i));
-    for p in placement.iter_mut() {
-        if !workers.contains(p)
-            && let Some(i) = least(&load)
-        {
-            *p = workers[i];
+    let least = |load: &[usize], not: Option<usize>| {
+        (0..load.len())
+            .filter(|&i| Some(i) != not)
+            .min_by_key(|&i| (load[i], i))
+    };
+    for (p, owner) in placement.iter_mut().enumerate() {
+        if workers.contains(owner) {
+            continue;
+        }
+        let replica = old_replicas
+            .get(p)
+            .and_then(|r| workers.iter().position(|w| w == r));
+        if let Some(i) = replica.or_else(|| least(&load, None)) {
+            *owner = workers[i];
             load[i] += 1;
         }
     }
     let most = |load: &[usize]| (0..load.len()).max_by_key(|&i| (load[i], i));
-    while let (Some(lo), Some(hi)) = (least(&load), most(&load))
+    while let (Some(lo), Some(hi)) = (least(&load, None), most(&load))
         && load[hi] > load[lo] + 1
     {
         if let Some(p) = placement.iter().rposition(|&x| x == workers[hi]) {
@@ -251,7 +272,31 @@ pub fn place(old: &[u64], workers: &[u64]) -> Vec<u64> {
         load[hi] -= 1;
         load[lo] += 1;
     }
-    placement
+    if n < 2 {
+        return (placement, Vec::new());
+    }
+    let mut kept: Vec<Option<u64>> = (0..placement.len())
+        .map(|p| {
+            old_replicas
+                .get(p)
+                .copied()
+                .filter(|r| workers.contains(r) && *r != placement[p])
+        })
+        .collect();
+    let mut held: Vec<usize> = workers
+        .iter()
+        .map(|w| kept.iter().filter(|r| **r == Some(*w)).count())
+        .collect();
+    for (p, replica) in kept.iter_mut().enumerate() {
+        if replica.is_none() {
+            let owner = workers.iter().position(|w| *w == placement[p]);
+            if let Some(i) = least(&held, owner) {
+                *replica = Some(workers[i]);
+                held[i] += 1;
+            }
+        }
+    }
+    (placement, kept.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
@@ -268,28 +313,42 @@ mod tests {
 
     #[test]
     fn placement_moves_only_what_a_changed_group_needs() {
-        let first = place(&[], &[1, 2, 3]);
+        let (first, replicas) = place(&[], &[], &[1, 2, 3]);
         assert_eq!(first.len(), 48);
         assert_eq!(&first[..4], &[1, 2, 3, 1]);
-        // Worker 3 lost: its 16 partitions go 8 and 8; the others keep theirs.
-        let second = place(&first, &[1, 2]);
-        for (a, b) in first.iter().zip(&second) {
-            if *a != 3 {
-                assert_eq!(a, b);
+        let count = |p: &[u64], w: u64| p.iter().filter(|&&x| x == w).count();
+        // Every partition has a replica elsewhere; worker 3's are spread over 1 and 2.
+        assert!(first.iter().zip(&replicas).all(|(a, b)| a != b));
+        let of_3: Vec<u64> = (0..48)
+            .filter(|&p| first[p] == 3)
+            .map(|p| replicas[p])
+            .collect();
+        assert_eq!((count(&of_3, 1), count(&of_3, 2)), (8, 8));
+        // Worker 3 lost: each of its 16 partitions goes to its replica, 8 and 8; the
+        // others keep theirs, and every partition has a replica again, not its owner.
+        let (second, replicas2) = place(&first, &replicas, &[1, 2]);
+        for p in 0..48 {
+            let want = if first[p] == 3 { replicas[p] } else { first[p] };
+            assert_eq!(second[p], want);
+            assert_ne!(replicas2[p], second[p]);
+            if replicas[p] != 3 && replicas[p] != second[p] {
+                assert_eq!(replicas2[p], replicas[p], "a kept replica moved");
             }
         }
-        let count = |p: &[u64], w: u64| p.iter().filter(|&&x| x == w).count();
         assert_eq!((count(&second, 1), count(&second, 2)), (24, 24));
         // A new worker joins: it gets its share, and only that moves.
-        let third = place(&second, &[1, 2, 4]);
+        let (third, replicas3) = place(&second, &replicas2, &[1, 2, 4]);
         assert_eq!(
             (count(&third, 1), count(&third, 2), count(&third, 4)),
             (16, 16, 16)
         );
         let moved = second.iter().zip(&third).filter(|(a, b)| a != b).count();
         assert_eq!(moved, 16);
+        assert!(third.iter().zip(&replicas3).all(|(a, b)| a != b));
         // The same group again: nothing moves.
-        assert_eq!(place(&third, &[1, 2, 4]), third);
+        assert_eq!(place(&third, &replicas3, &[1, 2, 4]), (third, replicas3));
+        // One worker: no replicas.
+        assert!(place(&[], &[], &[7]).1.is_empty());
     }
 
     #[test]

@@ -58,6 +58,57 @@ pub enum GraphError {
     TooManyNodes(String),
     #[error("appending to `{table}`: {problem}")]
     Append { table: String, problem: String },
+    #[error("stored neighbor lists of `{edge}`: {problem}")]
+    Segment { edge: String, problem: String },
+}
+
+/// Some nodes' neighbor lists of one edge type, as a partition store keeps them: the
+/// nodes, how many neighbors each has, and their neighbors one list after another, each
+/// list oldest first. The neighbors' times are not kept: they are the neighbors' node
+/// times.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub nodes: Vec<u32>,
+    pub degrees: Vec<u32>,
+    pub neighbors: Vec<u32>,
+}
+
+impl Segment {
+    /// Little-endian: the node count and the edge count (u64 each), then the nodes,
+    /// degrees and neighbors (u32 each).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 4 * (2 * self.nodes.len() + self.neighbors.len()));
+        out.extend_from_slice(&(self.nodes.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.neighbors.len() as u64).to_le_bytes());
+        for v in [&self.nodes, &self.degrees, &self.neighbors] {
+            out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        out
+    }
+
+    /// What [`Segment::to_bytes`] wrote; None for bytes it cannot have written.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Segment> {
+        let count = |at: usize| -> Option<usize> {
+            let b = bytes.get(at..at + 8)?;
+            usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok()
+        };
+        let (n, m) = (count(0)?, count(8)?);
+        let words = n.checked_mul(2)?.checked_add(m)?;
+        if bytes.len() != words.checked_mul(4)?.checked_add(16)? {
+            return None;
+        }
+        let mut words = bytes[16..]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let mut take = |k: usize| words.by_ref().take(k).collect::<Vec<u32>>();
+        let (nodes, degrees, neighbors) = (take(n), take(n), take(m));
+        let total: u64 = degrees.iter().map(|&d| u64::from(d)).sum();
+        (total == m as u64).then_some(Segment {
+            nodes,
+            degrees,
+            neighbors,
+        })
+    }
 }
 
 /// The whole graph in memory.
@@ -153,6 +204,46 @@ impl HeteroGraph {
         })
     }
 
+    /// Edge type `edge`'s neighbor lists of `nodes`, as built (appended edges left out).
+    pub fn segment(&self, edge: usize, nodes: &[u32]) -> Segment {
+        let csr = &self.csr[edge];
+        let mut out = Segment {
+            nodes: nodes.to_vec(),
+            ..Segment::default()
+        };
+        for &n in nodes {
+            let (lo, hi) = csr.range(n);
+            out.degrees.push((hi - lo) as u32);
+            out.neighbors.extend_from_slice(&csr.neighbors[lo..hi]);
+        }
+        out
+    }
+
+    /// The graph holding the neighbor lists in `segments` (per edge type of
+    /// `edge_types`, any number each, no node in two of them): a worker's part as its
+    /// store keeps it. `node_times` and `num_nodes` are the whole graph's, as
+    /// [`HeteroGraph::from_database`] gives them; a neighbor's time is its node time.
+    pub fn from_segments(
+        tables: Vec<String>,
+        (num_nodes, node_times): (Vec<usize>, Vec<Vec<i64>>),
+        edge_types: Vec<EdgeType>,
+        segments: &[Vec<Segment>],
+    ) -> Result<HeteroGraph, GraphError> {
+        let csr = edge_types
+            .par_iter()
+            .zip(segments)
+            .map(|(e, parts)| csr_of(e, &num_nodes, &node_times, parts))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HeteroGraph {
+            tables,
+            num_nodes,
+            node_times,
+            delta: edge_types.iter().map(|_| Delta::default()).collect(),
+            edge_types,
+            csr,
+        })
+    }
+
     pub fn num_edges(&self) -> usize {
         self.csr.iter().map(Csr::num_edges).sum::<usize>()
             + self.delta.iter().map(Delta::num_edges).sum::<usize>()
@@ -225,6 +316,66 @@ fn time_order(times: &[i64], rows: usize) -> Vec<u32> {
 }
 
 /// Each kept child's one parent (none where the key is null or dangles).
+/// Edge type `e`'s CSR from the neighbor lists of `parts`, checked against the graph's
+/// node counts.
+fn csr_of(
+    e: &EdgeType,
+    num_nodes: &[usize],
+    node_times: &[Vec<i64>],
+    parts: &[Segment],
+) -> Result<Csr, GraphError> {
+    let bad = |problem: String| GraphError::Segment {
+        edge: e.name.clone(),
+        problem,
+    };
+    let (sources, targets) = (num_nodes[e.src], num_nodes[e.dst]);
+    let mut counts = vec![0u32; sources + 1];
+    for s in parts {
+        if s.degrees.len() != s.nodes.len() {
+            return Err(bad("a degree per node is missing".into()));
+        }
+        for (&n, &d) in s.nodes.iter().zip(&s.degrees) {
+            let slot = counts
+                .get_mut(n as usize + 1)
+                .ok_or_else(|| bad(format!("node {n} of {sources}")))?;
+            if *slot != 0 {
+                return Err(bad(format!("node {n} listed twice")));
+            }
+            *slot = d;
+        }
+    }
+    let mut total: u64 = 0;
+    for c in counts.iter_mut() {
+        total += u64::from(*c);
+        *c = u32::try_from(total).map_err(|_| GraphError::TooManyEdges(e.name.clone()))?;
+    }
+    let mut neighbors = vec![0u32; total as usize];
+    for s in parts {
+        let mut from = 0usize;
+        for (&n, &d) in s.nodes.iter().zip(&s.degrees) {
+            let at = counts[n as usize] as usize;
+            let list = s
+                .neighbors
+                .get(from..from + d as usize)
+                .ok_or_else(|| bad("fewer neighbors than the degrees say".into()))?;
+            neighbors[at..at + d as usize].copy_from_slice(list);
+            from += d as usize;
+        }
+    }
+    if let Some(n) = neighbors.iter().find(|&&n| n as usize >= targets) {
+        return Err(bad(format!("neighbor {n} of {targets}")));
+    }
+    let times = neighbors
+        .par_iter()
+        .map(|&n| time_at(&node_times[e.dst], n as usize))
+        .collect();
+    Ok(Csr {
+        offsets: counts,
+        neighbors,
+        times,
+    })
+}
+
 fn child_to_parent(parents: &[u32], parent_times: &[i64], keep: impl Fn(u32) -> bool) -> Csr {
     let mut offsets = Vec::with_capacity(parents.len() + 1);
     offsets.push(0u32);

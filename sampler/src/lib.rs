@@ -33,7 +33,7 @@ pub mod view;
 
 pub use batch::{EdgeBlock, NodeBlock, SubgraphBatch};
 pub use delta::Delta;
-pub use graph::{Csr, EdgeType, GraphError, HeteroGraph, STATIC};
+pub use graph::{Csr, EdgeType, GraphError, HeteroGraph, STATIC, Segment};
 pub use negative::NegativeSampler;
 pub use routed::{Owners, Routed, Shard, owner};
 pub use temporal::{SampleConfig, SampleError, Seed, auto_chunk, sample};

@@ -12,7 +12,8 @@ use proptest::prelude::{
 use relgraph_common::Database;
 use relgraph_common::hash::mix;
 use relgraph_sampler::{
-    HeteroGraph, Owners, Routed, STATIC, SampleConfig, Seed, Shard, Strategy, SubgraphBatch, sample,
+    HeteroGraph, Owners, Routed, STATIC, SampleConfig, Seed, Segment, Shard, Strategy,
+    SubgraphBatch, sample,
 };
 
 const T0: i64 = 1_700_000_000;
@@ -317,6 +318,29 @@ proptest! {
             for (a, b) in direct.csr.iter().zip(&part.csr) {
                 prop_assert_eq!((&a.offsets, &a.neighbors, &a.times), (&b.offsets, &b.neighbors, &b.times));
             }
+            // And so is the part put together from its nodes' stored neighbor lists, in
+            // two segments per edge type (as a store holding two partitions keeps them).
+            let segments: Vec<Vec<Segment>> = (0..whole.edge_types.len())
+                .map(|e| {
+                    let src = whole.edge_types[e].src;
+                    let mine: Vec<u32> = (0..whole.num_nodes[src] as u32)
+                        .filter(|&n| usize::from(owners[src][n as usize]) == s)
+                        .collect();
+                    let (a, b) = mine.split_at(mine.len() / 2);
+                    [a, b].iter()
+                        .map(|nodes| Segment::from_bytes(&whole.segment(e, nodes).to_bytes()).expect("segment"))
+                        .collect()
+                })
+                .collect();
+            let stored = HeteroGraph::from_segments(
+                whole.tables.clone(),
+                (whole.num_nodes.clone(), whole.node_times.clone()),
+                whole.edge_types.clone(),
+                &segments,
+            ).expect("from segments");
+            for (a, b) in stored.csr.iter().zip(&part.csr) {
+                prop_assert_eq!((&a.offsets, &a.neighbors, &a.times), (&b.offsets, &b.neighbors, &b.times));
+            }
         }
         let owners = Arc::new(owners);
         prop_assert_eq!(parts.iter().map(|p| p.num_edges()).sum::<usize>(), whole.num_edges());
@@ -362,6 +386,47 @@ fn table(graph: &HeteroGraph, name: &str) -> usize {
 }
 
 /// Chi-square over a star: a customer with 20 orders, 5 drawn per sample, 4000 samples.
+/// Stored neighbor lists that were cut, grown or do not add up are refused, and so are
+/// lists that name nodes the graph does not have.
+#[test]
+fn damaged_segments_are_refused() {
+    let s = Segment {
+        nodes: vec![0, 2],
+        degrees: vec![2, 1],
+        neighbors: vec![1, 0, 1],
+    };
+    let bytes = s.to_bytes();
+    assert_eq!(Segment::from_bytes(&bytes), Some(s.clone()));
+    for cut in [0, 8, 15, 16, bytes.len() - 4, bytes.len() - 1] {
+        assert_eq!(Segment::from_bytes(&bytes[..cut]), None, "cut at {cut}");
+    }
+    let mut wrong = s.clone();
+    wrong.degrees[0] = 3;
+    assert_eq!(Segment::from_bytes(&wrong.to_bytes()), None);
+    let edge = relgraph_sampler::EdgeType {
+        name: "a->a".into(),
+        src: 0,
+        dst: 0,
+    };
+    let build = |seg: Segment, nodes: usize| {
+        HeteroGraph::from_segments(
+            vec!["a".into()],
+            (vec![nodes], vec![Vec::new()]),
+            vec![edge.clone()],
+            &[vec![seg]],
+        )
+    };
+    assert!(build(s.clone(), 3).is_ok());
+    // Node 2 of a 2-node table, and neighbor 1 of a 1-node table.
+    assert!(build(s.clone(), 2).is_err());
+    let far = Segment {
+        nodes: vec![0],
+        degrees: vec![1],
+        neighbors: vec![5],
+    };
+    assert!(build(far, 3).is_err());
+}
+
 #[test]
 fn uniform_is_uniform_on_a_star() {
     let orders: Vec<(Option<usize>, i64)> = (0..20).map(|i| (Some(0), i)).collect();

@@ -24,7 +24,6 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::utils::{batches_to_flight_data, flight_data_to_batches};
 use arrow_flight::{FlightData, FlightDescriptor};
-use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, ParallelIterator};
 use relgraph_common::Database;
 use relgraph_common::pql::TaskPlan;
 use relgraph_coordinator::auth::Auth;
@@ -35,7 +34,6 @@ use relgraph_sampler::{
 use relgraph_worker::label::Labels;
 use relgraph_worker::model::features::{OwnedFeatures, TableCode};
 use relgraph_worker::model::{GraphSplit, ModelError, SplitData};
-use relgraph_worker::store::PartitionStore;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -202,12 +200,16 @@ pub struct Served {
 #[derive(Debug, Clone, Default)]
 pub struct SampleService {
     parts: Arc<RwLock<HashMap<JobAttempt, Served>>>,
-    /// The labels of each job attempt's entities held here.
-    labels: Arc<RwLock<HashMap<JobAttempt, Arc<Labels>>>>,
+    /// The labels of each job attempt's entities held here, and whether they are every
+    /// entity's (complete) or only this worker's.
+    labels: Arc<RwLock<HashMap<JobAttempt, PublishedLabels>>>,
 }
 
 /// A training job's (id, attempt).
 type JobAttempt = (u64, u64);
+
+/// Labels a worker serves, and whether they are every entity's.
+type PublishedLabels = (Arc<Labels>, bool);
 
 impl SampleService {
     /// Serves `served` for `job` = (id, attempt) until [`SampleService::withdraw`].
@@ -217,10 +219,11 @@ impl SampleService {
         }
     }
 
-    /// Serves `labels` for `job` = (id, attempt) until [`SampleService::retain`] drops it.
-    pub fn publish_labels(&self, job: (u64, u64), labels: Arc<Labels>) {
+    /// Serves `labels` (`complete`: every entity's, merged and ASSUMING read) for `job` =
+    /// (id, attempt) until [`SampleService::retain`] drops it.
+    pub fn publish_labels(&self, job: (u64, u64), labels: Arc<Labels>, complete: bool) {
         if let Ok(mut held) = self.labels.write() {
-            held.insert(job, labels);
+            held.insert(job, (labels, complete));
         }
     }
 
@@ -270,13 +273,13 @@ impl SampleService {
         };
         let job = (cmd.job, cmd.attempt);
         if cmd.op == "labels" {
-            let labels = self
+            let (labels, complete) = self
                 .labels
                 .read()
                 .ok()
                 .and_then(|l| l.get(&job).cloned())
                 .ok_or_else(|| held("labels"))?;
-            let batch = labels::encode(&labels).map_err(Status::internal)?;
+            let batch = labels::encode(&labels, complete).map_err(Status::internal)?;
             return batches_to_flight_data(&batch.schema(), [&batch])
                 .map_err(|e| Status::internal(e.to_string()));
         }
@@ -507,8 +510,9 @@ impl RemoteShard {
         self.call(&command, data, PATIENCE)
     }
 
-    /// The labels this worker computed for `job`, waiting up to `patience` for them.
-    pub fn labels(&self, patience: Duration) -> Result<Labels, String> {
+    /// The labels this worker computed for `job` (or, marked complete, every entity's),
+    /// waiting up to `patience` for them.
+    pub fn labels(&self, patience: Duration) -> Result<(Labels, bool), String> {
         let batches = self.call(&self.command("labels"), encode_requests(&[])?, patience)?;
         labels::decode(&batches).map_err(|e| format!("worker {}: labels: {e}", self.addr))
     }
@@ -602,9 +606,6 @@ pub struct FlightSplit {
     pub stop: Arc<AtomicBool>,
     pub service: SampleService,
     pub owners: Arc<Owners>,
-    /// This worker's partitions, ingested for the job: its encoded rows are read from
-    /// here (else from the loaded data).
-    pub store: Option<Arc<PartitionStore>>,
     /// Every worker of the job by rank, and where one that cannot be reached is noted.
     pub workers: Vec<u64>,
     pub unreachable: Arc<Unreachable>,
@@ -613,18 +614,20 @@ pub struct FlightSplit {
 impl FlightSplit {
     /// Every entity's labels: this worker's `mine` (of its own entities among
     /// `entities`), served to the others, merged with theirs as one process would
-    /// compute them all.
+    /// compute them all. Where a worker serves every entity's labels (kept in its store
+    /// from an earlier attempt), those are taken as they are, ASSUMING already read: the
+    /// answer's flag says so.
     pub fn labels(
         &self,
         mine: Labels,
         plan: &TaskPlan,
         entities: &[usize],
-    ) -> Result<Labels, ModelError> {
+    ) -> Result<(Labels, bool), ModelError> {
         metrics::gauge!("relgraph_labels_computed").set(mine.len() as f64);
         let mine = Arc::new(mine);
-        self.service.publish_labels(self.job, mine.clone());
+        self.service.publish_labels(self.job, mine.clone(), false);
         let fetch = |rank: usize| self.connect(rank)?.labels(LOADING);
-        let theirs: Vec<Result<Labels, String>> = std::thread::scope(|scope| {
+        let theirs: Vec<Result<(Labels, bool), String>> = std::thread::scope(|scope| {
             let threads: Vec<_> = (0..self.addrs.len())
                 .filter(|&s| s != self.rank)
                 .map(|s| scope.spawn(move || fetch(s)))
@@ -634,12 +637,17 @@ impl FlightSplit {
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
         });
-        let theirs = theirs
+        let mut theirs = theirs
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(ModelError::Collective)?;
-        let parts: Vec<&Labels> = std::iter::once(mine.as_ref()).chain(&theirs).collect();
-        Ok(Labels::merge(&parts, plan, entities))
+        if let Some(i) = theirs.iter().position(|(_, complete)| *complete) {
+            return Ok((theirs.swap_remove(i).0, true));
+        }
+        let parts: Vec<&Labels> = std::iter::once(mine.as_ref())
+            .chain(theirs.iter().map(|(l, _)| l))
+            .collect();
+        Ok((Labels::merge(&parts, plan, entities), false))
     }
 
     /// The job attempt's partition on the worker of rank `rank`.
@@ -663,16 +671,15 @@ impl FlightSplit {
     }
 }
 
-impl GraphSplit for FlightSplit {
-    fn split(&self, db: &Database, codes: &[TableCode]) -> Result<SplitData, ModelError> {
-        let rank = self.rank as u16;
-        let owners = &self.owners;
-        let mine = |t: usize, n: u32| owner(owners, t, n) == self.rank;
-        let part = Arc::new(HeteroGraph::from_database_where(db, mine)?);
-        let features = Arc::new(match &self.store {
-            None => OwnedFeatures::encode(db, codes, mine)?,
-            Some(store) => stored_features(store, db, codes, mine)?,
-        });
+impl FlightSplit {
+    /// Serves this worker's part of the graph and its encoded rows to the job's other
+    /// workers, and reaches theirs once they serve them too.
+    pub fn serve(
+        &self,
+        part: Arc<HeteroGraph>,
+        features: Arc<OwnedFeatures>,
+    ) -> Result<SplitData, ModelError> {
+        let (rank, owners) = (self.rank as u16, &self.owners);
         metrics::gauge!("relgraph_feature_rows_held").set(features.rows() as f64);
         metrics::gauge!("relgraph_feature_bytes_held").set(features.bytes() as f64);
         let served = Served {
@@ -713,50 +720,20 @@ impl GraphSplit for FlightSplit {
             }),
         })
     }
+}
+
+impl GraphSplit for FlightSplit {
+    fn split(&self, db: &Database, codes: &[TableCode]) -> Result<SplitData, ModelError> {
+        let owners = &self.owners;
+        let mine = |t: usize, n: u32| owner(owners, t, n) == self.rank;
+        let part = Arc::new(HeteroGraph::from_database_where(db, mine)?);
+        let features = Arc::new(OwnedFeatures::encode(db, codes, mine)?);
+        self.serve(part, features)
+    }
 
     fn owner(&self, table: usize, row: u32) -> usize {
         owner(&self.owners, table, row)
     }
-}
-
-/// This worker's encoded rows, from the rows its store holds, which must be those
-/// `mine` places here.
-fn stored_features(
-    store: &PartitionStore,
-    db: &Database,
-    codes: &[TableCode],
-    mine: impl Fn(usize, u32) -> bool + Sync,
-) -> Result<OwnedFeatures, ModelError> {
-    // Each table read back and checked on its own thread.
-    let one = |(t, code): (usize, &TableCode)| {
-        let table = db
-            .table(&code.table)
-            .ok_or_else(|| ModelError::Mismatch(format!("no table `{}`", code.table)))?;
-        let (ids, batch) = match store.rows_with_ids(&code.table)? {
-            Some(found) => found,
-            None => (Vec::new(), table.batch.slice(0, 0)),
-        };
-        let mut sorted = ids.clone();
-        sorted.sort_unstable();
-        let placed: Vec<u32> = (0..table.num_rows() as u32)
-            .filter(|&r| mine(t, r))
-            .collect();
-        if sorted != placed {
-            return Err(ModelError::Mismatch(format!(
-                "the partition store holds {} rows of `{}`, but {} are placed on this worker",
-                sorted.len(),
-                code.table,
-                placed.len()
-            )));
-        }
-        Ok((ids, batch))
-    };
-    let held = codes
-        .par_iter()
-        .enumerate()
-        .map(one)
-        .collect::<Result<Vec<_>, ModelError>>()?;
-    Ok(OwnedFeatures::from_rows(codes, held)?)
 }
 
 /// Per table, the rank owning each row's neighbor lists: `ranks[p]` for the row's
@@ -974,5 +951,88 @@ mod tests {
         assert!(err.contains("does not hold its partition"), "{err}");
         assert!(started.elapsed() >= Duration::from_millis(250));
         stopper.join().expect("stopper");
+    }
+
+    /// The labels exchange: three workers' labels merge into what one process labels;
+    /// where a worker serves every entity's (kept from an earlier attempt, marked
+    /// complete), a worker that labels takes those as they are.
+    #[test]
+    fn labels_merge_and_complete_labels_are_taken_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("retail");
+        crate::generate::run(&Kind::Retail {
+            output: Output {
+                out: data.clone(),
+                seed: 4,
+                json: true,
+                only: Vec::new(),
+            },
+            customers: 90,
+            products: 12,
+            days: 200,
+        })
+        .expect("generate");
+        let db = Database::load(&data, None).expect("load");
+        let query = "PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID";
+        let options = relgraph_common::pql::PlanOptions::default();
+        let plan = crate::pql::plan_query(&db, query, &options).expect("plan");
+        let assuming = relgraph_worker::model::config::Assuming::Auto;
+        let whole = crate::pql::label_all(&db, &plan, assuming).expect("labels");
+        let entities = crate::pql::entity_rows(&db, &plan).expect("entities");
+        assert!(whole.len() > 100 && entities.len() == 90, "{}", whole.len());
+        let third = |k: usize| -> Labels {
+            let rows: Vec<usize> = entities.iter().copied().filter(|r| r % 3 == k).collect();
+            crate::pql::label_entities(&db, &plan, &rows, assuming).expect("labels")
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let services: Vec<SampleService> = (0..3).map(|_| SampleService::default()).collect();
+        let addrs: Vec<String> = services
+            .iter()
+            .map(|service| {
+                runtime.block_on(async {
+                    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                    let addr = listener.local_addr().expect("addr").to_string();
+                    serve(listener, service.clone(), None).expect("serve");
+                    addr
+                })
+            })
+            .collect();
+        let split = |attempt: u64| FlightSplit {
+            job: (1, attempt),
+            rank: 0,
+            addrs: addrs.clone(),
+            token: None,
+            runtime: runtime.handle().clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            service: services[0].clone(),
+            owners: Arc::new(Vec::new()),
+            workers: Vec::new(),
+            unreachable: Arc::new(Unreachable::default()),
+        };
+        let same = |got: &Labels| {
+            assert_eq!(
+                (&got.entities, &got.anchors),
+                (&whole.entities, &whole.anchors)
+            );
+            assert_eq!((&got.splits, &got.labels), (&whole.splits, &whole.labels));
+            assert_eq!(got.dropped, whole.dropped);
+        };
+        // Attempt 1: every worker labels its third.
+        services[1].publish_labels((1, 1), Arc::new(third(1)), false);
+        services[2].publish_labels((1, 1), Arc::new(third(2)), false);
+        let (merged, complete) = split(1).labels(third(0), &plan, &entities).expect("merge");
+        assert!(!complete);
+        same(&merged);
+        // Attempt 2: worker 2 kept every entity's labels; worker 1 labels its own.
+        services[1].publish_labels((1, 2), Arc::new(third(1)), false);
+        let kept = crate::pql::label_all(&db, &plan, assuming).expect("labels");
+        services[2].publish_labels((1, 2), Arc::new(kept), true);
+        let (taken, complete) = split(2).labels(third(0), &plan, &entities).expect("take");
+        assert!(complete);
+        same(&taken);
     }
 }

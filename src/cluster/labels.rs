@@ -7,7 +7,9 @@
 //! answers one batch, an example per row: `entity` (u32, the entity table's row),
 //! `anchor` (i64 seconds), `split` (utf8), `label` (bool, f64, utf8, or a list of utf8
 //! or of f64, by task) and, for a counterfactual ASSUMING, `treated` (bool); the schema's
-//! metadata `dropped` holds the candidate examples left out, by reason (JSON).
+//! metadata `dropped` holds the candidate examples left out, by reason (JSON), and
+//! `complete` is `true` when the batch holds every entity's labels, merged and ASSUMING
+//! read (a worker whose store kept them from an earlier attempt), not only the server's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,8 +25,8 @@ use relgraph_worker::label::{LabelColumn, Labels, drop};
 use super::flight::column;
 use crate::labels::label_column;
 
-/// `labels` as one record batch.
-pub fn encode(labels: &Labels) -> Result<RecordBatch, String> {
+/// `labels` as one record batch, marked `complete` or not.
+pub fn encode(labels: &Labels, complete: bool) -> Result<RecordBatch, String> {
     let label = label_column(&labels.labels);
     let mut fields = vec![
         Field::new("entity", DataType::UInt32, false),
@@ -47,14 +49,20 @@ pub fn encode(labels: &Labels) -> Result<RecordBatch, String> {
         columns.push(Arc::new(BooleanArray::from(labels.treated.clone())));
     }
     let dropped = serde_json::to_string(&labels.dropped).map_err(|e| e.to_string())?;
-    let schema = Schema::new(fields).with_metadata(HashMap::from([("dropped".into(), dropped)]));
+    let mut metadata = HashMap::from([("dropped".to_string(), dropped)]);
+    if complete {
+        metadata.insert("complete".into(), "true".into());
+    }
+    let schema = Schema::new(fields).with_metadata(metadata);
     RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| e.to_string())
 }
 
-/// The labels in an answer's batches.
-pub fn decode(batches: &[RecordBatch]) -> Result<Labels, String> {
+/// The labels in an answer's batches, and whether they are marked complete.
+pub fn decode(batches: &[RecordBatch]) -> Result<(Labels, bool), String> {
     let mut out = Labels::default();
+    let mut complete = false;
     for b in batches {
+        complete |= b.schema().metadata().get("complete").map(String::as_str) == Some("true");
         if let Some(dropped) = b.schema().metadata().get("dropped") {
             let counts: BTreeMap<String, u64> =
                 serde_json::from_str(dropped).map_err(|e| format!("`dropped`: {e}"))?;
@@ -95,7 +103,7 @@ pub fn decode(batches: &[RecordBatch]) -> Result<Labels, String> {
             out.entities.len()
         ));
     }
-    Ok(out)
+    Ok((out, complete))
 }
 
 /// A `label` column back in its [`LabelColumn`] (the inverse of [`label_column`]).
@@ -176,7 +184,10 @@ mod tests {
                 },
                 dropped: BTreeMap::from([(drop::WHERE, 4)]),
             };
-            let got = decode(&[encode(&sent).expect("encode")]).expect("decode");
+            let complete = k % 2 == 1;
+            let (got, marked) =
+                decode(&[encode(&sent, complete).expect("encode")]).expect("decode");
+            assert_eq!(marked, complete);
             assert_eq!(got.entities, sent.entities);
             assert_eq!(got.anchors, sent.anchors);
             assert_eq!(got.splits, sent.splits);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use relgraph_common::Database;
+use relgraph_common::pql::TaskPlan;
 use relgraph_coordinator::auth::check_token;
 use relgraph_coordinator::client::AdminClient;
 use relgraph_coordinator::state::PARTITIONS_PER_WORKER;
@@ -21,6 +22,8 @@ use relgraph_proto::cluster::collective_server::CollectiveServer;
 use relgraph_proto::cluster::{
     HeartbeatRequest, Job, JobProgress, JobState, ListRequest, RegisterWorker, TableInfo,
 };
+use relgraph_worker::label::Labels;
+use relgraph_worker::model::config::Assuming;
 use relgraph_worker::model::parallel::Collective;
 use relgraph_worker::model::{
     self, GraphSplit, ModelError, Progress, Session, TrainConfig, TrainState,
@@ -29,6 +32,7 @@ use relgraph_worker::store::{PartitionStore, placement};
 use tokio::net::TcpListener;
 
 use super::flight::{self, FlightSplit, SampleService};
+use super::prepared::{self, Derived};
 use super::ring::{CollectiveService, Mailbox, Ring, Unreachable};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -407,14 +411,12 @@ impl Group {
     }
 
     /// How `job`'s workers split its graph (None when this worker trains alone): by the
-    /// placement of `db`'s rows (computed once, for the owners and the store), each
-    /// serving its part over Flight; with a store, this worker's partitions are first
-    /// written to it (the job's ingest).
+    /// rows' partitions `placed` and the job's placement of partitions on ranks, each
+    /// serving its part over Flight.
     fn split(
         &self,
         job: &Job,
-        db: &Database,
-        stamp: u64,
+        placed: &[Vec<u32>],
         stop: &Arc<AtomicBool>,
     ) -> Result<Option<FlightSplit>> {
         let Some(rank) = self.rank(job)? else {
@@ -426,17 +428,6 @@ impl Group {
             .map(|&w| self.addr(w))
             .collect::<Result<Vec<_>>>()?;
         let ranks = placement_ranks(job)?;
-        let placed = placement(db, ranks.len() as u32);
-        let store = match &self.store {
-            None => None,
-            Some(root) => Some(Arc::new(ingest(
-                &job_store(root, job.id),
-                (db, &placed),
-                stamp,
-                rank,
-                &ranks,
-            )?)),
-        };
         Ok(Some(FlightSplit {
             job: (job.id, u64::from(job.attempt)),
             rank,
@@ -445,8 +436,7 @@ impl Group {
             runtime: self.runtime.clone(),
             stop: stop.clone(),
             service: self.sampling.clone(),
-            owners: Arc::new(flight::owners_of(&placed, &ranks)),
-            store,
+            owners: Arc::new(flight::owners_of(placed, &ranks)),
             workers: job.workers.clone(),
             unreachable: self.unreachable.clone(),
         }))
@@ -493,28 +483,38 @@ fn placement_ranks(job: &Job) -> Result<Vec<u16>> {
         .collect()
 }
 
+/// The partitions of `job` rank `rank` trains on, and those its store keeps: these and
+/// the ones it holds the replica of.
+fn partitions_of(job: &Job, rank: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+    let ranks = placement_ranks(job)?;
+    let me = job.workers.get(rank).copied();
+    let owned: Vec<u32> = (0..ranks.len() as u32)
+        .filter(|&p| usize::from(ranks[p as usize]) == rank)
+        .collect();
+    let mut keep = owned.clone();
+    keep.extend((0..job.replicas.len() as u32).filter(|&p| Some(job.replicas[p as usize]) == me));
+    keep.sort_unstable();
+    keep.dedup();
+    Ok((owned, keep))
+}
+
 /// Where job `id` keeps this worker's partitions under `root` (across its attempts).
 fn job_store(root: &Path, id: u64) -> PathBuf {
     root.join(format!("job-{id}"))
 }
 
-/// Brings the job store at `dir` to this worker's partitions of `db` (its rows placed in
-/// partitions by `placed`; those `ranks` gives rank `rank`), loaded from data stamped
-/// `stamp`: the partitions an earlier attempt of the job left there and this one still
-/// places here are kept, those placed elsewhere now are removed, and only the missing
-/// ones are written. A store of another schema, partition count or data stamp (the data
-/// changed since) is replaced whole.
+/// Brings the job store at `dir` to partitions `keep` (of `parts`) of `db` (its rows
+/// placed in partitions by `placed`), loaded from data stamped `stamp`: the partitions an
+/// earlier attempt of the job left there and this one keeps stay, the others are
+/// removed, and only the missing ones are written. A store of another schema, partition
+/// count or data stamp (the data changed since) is replaced whole.
 fn ingest(
     dir: &Path,
     (db, placed): (&Database, &[Vec<u32>]),
     stamp: u64,
-    rank: usize,
-    ranks: &[u16],
+    keep: &[u32],
+    parts: u32,
 ) -> Result<PartitionStore> {
-    let parts = ranks.len() as u32;
-    let owned: Vec<u32> = (0..parts)
-        .filter(|&p| usize::from(ranks[p as usize]) == rank)
-        .collect();
     let mut store = PartitionStore::open(dir)?;
     let mut held = store.held(parts)?;
     // A store left by an earlier attempt that holds nothing of this partition count, or
@@ -534,23 +534,15 @@ fn ingest(
         store = PartitionStore::open(dir)?;
         held.clear();
     }
-    let gone: Vec<u32> = held
-        .iter()
-        .copied()
-        .filter(|p| !owned.contains(p))
-        .collect();
-    let missing: Vec<u32> = owned
-        .iter()
-        .copied()
-        .filter(|p| !held.contains(p))
-        .collect();
+    let gone: Vec<u32> = held.iter().copied().filter(|p| !keep.contains(p)).collect();
+    let missing: Vec<u32> = keep.iter().copied().filter(|p| !held.contains(p)).collect();
     let names: Vec<&str> = db.tables.iter().map(|t| t.name()).collect();
     store.remove(&names, &gone, parts)?;
     store.set_data_stamp(stamp)?;
     let started = Instant::now();
     let ingested = store.ingest_placed(db, placed, &missing, parts)?;
     let rows: u64 = ingested.rows.iter().map(|(_, n)| n).sum();
-    let kept = owned.len() - missing.len();
+    let kept = keep.len() - missing.len();
     metrics::gauge!("relgraph_rows_stored").set(rows as f64);
     metrics::gauge!("relgraph_partitions_reused").set(kept as f64);
     println!(
@@ -731,6 +723,27 @@ fn is_collective(e: &anyhow::Error) -> bool {
     )
 }
 
+fn stage(state: JobState, epoch: u32, step: u64) -> JobProgress {
+    JobProgress {
+        state: state.into(),
+        epoch,
+        step,
+        ..JobProgress::default()
+    }
+}
+
+/// What an attempt trains with, however it was prepared.
+struct Ready {
+    plan: TaskPlan,
+    labels: Arc<Labels>,
+    setup: model::Setup,
+    /// What the baselines read (where this worker assesses the model).
+    past: Option<model::PastValues>,
+    split: Option<FlightSplit>,
+    /// The job's store on this worker, which keeps its checkpoints too.
+    store: Option<PartitionStore>,
+}
+
 fn train_job(
     job: &Job,
     stop: &Arc<AtomicBool>,
@@ -739,12 +752,6 @@ fn train_job(
     report: &dyn Fn(JobProgress),
 ) -> Result<Option<(String, String)>> {
     let lead = group.is_none_or(|g| g.rank() == 0);
-    let stage = |state: JobState, epoch: u32, step: u64| JobProgress {
-        state: state.into(),
-        epoch,
-        step,
-        ..JobProgress::default()
-    };
     report(stage(JobState::Ingest, 0, 0));
     let data = DataArgs {
         data: Some(PathBuf::from(&job.data_dir)),
@@ -752,16 +759,375 @@ fn train_job(
         step: (!job.anchor_step.is_empty()).then(|| job.anchor_step.clone()),
         anchor: Vec::new(),
     };
+    let config = TrainConfig::from_toml(&job.config_toml).context("the job's training config")?;
+    let attempt = (job, peers, stop, report);
+    let ready = match (peers.rank(job)?, &peers.store) {
+        (Some(rank), Some(root)) => from_store(attempt, (rank, root), &data, &config)?,
+        _ => from_data(attempt, &data, &config, lead)?,
+    };
+    let Ready {
+        plan,
+        labels,
+        setup:
+            model::Setup {
+                mut model,
+                data,
+                train,
+                val,
+            },
+        past,
+        split,
+        store,
+    } = ready;
+    let out = PathBuf::from(&job.output_dir);
+    let resume = (!job.checkpoint.is_empty())
+        .then(|| resume_state(job, store.as_ref()))
+        .transpose()?;
+    let start = resume
+        .as_ref()
+        .map_or((0, 0), |r| (r.0.progress_epoch() as u32, r.0.steps));
+    if let Some((_, from)) = &resume {
+        println!(
+            "job {} attempt {}: resuming from {from} (epoch {}, step {})",
+            job.id, job.attempt, start.0, start.1
+        );
+    }
+    let resume = resume.map(|r| r.0);
+    report(stage(JobState::Train, start.0, start.1));
+    let mut last = Instant::now();
+    let mut progress = |p: &Progress| {
+        metrics::gauge!("relgraph_training_seeds_per_second").set(p.seeds_per_second);
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            report(stage(JobState::Train, p.epoch as u32, p.total));
+        }
+    };
+    let mut on_epoch = |s: &TrainState| {
+        // Every rank keeps the checkpoint in its store (the ranks' states are the same):
+        // whichever survives resumes from its own.
+        if let Some(store) = &store {
+            let blob = model::train_state_bytes(s).map_err(|problem| ModelError::Checkpoint {
+                path: format!("the store of job {}", job.id),
+                problem,
+            })?;
+            store.put_checkpoint(s.steps, &blob, 2)?;
+        }
+        if !lead {
+            return Ok(());
+        }
+        let dir = out.join("checkpoints").join(format!("step-{}", s.steps));
+        model::save_train_state(s, &dir)?;
+        report(JobProgress {
+            checkpoint: dir.display().to_string(),
+            checkpoint_step: s.steps,
+            ..stage(JobState::Train, s.progress_epoch() as u32, s.steps)
+        });
+        Ok(())
+    };
+    let split = split.as_ref().map(|s| s as &dyn GraphSplit);
+    let session = Session {
+        stop,
+        progress: &mut progress,
+        resume,
+        on_epoch: &mut on_epoch,
+        group,
+        split,
+        device: peers.device,
+    };
+    let trained = model::trainer::train(&mut model, &data, &train, &val, session)?;
+    if stop.load(Ordering::Relaxed) {
+        // Stopped: this attempt no longer owns the job.
+        return Ok(None);
+    }
+    // Every rank scores its entities' validation and test examples; the lead assesses.
+    let together = group.map(|group| model::Together { group, split });
+    let metrics = model::split_metrics(&model, &data, &labels, together.as_ref())?;
+    let (true, Some(past)) = (lead, past) else {
+        return Ok(None);
+    };
+    let assessment = model::assess(&model, &data, &plan, &labels, &past, metrics)?;
+    save_trained(&mut model, &assessment, &trained, &out)?;
+    let metrics = report_json(&assessment, &trained);
+    Ok(Some((out.display().to_string(), metrics.to_string())))
+}
+
+/// The state `job` resumes from, and where it was read: this worker's store where it
+/// holds the checkpoint the coordinator recorded (the same state the lead wrote),
+/// else the lead's checkpoint directory.
+fn resume_state(job: &Job, store: Option<&PartitionStore>) -> Result<(TrainState, String)> {
+    let step = job.checkpoint_step;
+    if let Some(blob) = store.map(|s| s.checkpoint(step)).transpose()?.flatten() {
+        match model::train_state_from_bytes(&blob) {
+            Ok(state) if state.steps == step => {
+                return Ok((state, format!("its store's checkpoint of step {step}")));
+            }
+            Ok(state) => tracing::warn!(
+                job = job.id,
+                "the store's checkpoint of step {step} holds step {}",
+                state.steps
+            ),
+            Err(e) => tracing::warn!(job = job.id, "the store's checkpoint of step {step}: {e}"),
+        }
+    }
+    let state = model::load_train_state(Path::new(&job.checkpoint))?;
+    Ok((state, job.checkpoint.clone()))
+}
+
+/// An attempt: its job, this worker's group, its stop flag and where progress goes.
+type Attempt<'a> = (
+    &'a Job,
+    &'a Group,
+    &'a Arc<AtomicBool>,
+    &'a dyn Fn(JobProgress),
+);
+
+/// An attempt prepared from the data directory: loaded, labelled (in a data-parallel
+/// job, each worker its own entities), with the graph and encoded rows in memory.
+fn from_data(
+    (job, peers, stop, report): Attempt,
+    data: &DataArgs,
+    config: &TrainConfig,
+    lead: bool,
+) -> Result<Ready> {
     let started = Instant::now();
+    let (db, plan) = prepare(&job.query, data)?;
+    let loaded = started.elapsed();
+    let split = match peers.rank(job)? {
+        None => None,
+        Some(_) => {
+            let parts = placement_ranks(job)?.len() as u32;
+            peers.split(job, &placement(&db, parts), stop)?
+        }
+    };
+    report_tables(job, &db, report);
+    let labels = match &split {
+        None => label_all(&db, &plan, config.assuming)?,
+        Some(split) => split_labels(&db, &plan, split, config.assuming)?,
+    };
+    let labelled = started.elapsed();
+    let as_split = split.as_ref().map(|s| s as &dyn GraphSplit);
+    let setup = model::setup(&db, &job.query, &plan, &labels, config, as_split)?;
+    println!(
+        "job {} attempt {}: loaded {} rows in {:.1} s; labelled in {:.1} s; graph and encoded rows ready in {:.1} s",
+        job.id,
+        job.attempt,
+        rows_of(&db),
+        loaded.as_secs_f64(),
+        (labelled - loaded).as_secs_f64(),
+        (started.elapsed() - labelled).as_secs_f64()
+    );
+    // Nothing reads the raw rows past this point but what assessing needs of them.
+    let past = lead
+        .then(|| model::PastValues::of(&db, &plan, &labels))
+        .transpose()?;
+    Ok(Ready {
+        plan,
+        labels: Arc::new(labels),
+        setup,
+        past,
+        split,
+        store: None,
+    })
+}
+
+/// An attempt of a data-parallel job prepared from this worker's store (under `root`,
+/// `rank` in the group): the partitions placed here, their neighbor lists and what the
+/// job derived from all rows. A store that lacks any of them (a first attempt, a
+/// partition moved here, other data) is first brought up to date from the data
+/// directory.
+fn from_store(
+    attempt: Attempt,
+    (rank, root): (usize, &Path),
+    data: &DataArgs,
+    config: &TrainConfig,
+) -> Result<Ready> {
+    let (job, peers, stop, _) = attempt;
+    let started = Instant::now();
+    let parts = placement_ranks(job)?.len() as u32;
+    let (owned, keep) = partitions_of(job, rank)?;
+    let dir = job_store(root, job.id);
     // Taken before loading: a file rewritten meanwhile shows at the next attempt.
     let schema: Vec<&Path> = data.schema.iter().map(PathBuf::as_path).collect();
     let stamp = relgraph_common::source::stamp(Path::new(&job.data_dir), &schema)?;
-    let (db, plan) = prepare(&job.query, &data)?;
+    let kept = match kept(&dir, job, stamp, parts, (&owned, &keep)) {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::warn!(
+                job = job.id,
+                "the job store cannot serve this attempt: {e:#}"
+            );
+            None
+        }
+    };
+    let reused = kept.is_some();
+    let (store, mut derived) = match kept {
+        Some(kept) => kept,
+        None => ingest_job(attempt, &keep, &dir, stamp, data, config)?,
+    };
+    let ingested = started.elapsed();
+    let schema = store.schema()?.context("the job store holds no schema")?;
+    let plan = derived.plan(&schema, &data.options()?)?;
+    let split = peers
+        .split(job, &derived.placed, stop)?
+        .context("a data-parallel job without a split")?;
+    let labels = Arc::new(std::mem::take(&mut derived.labels));
+    if reused {
+        // Workers of this attempt that load the data take these instead of labelling.
+        split
+            .service
+            .publish_labels(split.job, labels.clone(), true);
+    }
+    let part = derived.graph(&store, &owned)?;
+    let features = derived.features(&store, &schema, &owned)?;
+    let read = started.elapsed();
+    let prepared = model::Prepared::from(split.serve(Arc::new(part), Arc::new(features))?);
+    let meta = derived.meta;
+    let setup = model::setup_with(
+        &job.query,
+        &plan,
+        &labels,
+        config,
+        (meta.codes, prepared),
+        &meta.rows,
+    )?;
+    let source = if reused {
+        "kept its partitions from an earlier attempt"
+    } else {
+        "brought its store up to date"
+    };
+    println!(
+        "job {} attempt {}: {source} in {:.1} s; read its part back in {:.1} s",
+        job.id,
+        job.attempt,
+        ingested.as_secs_f64(),
+        (read - ingested).as_secs_f64()
+    );
+    Ok(Ready {
+        plan,
+        labels,
+        setup,
+        past: Some(meta.past),
+        split: Some(split),
+        store: Some(store),
+    })
+}
+
+/// The job store at `dir` and what it derived, where it can serve this attempt alone:
+/// written for `job` from data stamped `stamp`, holding the rows and neighbor lists of
+/// every partition in `owned` (of `parts`). Partitions neither owned nor in `keep` (the
+/// replicas this worker keeps) are removed.
+fn kept(
+    dir: &Path,
+    job: &Job,
+    stamp: u64,
+    parts: u32,
+    (owned, keep): (&[u32], &[u32]),
+) -> Result<Option<(PartitionStore, Derived)>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let store = PartitionStore::open(dir)?;
+    if store.data_stamp()? != Some(stamp) {
+        return Ok(None);
+    }
+    let (held, linked) = (store.held(parts)?, store.linked(parts)?);
+    if !owned.iter().all(|p| held.contains(p) && linked.contains(p)) {
+        return Ok(None);
+    }
+    let Some(derived) = Derived::load(&store, job, parts)? else {
+        return Ok(None);
+    };
+    let gone: Vec<u32> = held.into_iter().filter(|p| !keep.contains(p)).collect();
+    metrics::gauge!("relgraph_partitions_reused").set(owned.len() as f64);
+    let tables: Vec<&str> = derived.meta.tables.iter().map(String::as_str).collect();
+    store.remove(&tables, &gone, parts)?;
+    Ok(Some((store, derived)))
+}
+
+/// Brings the job store at `dir` up to date from the data directory: loads every row,
+/// stores the partitions in `keep` that it lacks (this worker's and its replicas), labels
+/// this worker's entities (merged with the others' over Flight), fits the encoders,
+/// writes the neighbor lists it lacks and what the job derived from all rows.
+fn ingest_job(
+    (job, peers, stop, report): Attempt,
+    keep: &[u32],
+    dir: &Path,
+    stamp: u64,
+    data: &DataArgs,
+    config: &TrainConfig,
+) -> Result<(PartitionStore, Derived)> {
+    let started = Instant::now();
+    let (db, plan) = prepare(&job.query, data)?;
     let loaded = started.elapsed();
-    // A data-parallel job's placement, and this worker's partitions in its store.
-    let split = peers.split(job, &db, stamp, stop)?;
+    let parts = placement_ranks(job)?.len() as u32;
+    let placed = placement(&db, parts);
+    let store = ingest(dir, (&db, &placed), stamp, keep, parts)?;
+    report_tables(job, &db, report);
+    let split = peers
+        .split(job, &placed, stop)?
+        .context("a data-parallel job without a split")?;
+    let labels = split_labels(&db, &plan, &split, config.assuming)?;
+    let labelled = started.elapsed();
+    let codes = model::fit_codes(&db, &plan, config)?;
+    let fitted = started.elapsed();
+    let linked = store.linked(parts)?;
+    let missing: Vec<u32> = keep
+        .iter()
+        .copied()
+        .filter(|p| !linked.contains(p))
+        .collect();
+    let graph = prepared::link(&store, &db, &placed, &missing, parts)?;
+    let written = started.elapsed();
+    let derived = Derived::of(job, (&db, &plan), (labels, codes), graph, (placed, parts))?;
+    derived.save(&store)?;
+    let secs = |d: Duration| d.as_secs_f64();
+    println!(
+        "job {} attempt {}: loaded {} rows in {:.1} s; stored and labelled in {:.1} s; \
+         encoders fitted in {:.1} s; neighbor lists of {} partitions written in {:.1} s; \
+         the rest derived and written in {:.1} s",
+        job.id,
+        job.attempt,
+        rows_of(&db),
+        secs(loaded),
+        secs(labelled - loaded),
+        secs(fitted - labelled),
+        missing.len(),
+        secs(written - fitted),
+        secs(started.elapsed() - written)
+    );
+    Ok((store, derived))
+}
+
+fn rows_of(db: &Database) -> usize {
     let rows: usize = db.tables.iter().map(|t| t.num_rows()).sum();
     metrics::gauge!("relgraph_rows_loaded").set(rows as f64);
+    rows
+}
+
+/// Every entity's labels in a data-parallel job: this worker labels the entities it
+/// owns; the others' come over Flight.
+fn split_labels(
+    db: &Database,
+    plan: &TaskPlan,
+    split: &FlightSplit,
+    assuming: Assuming,
+) -> Result<Labels> {
+    let entities = entity_rows(db, plan)?;
+    let table = plan.task.entity_table;
+    let mine: Vec<usize> = entities
+        .iter()
+        .copied()
+        .filter(|&r| split.owner(table, r as u32) == split.rank)
+        .collect();
+    let mine = label_entities(db, plan, &mine, assuming)?;
+    match split.labels(mine, plan, &entities)? {
+        (all, true) => Ok(all),
+        (all, false) => read_assuming(plan, all, assuming),
+    }
+}
+
+/// Reports `db`'s tables to the coordinator (the label stage begins).
+fn report_tables(job: &Job, db: &Database, report: &dyn Fn(JobProgress)) {
     let tables = db
         .tables
         .iter()
@@ -784,108 +1150,6 @@ fn train_job(
         tables,
         ..stage(JobState::Label, 0, 0)
     });
-    let config = TrainConfig::from_toml(&job.config_toml).context("the job's training config")?;
-    let labels = match &split {
-        None => label_all(&db, &plan, config.assuming)?,
-        Some(split) => {
-            // Each worker labels the entities it holds; the others' come over Flight.
-            let entities = entity_rows(&db, &plan)?;
-            let table = plan.task.entity_table;
-            let mine: Vec<usize> = entities
-                .iter()
-                .copied()
-                .filter(|&r| split.owner(table, r as u32) == split.rank)
-                .collect();
-            let mine = label_entities(&db, &plan, &mine, config.assuming)?;
-            let all = split.labels(mine, &plan, &entities)?;
-            read_assuming(&plan, all, config.assuming)?
-        }
-    };
-    let labelled = started.elapsed();
-    let out = PathBuf::from(&job.output_dir);
-    let resume: Option<TrainState> = if job.checkpoint.is_empty() {
-        None
-    } else {
-        Some(model::load_train_state(Path::new(&job.checkpoint))?)
-    };
-    let start = resume
-        .as_ref()
-        .map_or((0, 0), |r| (r.progress_epoch() as u32, r.steps));
-    if resume.is_some() {
-        println!(
-            "job {} attempt {}: resuming from {} (epoch {}, step {})",
-            job.id, job.attempt, job.checkpoint, start.0, start.1
-        );
-    }
-    report(stage(JobState::Train, start.0, start.1));
-    let mut last = Instant::now();
-    let mut progress = |p: &Progress| {
-        metrics::gauge!("relgraph_training_seeds_per_second").set(p.seeds_per_second);
-        if last.elapsed() >= Duration::from_secs(1) {
-            last = Instant::now();
-            report(stage(JobState::Train, p.epoch as u32, p.total));
-        }
-    };
-    let mut on_epoch = |s: &TrainState| {
-        if !lead {
-            return Ok(());
-        }
-        let dir = out.join("checkpoints").join(format!("step-{}", s.steps));
-        model::save_train_state(s, &dir)?;
-        report(JobProgress {
-            checkpoint: dir.display().to_string(),
-            checkpoint_step: s.steps,
-            ..stage(JobState::Train, s.progress_epoch() as u32, s.steps)
-        });
-        Ok(())
-    };
-    let split = split.as_ref().map(|s| s as &dyn GraphSplit);
-    let model::Setup {
-        mut model,
-        data,
-        train,
-        val,
-    } = model::setup(&db, &job.query, &plan, &labels, &config, split)?;
-    let secs = |d: Duration| d.as_secs_f64();
-    println!(
-        "job {} attempt {}: loaded {rows} rows in {:.1} s; stored and labelled in {:.1} s; \
-         graph and encoded rows ready in {:.1} s",
-        job.id,
-        job.attempt,
-        secs(loaded),
-        secs(labelled - loaded),
-        secs(started.elapsed() - labelled)
-    );
-    // Nothing reads the raw rows past this point: each rank trains on its part of the
-    // graph and its encoded rows, and the lead has read what assessing needs of them.
-    let past = lead
-        .then(|| model::PastValues::of(&db, &plan, &labels))
-        .transpose()?;
-    drop(db);
-    let session = Session {
-        stop,
-        progress: &mut progress,
-        resume,
-        on_epoch: &mut on_epoch,
-        group,
-        split,
-        device: peers.device,
-    };
-    let trained = model::trainer::train(&mut model, &data, &train, &val, session)?;
-    if stop.load(Ordering::Relaxed) {
-        // Stopped: this attempt no longer owns the job.
-        return Ok(None);
-    }
-    // Every rank scores its entities' validation and test examples; the lead assesses.
-    let together = group.map(|group| model::Together { group, split });
-    let metrics = model::split_metrics(&model, &data, &labels, together.as_ref())?;
-    let Some(past) = past else {
-        return Ok(None);
-    };
-    let assessment = model::assess(&model, &data, &plan, &labels, &past, metrics)?;
-    save_trained(&mut model, &assessment, &trained, &out)?;
-    let metrics = report_json(&assessment, &trained);
-    Ok(Some((out.display().to_string(), metrics.to_string())))
 }
 
 #[cfg(test)]
@@ -933,18 +1197,19 @@ mod tests {
         let ranks = flight::round_robin(2, 8);
         let stamp = || relgraph_common::source::stamp(&data, &[]).expect("stamp");
         let placed = |db: &Database| placement(db, ranks.len() as u32);
+        let keep: Vec<u32> = (0..8).filter(|&p| ranks[p as usize] == 0).collect();
         let first = generate(&data, 60);
-        let s = ingest(&store, (&first, &placed(&first)), stamp(), 0, &ranks).expect("ingest");
+        let s = ingest(&store, (&first, &placed(&first)), stamp(), &keep, 8).expect("ingest");
         let [held, owned] = held_and_owned(&s, &first, &ranks);
         assert_eq!(held, owned);
         drop(s);
         // The same data again (a later attempt): kept as it is.
-        let s = ingest(&store, (&first, &placed(&first)), stamp(), 0, &ranks).expect("ingest");
+        let s = ingest(&store, (&first, &placed(&first)), stamp(), &keep, 8).expect("ingest");
         assert_eq!(held_and_owned(&s, &first, &ranks)[0], held);
         drop(s);
         // Other data under the same schema: stored again, none of the old rows kept.
         let second = generate(&data, 90);
-        let s = ingest(&store, (&second, &placed(&second)), stamp(), 0, &ranks).expect("ingest");
+        let s = ingest(&store, (&second, &placed(&second)), stamp(), &keep, 8).expect("ingest");
         let [held, owned] = held_and_owned(&s, &second, &ranks);
         assert_eq!(held, owned);
     }

@@ -9,7 +9,12 @@
 //! Layout: `s/schema` holds the database schema (protobuf); `r/<table>/<partition>/<chunk>`
 //! holds up to [`CHUNK_ROWS`] rows as one Arrow IPC stream (columnar, at the columns'
 //! natural widths), `g/<table>/<partition>/<chunk>` the rows' positions in the ingested
-//! table (u32, little-endian); `n/<table>/<partition>` the partition's row count. Writes go through
+//! table (u32, little-endian); `n/<table>/<partition>` the partition's row count;
+//! `a/<partition>/<edge type>` the neighbor lists of the partition's nodes of one edge type
+//! (a `relgraph_sampler::Segment`, by number in the job's graph); `p/<count>/<partition>`
+//! marks a partition's rows stored and `q/<count>/<partition>` its neighbor lists; `d/<name>`
+//! holds what a job derived from all rows (encoders, labels, ...), `c/<step>` the job's
+//! training checkpoints (the newest few). Writes go through
 //! the WAL and a table's last write is synced, so an acknowledged ingest survives
 //! `kill -9`.
 
@@ -171,7 +176,34 @@ fn chunk_key(kind: &str, table: &str, part: u32, chunk: u32) -> Vec<u8> {
 
 /// Marks partition `part` of `parts` as wholly ingested.
 fn held_key(parts: u32, part: u32) -> Vec<u8> {
-    let mut k = b"p/".to_vec();
+    mark_key(b"p/", parts, part)
+}
+
+/// Marks partition `part` of `parts` as holding its neighbor lists.
+fn linked_key(parts: u32, part: u32) -> Vec<u8> {
+    mark_key(b"q/", parts, part)
+}
+
+fn adjacency_key(part: u32, edge: u32) -> Vec<u8> {
+    let mut k = b"a/".to_vec();
+    k.extend_from_slice(&part.to_be_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&edge.to_be_bytes());
+    k
+}
+
+fn checkpoint_key(step: u64) -> Vec<u8> {
+    let mut k = b"c/".to_vec();
+    k.extend_from_slice(&step.to_be_bytes());
+    k
+}
+
+fn derived_key(name: &str) -> Vec<u8> {
+    format!("d/{name}").into_bytes()
+}
+
+fn mark_key(kind: &[u8], parts: u32, part: u32) -> Vec<u8> {
+    let mut k = kind.to_vec();
     k.extend_from_slice(&parts.to_be_bytes());
     k.push(b'/');
     k.extend_from_slice(&part.to_be_bytes());
@@ -301,7 +333,100 @@ impl PartitionStore {
 
     /// The partitions (of `parts`) wholly ingested here.
     pub fn held(&self, parts: u32) -> Result<Vec<u32>, StoreError> {
-        let prefix = held_key(parts, 0);
+        self.marked(&held_key(parts, 0))
+    }
+
+    /// The partitions (of `parts`) whose neighbor lists are stored here.
+    pub fn linked(&self, parts: u32) -> Result<Vec<u32>, StoreError> {
+        self.marked(&linked_key(parts, 0))
+    }
+
+    /// Writes the neighbor lists of partitions of `parts`, each with one encoded
+    /// segment per edge type, and marks them linked (durable once synced).
+    pub fn put_adjacency(
+        &self,
+        parts: u32,
+        lists: &[(u32, Vec<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
+        let plain = WriteOptions::default();
+        lists.par_iter().try_for_each(|(p, segments)| {
+            let mut batch = WriteBatch::default();
+            batch.delete_range(adjacency_key(*p, 0), adjacency_key(*p, u32::MAX));
+            for (e, bytes) in segments.iter().enumerate() {
+                batch.put(adjacency_key(*p, e as u32), bytes);
+            }
+            batch.put(linked_key(parts, *p), []);
+            self.db.write_opt(batch, &plain).map_err(|e| self.rocks(e))
+        })
+    }
+
+    /// Syncs the write-ahead log: what was written before survives `kill -9`.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(|e| self.rocks(e))
+    }
+
+    /// Partition `part`'s neighbor lists of edge type `edge`, as written.
+    pub fn adjacency(&self, part: u32, edge: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get(adjacency_key(part, edge))
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Stores a training checkpoint taken at `step` (durable when this returns) and
+    /// removes all but the newest `keep` (at least this one).
+    pub fn put_checkpoint(&self, step: u64, blob: &[u8], keep: usize) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(checkpoint_key(step), blob);
+        let mut steps = self.checkpoint_steps()?;
+        steps.push(step);
+        steps.sort_unstable();
+        steps.dedup();
+        for &old in steps.iter().rev().skip(keep.max(1)) {
+            batch.delete(checkpoint_key(old));
+        }
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| self.rocks(e))?;
+        self.sync()
+    }
+
+    /// The checkpoint stored for `step`, if any.
+    pub fn checkpoint(&self, step: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(checkpoint_key(step)).map_err(|e| self.rocks(e))
+    }
+
+    /// The steps of the checkpoints stored, oldest first.
+    pub fn checkpoint_steps(&self) -> Result<Vec<u64>, StoreError> {
+        let mut steps = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(b"c/", Direction::Forward))
+        {
+            let (k, _) = item.map_err(|e| self.rocks(e))?;
+            let Some(step) = k.strip_prefix(b"c/") else {
+                break;
+            };
+            let step =
+                <[u8; 8]>::try_from(step).map_err(|_| self.data("checkpoints", "bad key"))?;
+            steps.push(u64::from_be_bytes(step));
+        }
+        Ok(steps)
+    }
+
+    /// Stores `bytes` under `name` among what the job derived from all rows.
+    pub fn put_derived(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .put(derived_key(name), bytes)
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// What [`PartitionStore::put_derived`] stored under `name`.
+    pub fn derived(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(derived_key(name)).map_err(|e| self.rocks(e))
+    }
+
+    /// The partitions marked under `prefix` (a mark key of partition 0).
+    fn marked(&self, prefix: &[u8]) -> Result<Vec<u32>, StoreError> {
         let prefix = &prefix[..prefix.len() - 4];
         let mut held = Vec::new();
         for item in self
@@ -323,6 +448,8 @@ impl PartitionStore {
         let mut batch = WriteBatch::default();
         for &p in gone {
             batch.delete(held_key(parts, p));
+            batch.delete(linked_key(parts, p));
+            batch.delete_range(adjacency_key(p, 0), adjacency_key(p, u32::MAX));
             for name in tables {
                 batch.delete_range(rows_key(name, p, 0), rows_key(name, p, u32::MAX));
                 batch.delete_range(ids_key(name, p, 0), ids_key(name, p, u32::MAX));
@@ -375,16 +502,40 @@ impl PartitionStore {
         &self,
         table: &str,
     ) -> Result<Option<(Vec<u32>, RecordBatch)>, StoreError> {
-        let prefix = format!("r/{table}/").into_bytes();
+        self.read_rows(table, &[format!("r/{table}/").into_bytes()])
+    }
+
+    /// [`PartitionStore::rows_with_ids`] of partitions `parts` only, in that order.
+    pub fn rows_with_ids_in(
+        &self,
+        table: &str,
+        parts: &[u32],
+    ) -> Result<Option<(Vec<u32>, RecordBatch)>, StoreError> {
+        let prefixes: Vec<Vec<u8>> = parts
+            .iter()
+            .map(|&p| {
+                let mut k = rows_key(table, p, 0);
+                k.truncate(k.len() - 4);
+                k
+            })
+            .collect();
+        self.read_rows(table, &prefixes)
+    }
+
+    /// The chunks of `table` under each of `prefixes` in turn.
+    fn read_rows(
+        &self,
+        table: &str,
+        prefixes: &[Vec<u8>],
+    ) -> Result<Option<(Vec<u32>, RecordBatch)>, StoreError> {
         let (mut batches, mut ids) = (Vec::new(), Vec::new());
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward))
-        {
+        let chunks = prefixes.iter().flat_map(|prefix| {
+            self.db
+                .iterator(IteratorMode::From(prefix, Direction::Forward))
+                .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+        });
+        for item in chunks {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
             let batch = decode(&v).map_err(|e| self.data(format!("table {table}"), e))?;
             let mut id_key = k.to_vec();
             id_key[0] = b'g';
@@ -520,7 +671,8 @@ impl PartitionStore {
     }
 }
 
-fn encode(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
+/// `batch` as one Arrow IPC stream, as the store keeps a chunk.
+pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let mut out = Vec::new();
     let mut w = StreamWriter::try_new(&mut out, &batch.schema())?;
     w.write(batch)?;
@@ -529,7 +681,8 @@ fn encode(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
     Ok(out)
 }
 
-fn decode(bytes: &[u8]) -> Result<RecordBatch, arrow::error::ArrowError> {
+/// The batch [`encode`] wrote.
+pub fn decode(bytes: &[u8]) -> Result<RecordBatch, arrow::error::ArrowError> {
     let mut reader = StreamReader::try_new(Cursor::new(bytes), None)?;
     reader
         .next()

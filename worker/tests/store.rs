@@ -192,12 +192,61 @@ fn partitions_are_held_removed_and_added() {
         store.held(8).expect("held").is_empty(),
         "another partition count"
     );
+    // Neighbor lists go with their partition: marked linked, removed with it.
+    let lists = |p: u32| vec![vec![p as u8; 3], vec![p as u8 + 10]];
+    store
+        .put_adjacency(parts, &[(0, lists(0)), (2, lists(2))])
+        .expect("adjacency");
+    store.sync().expect("sync");
+    assert_eq!(store.linked(parts).expect("linked"), vec![0, 2]);
+    assert_eq!(store.adjacency(2, 1).expect("read"), Some(vec![12]));
     let names: Vec<&str> = db.tables.iter().map(|t| t.name()).collect();
     store.remove(&names, &[2], parts).expect("remove");
+    assert_eq!(store.linked(parts).expect("linked"), vec![0]);
+    assert_eq!(store.adjacency(2, 0).expect("read"), None);
+    assert_eq!(store.adjacency(0, 0).expect("read"), Some(vec![0; 3]));
     store.ingest(&db, &[1], parts).expect("ingest");
+    store.put_derived("meta", b"{}").expect("derived");
     drop(store);
     let store = PartitionStore::open(dir.path()).expect("reopen");
     assert_eq!(store.held(parts).expect("held"), vec![0, 1]);
+    assert_eq!(
+        store.derived("meta").expect("derived"),
+        Some(b"{}".to_vec())
+    );
+    assert_eq!(store.derived("labels").expect("derived"), None);
+    // Checkpoints: the newest two are kept.
+    for step in [10, 20, 30] {
+        store
+            .put_checkpoint(step, &step.to_le_bytes(), 2)
+            .expect("checkpoint");
+    }
+    assert_eq!(store.checkpoint_steps().expect("steps"), vec![20, 30]);
+    assert_eq!(store.checkpoint(10).expect("read"), None);
+    assert_eq!(
+        store.checkpoint(30).expect("read"),
+        Some(30u64.to_le_bytes().to_vec())
+    );
+    // Rows of some partitions only: those, in the order asked.
+    for (t, table) in db.tables.iter().enumerate() {
+        let ids = store
+            .rows_with_ids_in(table.name(), &[1])
+            .expect("rows")
+            .map(|(ids, batch)| {
+                assert_eq!(ids.len(), batch.num_rows());
+                ids
+            })
+            .unwrap_or_default();
+        assert!(
+            ids.iter().all(|&r| placed[t][r as usize] == 1),
+            "{}",
+            table.name()
+        );
+        assert_eq!(
+            ids.len() as u64,
+            store.count(table.name(), 1).expect("count")
+        );
+    }
     for (t, table) in db.tables.iter().enumerate() {
         let mut ids = store
             .rows_with_ids(table.name())

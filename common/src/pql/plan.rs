@@ -83,32 +83,53 @@ pub struct PlanOptions {
 
 /// The smallest and largest time over the time columns of `tables`.
 pub fn time_range(db: &Database, tables: impl IntoIterator<Item = usize>) -> Option<(i64, i64)> {
+    let ranges: Vec<Option<(i64, i64)>> = tables.into_iter().map(|t| table_range(db, t)).collect();
+    span(&ranges, 0..ranges.len())
+}
+
+/// Each table's smallest and largest time (None for a table without times): what
+/// planning reads of the rows, for [`plan_over`].
+pub fn time_ranges(db: &Database) -> Vec<Option<(i64, i64)>> {
+    (0..db.tables.len()).map(|t| table_range(db, t)).collect()
+}
+
+fn table_range(db: &Database, t: usize) -> Option<(i64, i64)> {
     use arrow::array::{Array, TimestampSecondArray};
-    let mut range: Option<(i64, i64)> = None;
-    for t in tables {
-        let table = &db.tables[t];
-        let Some(column) = table
-            .schema
-            .time_column
-            .as_ref()
-            .and_then(|c| table.column(c))
-        else {
-            continue;
-        };
-        let Some(times) = column.as_any().downcast_ref::<TimestampSecondArray>() else {
-            continue;
-        };
-        let lo = arrow::compute::min(times);
-        let hi = arrow::compute::max(times);
-        if let (Some(lo), Some(hi)) = (lo, hi) {
-            range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
-        }
-    }
-    range
+    let table = &db.tables[t];
+    let column = table
+        .schema
+        .time_column
+        .as_ref()
+        .and_then(|c| table.column(c))?;
+    let times = column.as_any().downcast_ref::<TimestampSecondArray>()?;
+    Some((arrow::compute::min(times)?, arrow::compute::max(times)?))
+}
+
+/// The span of `ranges` (per table) over `tables`.
+fn span(
+    ranges: &[Option<(i64, i64)>],
+    tables: impl IntoIterator<Item = usize>,
+) -> Option<(i64, i64)> {
+    tables
+        .into_iter()
+        .filter_map(|t| ranges.get(t).copied().flatten())
+        .reduce(|(a, b), (lo, hi)| (a.min(lo), b.max(hi)))
 }
 
 /// Plans `task` over `db` (whose schema the task was validated against).
 pub fn plan(task: Task, db: &Database, options: &PlanOptions) -> Result<TaskPlan, PlanError> {
+    let timed = db.tables[task.entity_table].schema.time_column.is_some();
+    plan_over(task, &time_ranges(db), timed, options)
+}
+
+/// [`plan`] from what it reads of the rows: each table's [`time_ranges`], and whether the
+/// entity table has a time column.
+pub fn plan_over(
+    task: Task,
+    ranges: &[Option<(i64, i64)>],
+    entity_timed: bool,
+    options: &PlanOptions,
+) -> Result<TaskPlan, PlanError> {
     if let Some(step) = options.step.filter(|s| *s <= 0) {
         return Err(PlanError::BadStep(step));
     }
@@ -118,8 +139,8 @@ pub fn plan(task: Task, db: &Database, options: &PlanOptions) -> Result<TaskPlan
         _ => 1,
     };
     let Some(w) = window else {
-        let anchor = time_range(db, 0..db.tables.len()).map_or(0, |r| r.1);
-        let by_time = db.tables[task.entity_table].schema.time_column.is_some();
+        let anchor = span(ranges, 0..ranges.len()).map_or(0, |r| r.1);
+        let by_time = entity_timed;
         let splits = if options.anchors.is_empty() {
             Splits::Static { anchor, by_time }
         } else {
@@ -149,7 +170,7 @@ pub fn plan(task: Task, db: &Database, options: &PlanOptions) -> Result<TaskPlan
     if let Target::Items(i) | Target::Forecast(i) = task.target {
         tables.push(task.aggregates[i].table);
     }
-    let (first, last) = time_range(db, tables).ok_or(PlanError::NoTimes)?;
+    let (first, last) = span(ranges, tables).ok_or(PlanError::NoTimes)?;
     // Whole-day windows and steps anchor at midnight (UTC), as a person would.
     let day = crate::time::DAY;
     let last = if length % day == 0 && step % day == 0 {

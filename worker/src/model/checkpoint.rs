@@ -298,6 +298,42 @@ struct StateFile {
 /// its current values, best values, and Adam moments, as f32 little-endian blocks).
 pub fn save_train_state(state: &super::trainer::TrainState, dir: &Path) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let (json, bytes) = train_state_parts(state).map_err(|e| io(dir, e))?;
+    write_atomic(&dir.join("train_state.bin"), &bytes)?;
+    write_atomic(&dir.join("train_state.json"), &json)
+}
+
+/// Reads what [`save_train_state`] wrote, checking its checksum.
+pub fn load_train_state(dir: &Path) -> Result<super::trainer::TrainState, ModelError> {
+    let path = dir.join("train_state.json");
+    let json = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let path = dir.join("train_state.bin");
+    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    train_state_from_parts(&json, &bytes).map_err(|e| io(dir, e))
+}
+
+/// A training state as one blob (the JSON's length, u64 little-endian, the JSON, then
+/// the blocks), as a partition store keeps it.
+pub fn train_state_bytes(state: &super::trainer::TrainState) -> Result<Vec<u8>, String> {
+    let (json, bytes) = train_state_parts(state)?;
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes);
+    Ok(out)
+}
+
+/// What [`train_state_bytes`] wrote, its checksum checked.
+pub fn train_state_from_bytes(blob: &[u8]) -> Result<super::trainer::TrainState, String> {
+    let n = blob
+        .get(..8)
+        .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
+        .ok_or("shorter than its header")?;
+    let json = blob.get(8..8usize.saturating_add(n)).ok_or("ends early")?;
+    train_state_from_parts(json, &blob[8 + n..])
+}
+
+/// The JSON (the state and the blocks' checksum) and the blocks of a training state.
+fn train_state_parts(state: &super::trainer::TrainState) -> Result<(Vec<u8>, Vec<u8>), String> {
     let mut bytes = STATE_MAGIC.to_vec();
     let mut block = |v: &[f32]| {
         bytes.extend_from_slice(&(v.len() as u64).to_le_bytes());
@@ -316,28 +352,19 @@ pub fn save_train_state(state: &super::trainer::TrainState, dir: &Path) -> Resul
         state: state.clone(),
         checksum: fnv(&bytes),
     };
-    write_atomic(&dir.join("train_state.bin"), &bytes)?;
-    let json = serde_json::to_vec_pretty(&file).map_err(|e| io(dir, e))?;
-    write_atomic(&dir.join("train_state.json"), &json)
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+    Ok((json, bytes))
 }
 
-/// Reads what [`save_train_state`] wrote, checking its checksum.
-pub fn load_train_state(dir: &Path) -> Result<super::trainer::TrainState, ModelError> {
-    let path = dir.join("train_state.json");
-    let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    let file: StateFile = serde_json::from_slice(&text).map_err(|e| io(&path, e))?;
-    let path = dir.join("train_state.bin");
-    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    if fnv(&bytes) != file.checksum || bytes.get(..8) != Some(&STATE_MAGIC[..]) {
-        return Err(io(
-            &path,
-            "checksum mismatch: the file is damaged or from another run",
-        ));
+fn train_state_from_parts(json: &[u8], bytes: &[u8]) -> Result<super::trainer::TrainState, String> {
+    let file: StateFile = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if fnv(bytes) != file.checksum || bytes.get(..8) != Some(&STATE_MAGIC[..]) {
+        return Err("checksum mismatch: the file is damaged or from another run".into());
     }
     let mut at = 8usize;
     let mut state = file.state;
     while at < bytes.len() {
-        let mut block = || f32_block(&bytes, &mut at).ok_or_else(|| io(&path, "ends early"));
+        let mut block = || f32_block(bytes, &mut at).ok_or("ends early");
         let (params, best, m, v) = (block()?, block()?, block()?, block()?);
         state.params.push(params);
         if state.best_value.is_some() {

@@ -89,14 +89,19 @@ pub fn item_rows(db: &Database, code: &TargetCode) -> Vec<u32> {
     let Some(t) = db.tables.iter().position(|x| x.name() == table) else {
         return vec![u32::MAX; items.len()];
     };
-    let index: HashMap<String, u32> = keys(db, t)
-        .into_iter()
+    rows_of_keys(&keys(db, t), items)
+}
+
+/// The row (in `keys`' order) of each of `items` (`u32::MAX` if gone).
+fn rows_of_keys(keys: &[String], items: &[String]) -> Vec<u32> {
+    let index: HashMap<&str, u32> = keys
+        .iter()
         .enumerate()
-        .map(|(r, k)| (k, r as u32))
+        .map(|(r, k)| (k.as_str(), r as u32))
         .collect();
     items
         .iter()
-        .map(|k| index.get(k).copied().unwrap_or(u32::MAX))
+        .map(|k| index.get(k.as_str()).copied().unwrap_or(u32::MAX))
         .collect()
 }
 
@@ -165,7 +170,7 @@ pub fn split_metrics(
 /// What assessing a model reads of the raw rows: each validation and test example's
 /// value of the target over the window before its anchor (for the baselines that carry
 /// it forward), so that the rows need not be kept until then.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PastValues {
     val: Vec<Option<f64>>,
     test: Vec<Option<f64>>,
@@ -209,6 +214,40 @@ pub fn setup(
     split: Option<&dyn GraphSplit>,
 ) -> Result<Setup, ModelError> {
     config.check()?;
+    let codes = fit_codes(db, plan, config)?;
+    let data = Prepared::new(db, &codes, split)?;
+    let rows = Rows::of(db, plan);
+    setup_with(query, plan, labels, config, (codes, data), &rows)
+}
+
+/// What [`setup_with`] reads of the rows besides the prepared graph: the entity table's
+/// name and, for a ranking, the item table's name and keys (row order).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Rows {
+    pub entity_table: String,
+    pub items: Option<(String, Vec<String>)>,
+}
+
+impl Rows {
+    pub fn of(db: &Database, plan: &TaskPlan) -> Rows {
+        Rows {
+            entity_table: db.tables[plan.task.entity_table].name().to_string(),
+            items: match plan.task.task {
+                TaskType::Ranking { items, .. } => {
+                    Some((db.tables[items].name().to_string(), keys(db, items)))
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The encoders of `db`'s tables for `plan`: every column but the target's.
+pub fn fit_codes(
+    db: &Database,
+    plan: &TaskPlan,
+    config: &TrainConfig,
+) -> Result<Vec<TableCode>, ModelError> {
     let options = EncoderOptions {
         max_vocab: config.max_vocab,
         text_buckets: config.text_buckets,
@@ -217,7 +256,7 @@ pub fn setup(
         Target::Column(c, _) => Some(*c),
         _ => None,
     };
-    let codes = (0..db.tables.len())
+    (0..db.tables.len())
         .into_par_iter()
         .map(|t| {
             let skip: Vec<usize> = target_column
@@ -227,13 +266,26 @@ pub fn setup(
                 .collect();
             TableCode::fit(db, t, &skip, options)
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let data = Prepared::new(db, &codes, split)?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ModelError::from)
+}
+
+/// [`setup`] from fitted encoders `codes` and the graph and encoded rows `data`
+/// prepared with them.
+pub fn setup_with(
+    query: &str,
+    plan: &TaskPlan,
+    labels: &Labels,
+    config: &TrainConfig,
+    (codes, data): (Vec<TableCode>, Prepared),
+    rows: &Rows,
+) -> Result<Setup, ModelError> {
+    config.check()?;
     let train_mask: Vec<bool> = labels.splits.iter().map(|&s| s == Split::Train).collect();
-    let items = match plan.task.task {
-        TaskType::Ranking { items, .. } => Some((db.tables[items].name(), keys(db, items))),
-        _ => None,
-    };
+    let items = rows
+        .items
+        .as_ref()
+        .map(|(name, keys)| (name.as_str(), keys.clone()));
     let target = TargetCode::fit(&plan.task.task, labels, &train_mask, items)?;
     let treatment = !labels.treated.is_empty();
     if treatment && !matches!(target, TargetCode::Binary | TargetCode::Regression { .. }) {
@@ -250,7 +302,7 @@ pub fn setup(
         version: VERSION,
         query: query.to_string(),
         task: plan.task.task.name().to_string(),
-        entity_table: db.tables[plan.task.entity_table].name().to_string(),
+        entity_table: rows.entity_table.clone(),
         tables: data.graph.tables.clone(),
         edge_types: data
             .graph
@@ -267,8 +319,11 @@ pub fn setup(
         checksum: String::new(),
         report: serde_json::Value::Null,
     };
-    let rows = item_rows(db, &manifest.target);
-    let model = trainer::init(manifest, &data, rows);
+    let item_rows = match (&manifest.target, &rows.items) {
+        (TargetCode::Ranking { items, .. }, Some((_, keys))) => rows_of_keys(keys, items),
+        _ => Vec::new(),
+    };
+    let model = trainer::init(manifest, &data, item_rows);
     let targets = model.manifest.target.targets(&labels.labels)?;
     let (train, _) = split_examples(labels, &targets, Split::Train);
     let (val, _) = split_examples(labels, &targets, Split::Val);

@@ -125,6 +125,22 @@ impl std::fmt::Debug for Inputs<'_> {
     }
 }
 
+impl From<SplitData> for Prepared {
+    fn from(split: SplitData) -> Prepared {
+        let SplitData {
+            graph,
+            view,
+            features,
+        } = split;
+        Prepared {
+            endpoints: graph.edge_types.iter().map(|e| (e.src, e.dst)).collect(),
+            graph,
+            view,
+            features,
+        }
+    }
+}
+
 impl Prepared {
     pub fn inputs(&self) -> Inputs<'_> {
         Inputs {
@@ -141,22 +157,11 @@ impl Prepared {
         codes: &[TableCode],
         split: Option<&dyn GraphSplit>,
     ) -> Result<Self, ModelError> {
-        let endpoints = |g: &HeteroGraph| g.edge_types.iter().map(|e| (e.src, e.dst)).collect();
         if let Some(split) = split {
-            let SplitData {
-                graph,
-                view,
-                features,
-            } = split.split(db, codes)?;
-            return Ok(Prepared {
-                endpoints: endpoints(&graph),
-                graph,
-                view,
-                features,
-            });
+            return Ok(split.split(db, codes)?.into());
         }
         let graph = HeteroGraph::from_database(db)?;
-        let endpoints = endpoints(&graph);
+        let endpoints = graph.edge_types.iter().map(|e| (e.src, e.dst)).collect();
         // Each table on its own thread.
         let features = codes
             .par_iter()
