@@ -51,7 +51,8 @@ print(j["attempt"], j["step"], j["checkpoint_step"], j["state"])'
 state=
 until [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f3)" -gt 0 ]; do
   sleep 0.2
-  state=$(job || true)
+  kill -0 "$train" 2> /dev/null || { echo "the job ended before a checkpoint: see $dir/train.log" >&2; exit 1; }
+  state=$(job 2> /dev/null || true)
 done
 killed_at=$(now)
 kill -9 "${workers[2]}"
@@ -61,7 +62,7 @@ checkpoint=$(echo "$state" | cut -d' ' -f3)
 # A new attempt shows the step the job was at until it reports from its checkpoint.
 assigned= back= stepped= passed=
 while [ -z "$passed" ]; do
-  state=$(job || true)
+  state=$(job 2> /dev/null || true)
   t=$(now)
   read -r attempt step _ stage <<< "${state:-0 0 0 -}"
   if [ "$attempt" = 2 ]; then

@@ -1,6 +1,11 @@
 # Sourced by the bench scripts: what they share to run a cluster on loopback.
 # Needs $bin (the relgraph binary) and the array pids (processes to kill on exit).
 
+if [ ! -x "$bin" ]; then
+  echo "no relgraph binary at $bin: run cargo build --release (or set RELGRAPH_BIN)" >&2
+  exit 1
+fi
+
 # The demo's churn question.
 query="PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID WHERE COUNT(ORDERS.*, -90, 0, days) > 0"
 
@@ -12,7 +17,9 @@ start_coordinator() {
   addr=
   for _ in $(seq 50); do
     addr=$(sed -n 's/^coordinator 1 listening on \([^ ]*\).*/\1/p' "$1/coordinator.log")
-    [ -n "$addr" ] && break
+    [ -n "$addr" ] && return
     sleep 0.1
   done
+  echo "the coordinator did not start; see $1/coordinator.log" >&2
+  exit 1
 }

@@ -84,6 +84,24 @@ pub enum Kind {
     },
 }
 
+/// Writes a small retail world to `out` for a test (quietly): `customers`, `products`
+/// and `days` of history, from `seed`.
+#[cfg(test)]
+pub fn retail_for_test(out: &Path, seed: u64, [customers, products, days]: [usize; 3]) {
+    run(&Kind::Retail {
+        output: Output {
+            out: out.to_path_buf(),
+            seed,
+            json: true,
+            only: Vec::new(),
+        },
+        customers,
+        products,
+        days: days as i64,
+    })
+    .expect("generate");
+}
+
 pub fn run(kind: &Kind) -> Result<()> {
     let (summary, json) = match *kind {
         Kind::Retail {

@@ -763,7 +763,6 @@ pub fn round_robin(workers: usize, partitions: u32) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::{Kind, Output};
     use relgraph_sampler::{SampleConfig, Seed, sample};
     use relgraph_worker::model::features::{EncoderOptions, FeatureSource, TableFeatures};
 
@@ -771,18 +770,7 @@ mod tests {
     fn three_workers_sample_over_flight_as_one_graph() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("retail");
-        crate::generate::run(&Kind::Retail {
-            output: Output {
-                out: data.clone(),
-                seed: 3,
-                json: true,
-                only: Vec::new(),
-            },
-            customers: 300,
-            products: 40,
-            days: 200,
-        })
-        .expect("generate");
+        crate::generate::retail_for_test(&data, 3, [300, 40, 200]);
         let db = Database::load(&data, None).expect("load");
         let whole = HeteroGraph::from_database(&db).expect("graph");
         let owners = Arc::new(owners(&db, &round_robin(3, 12)));
@@ -960,18 +948,7 @@ mod tests {
     fn labels_merge_and_complete_labels_are_taken_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("retail");
-        crate::generate::run(&Kind::Retail {
-            output: Output {
-                out: data.clone(),
-                seed: 4,
-                json: true,
-                only: Vec::new(),
-            },
-            customers: 90,
-            products: 12,
-            days: 200,
-        })
-        .expect("generate");
+        crate::generate::retail_for_test(&data, 4, [90, 12, 200]);
         let db = Database::load(&data, None).expect("load");
         let query = "PREDICT COUNT(ORDERS.*, 0, 30, days) = 0 FOR EACH CUSTOMERS.CUSTOMER_ID";
         let options = relgraph_common::pql::PlanOptions::default();

@@ -46,6 +46,16 @@ pub struct Meta {
     pub past: PastValues,
 }
 
+/// A worker's part of a job as read back from its store.
+#[derive(Debug)]
+pub struct Part {
+    pub schema: DatabaseSchema,
+    /// The neighbor lists of its partitions' nodes.
+    pub graph: HeteroGraph,
+    /// Its partitions' rows, encoded.
+    pub features: OwnedFeatures,
+}
+
 /// Everything a job's store keeps beyond each partition's rows and neighbor lists.
 #[derive(Debug)]
 pub struct Derived {
@@ -169,8 +179,20 @@ impl Derived {
             .context("cannot plan the query")
     }
 
+    /// This worker's part, partitions `owned`, read back from `store`.
+    pub fn part(&self, store: &PartitionStore, owned: &[u32]) -> Result<Part> {
+        let schema = store.schema()?.context("the job store holds no schema")?;
+        let graph = self.graph(store, owned)?;
+        let features = self.features(store, &schema, owned)?;
+        Ok(Part {
+            schema,
+            graph,
+            features,
+        })
+    }
+
     /// The part of the graph in partitions `owned`, from their stored neighbor lists.
-    pub fn graph(&self, store: &PartitionStore, owned: &[u32]) -> Result<HeteroGraph> {
+    fn graph(&self, store: &PartitionStore, owned: &[u32]) -> Result<HeteroGraph> {
         let segments = (0..self.meta.edge_types.len() as u32)
             .into_par_iter()
             .map(|e| {
@@ -208,7 +230,7 @@ impl Derived {
 
     /// The rows of partitions `owned`, encoded, read back from the store: for each table
     /// exactly the rows the placement puts there.
-    pub fn features(
+    fn features(
         &self,
         store: &PartitionStore,
         schema: &DatabaseSchema,
@@ -346,7 +368,6 @@ fn columns_from_bytes<T, const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::{Kind, Output};
     use crate::pql::{label_all, plan_query};
     use relgraph_worker::model::{TrainConfig, fit_codes};
     use relgraph_worker::store::placement;
@@ -357,18 +378,7 @@ mod tests {
     fn a_part_read_back_from_the_store_is_the_part_built_from_the_data() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        crate::generate::run(&Kind::Retail {
-            output: Output {
-                out: data.clone(),
-                seed: 9,
-                json: true,
-                only: Vec::new(),
-            },
-            customers: 150,
-            products: 20,
-            days: 200,
-        })
-        .expect("generate");
+        crate::generate::retail_for_test(&data, 9, [150, 20, 200]);
         let db = Database::load(&data, None).expect("load");
         let options = PlanOptions::default();
         let plan = plan_query(&db, CHURN, &options).expect("plan");
@@ -420,7 +430,8 @@ mod tests {
 
         let mine = |t: usize, n: u32| owned.contains(&placed[t][n as usize]);
         let direct = HeteroGraph::from_database_where(&db, mine).expect("graph");
-        let stored = back.graph(&store, &owned).expect("graph");
+        let part = back.part(&store, &owned).expect("part");
+        let stored = &part.graph;
         assert_eq!(stored.node_times, direct.node_times);
         assert_eq!(stored.num_edges(), direct.num_edges());
         assert!(stored.num_edges() > 0);
@@ -430,9 +441,9 @@ mod tests {
                 (&b.offsets, &b.neighbors, &b.times)
             );
         }
-        let encoded = back.features(&store, &schema, &owned).expect("features");
         let direct = OwnedFeatures::encode(&db, &codes, mine).expect("encode");
-        for ((rows, got), (want_rows, want)) in encoded.tables.iter().zip(&direct.tables) {
+        let pairs = part.features.tables.iter().zip(&direct.tables);
+        for ((rows, got), (want_rows, want)) in pairs {
             assert_eq!(rows, want_rows);
             assert_eq!((&got.dense, &got.ids), (&want.dense, &want.ids));
         }
@@ -448,7 +459,12 @@ mod tests {
                 .is_none()
         );
         assert!(Derived::load(&store, &job, 12).expect("load").is_none());
-        // A damaged blob is an error that says which, not a panic.
+        // A damaged neighbor list or blob is an error that says which, not a panic.
+        store
+            .put_adjacency(parts, &[(4, vec![vec![1, 2, 3]; stored.edge_types.len()])])
+            .expect("damage");
+        let err = back.part(&store, &owned).expect_err("damaged lists");
+        assert!(format!("{err:#}").contains("partition 4"), "{err:#}");
         store.put_derived(TIMES, &[1, 2, 3]).expect("put");
         let err = Derived::load(&store, &job, parts).expect_err("damaged");
         assert!(format!("{err:#}").contains("node times"), "{err:#}");

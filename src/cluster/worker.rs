@@ -959,14 +959,36 @@ fn from_store(
             None
         }
     };
-    let reused = kept.is_some();
-    let (store, mut derived) = match kept {
-        Some(kept) => kept,
-        None => ingest_job(attempt, &keep, &dir, stamp, data, config)?,
+    // A kept store whose part cannot be read back is written again from the data.
+    let mut read_back = None;
+    if let Some((store, derived)) = kept {
+        let at = started.elapsed();
+        match derived.part(&store, &owned) {
+            Ok(part) => read_back = Some((store, derived, part, at)),
+            Err(e) => {
+                tracing::warn!(
+                    job = job.id,
+                    "the job store {} cannot be read back, so it is written again: {e:#}",
+                    dir.display()
+                );
+                drop(store);
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot clear the job store {}", dir.display()))?;
+            }
+        }
+    }
+    let reused = read_back.is_some();
+    let (store, mut derived, part, ingested) = match read_back {
+        Some(r) => r,
+        None => {
+            let (store, derived) = ingest_job(attempt, &keep, &dir, stamp, data, config)?;
+            let at = started.elapsed();
+            let part = derived.part(&store, &owned)?;
+            (store, derived, part, at)
+        }
     };
-    let ingested = started.elapsed();
-    let schema = store.schema()?.context("the job store holds no schema")?;
-    let plan = derived.plan(&schema, &data.options()?)?;
+    let read = started.elapsed();
+    let plan = derived.plan(&part.schema, &data.options()?)?;
     let split = peers
         .split(job, &derived.placed, stop)?
         .context("a data-parallel job without a split")?;
@@ -977,10 +999,8 @@ fn from_store(
             .service
             .publish_labels(split.job, labels.clone(), true);
     }
-    let part = derived.graph(&store, &owned)?;
-    let features = derived.features(&store, &schema, &owned)?;
-    let read = started.elapsed();
-    let prepared = model::Prepared::from(split.serve(Arc::new(part), Arc::new(features))?);
+    let (graph, features) = (Arc::new(part.graph), Arc::new(part.features));
+    let prepared = model::Prepared::from(split.serve(graph, features)?);
     let meta = derived.meta;
     let setup = model::setup_with(
         &job.query,
@@ -1155,21 +1175,9 @@ fn report_tables(job: &Job, db: &Database, report: &dyn Fn(JobProgress)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::{Kind, Output};
 
     fn generate(dir: &Path, customers: usize) -> Database {
-        crate::generate::run(&Kind::Retail {
-            output: Output {
-                out: dir.to_path_buf(),
-                seed: 5,
-                json: true,
-                only: Vec::new(),
-            },
-            customers,
-            products: 20,
-            days: 120,
-        })
-        .expect("generate");
+        crate::generate::retail_for_test(dir, 5, [customers, 20, 120]);
         Database::load(dir, None).expect("load")
     }
 

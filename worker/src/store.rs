@@ -222,6 +222,11 @@ impl PartitionStore {
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Reads are bulk and once (a job's part read back, the event log replayed): a
+        // block cache would only hold memory while a worker trains.
+        let mut tables = rocksdb::BlockBasedOptions::default();
+        tables.disable_cache();
+        options.set_block_based_table_factory(&tables);
         let db = DB::open(&options, dir).map_err(|source| StoreError::Rocks {
             path: path.clone(),
             source,
@@ -387,7 +392,9 @@ impl PartitionStore {
         self.db
             .write_opt(batch, &WriteOptions::default())
             .map_err(|e| self.rocks(e))?;
-        self.sync()
+        // Out of the memtable into a table file: a checkpoint is megabytes a training
+        // worker need not hold in memory.
+        self.db.flush().map_err(|e| self.rocks(e))
     }
 
     /// The checkpoint stored for `step`, if any.
