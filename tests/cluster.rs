@@ -472,7 +472,9 @@ fn three_workers_train_data_parallel_to_the_model_one_worker_trains_through_a_wo
     for (w, _) in &workers {
         w.line("kept its partitions from an earlier attempt", 120);
     }
-    workers[0].0.line("resuming from", 120);
+    workers[0]
+        .0
+        .line("resuming from its store's checkpoint", 120);
     let cluster = finish(submit, 300, "the submission");
     assert!(cluster.status.success(), "submit failed");
     let cluster: Value = serde_json::from_slice(&cluster.stdout).expect("json");

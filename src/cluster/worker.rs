@@ -498,6 +498,11 @@ fn partitions_of(job: &Job, rank: usize) -> Result<(Vec<u32>, Vec<u32>)> {
     Ok((owned, keep))
 }
 
+/// Where a job store keeps its checkpoints (files beside its RocksDB, which leaves
+/// other names alone): a checkpoint is tens of megabytes that RocksDB would first hold
+/// in its memtable.
+const CHECKPOINTS: &str = "checkpoints";
+
 /// Where job `id` keeps this worker's partitions under `root` (across its attempts).
 fn job_store(root: &Path, id: u64) -> PathBuf {
     root.join(format!("job-{id}"))
@@ -697,21 +702,33 @@ fn remove_job_store(group: &Group, id: u64) {
 /// the one a new attempt would resume from). Best effort: a checkpoint left behind costs
 /// disk, not correctness.
 fn prune_checkpoints(checkpoint: &Path, step: u64) {
-    let Some(Ok(entries)) = checkpoint.parent().map(std::fs::read_dir) else {
-        return;
+    if let Some(dir) = checkpoint.parent() {
+        remove_older(dir, step);
+    }
+}
+
+/// The steps of the `step-N` checkpoints in `dir`, oldest first.
+fn checkpoint_steps(dir: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let older = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("step-"))
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|n| n < step);
-        if older && let Err(err) = std::fs::remove_dir_all(e.path()) {
-            tracing::warn!(
-                "cannot remove the old checkpoint {}: {err}",
-                e.path().display()
-            );
+    let mut steps: Vec<u64> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            name.to_str()?.strip_prefix("step-")?.parse().ok()
+        })
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+/// Removes the `step-N` checkpoints in `dir` older than `step` (best effort).
+fn remove_older(dir: &Path, step: u64) {
+    for old in checkpoint_steps(dir).into_iter().filter(|&n| n < step) {
+        let path = dir.join(format!("step-{old}"));
+        if let Err(err) = std::fs::remove_dir_all(&path) {
+            tracing::warn!("cannot remove the old checkpoint {}: {err}", path.display());
         }
     }
 }
@@ -740,8 +757,8 @@ struct Ready {
     /// What the baselines read (where this worker assesses the model).
     past: Option<model::PastValues>,
     split: Option<FlightSplit>,
-    /// The job's store on this worker, which keeps its checkpoints too.
-    store: Option<PartitionStore>,
+    /// Where the job's store on this worker keeps its checkpoints.
+    checkpoints: Option<PathBuf>,
 }
 
 fn train_job(
@@ -777,11 +794,11 @@ fn train_job(
             },
         past,
         split,
-        store,
+        checkpoints,
     } = ready;
     let out = PathBuf::from(&job.output_dir);
     let resume = (!job.checkpoint.is_empty())
-        .then(|| resume_state(job, store.as_ref()))
+        .then(|| resume_state(job, checkpoints.as_deref()))
         .transpose()?;
     let start = resume
         .as_ref()
@@ -804,13 +821,12 @@ fn train_job(
     };
     let mut on_epoch = |s: &TrainState| {
         // Every rank keeps the checkpoint in its store (the ranks' states are the same):
-        // whichever survives resumes from its own.
-        if let Some(store) = &store {
-            let blob = model::train_state_bytes(s).map_err(|problem| ModelError::Checkpoint {
-                path: format!("the store of job {}", job.id),
-                problem,
-            })?;
-            store.put_checkpoint(s.steps, &blob, 2)?;
+        // whichever survives resumes from its own. The newest two are kept.
+        if let Some(dir) = &checkpoints {
+            model::save_train_state(s, &dir.join(format!("step-{}", s.steps)))?;
+            if let [.., previous, _] = checkpoint_steps(dir)[..] {
+                remove_older(dir, previous);
+            }
         }
         if !lead {
             return Ok(());
@@ -851,22 +867,25 @@ fn train_job(
     Ok(Some((out.display().to_string(), metrics.to_string())))
 }
 
-/// The state `job` resumes from, and where it was read: this worker's store where it
-/// holds the checkpoint the coordinator recorded (the same state the lead wrote),
-/// else the lead's checkpoint directory.
-fn resume_state(job: &Job, store: Option<&PartitionStore>) -> Result<(TrainState, String)> {
+/// The state `job` resumes from, and where it was read: this worker's store's copy of
+/// the checkpoint the coordinators recorded (under `checkpoints`; the same state the
+/// lead wrote) where it has one, else the lead's checkpoint directory.
+fn resume_state(job: &Job, checkpoints: Option<&Path>) -> Result<(TrainState, String)> {
     let step = job.checkpoint_step;
-    if let Some(blob) = store.map(|s| s.checkpoint(step)).transpose()?.flatten() {
-        match model::train_state_from_bytes(&blob) {
+    if let Some(dir) = checkpoints.map(|d| d.join(format!("step-{step}")))
+        && dir.exists()
+    {
+        match model::load_train_state(&dir) {
             Ok(state) if state.steps == step => {
                 return Ok((state, format!("its store's checkpoint of step {step}")));
             }
             Ok(state) => tracing::warn!(
                 job = job.id,
-                "the store's checkpoint of step {step} holds step {}",
+                "{} holds step {}, not {step}",
+                dir.display(),
                 state.steps
             ),
-            Err(e) => tracing::warn!(job = job.id, "the store's checkpoint of step {step}: {e}"),
+            Err(e) => tracing::warn!(job = job.id, "{e}"),
         }
     }
     let state = model::load_train_state(Path::new(&job.checkpoint))?;
@@ -926,7 +945,7 @@ fn from_data(
         setup,
         past,
         split,
-        store: None,
+        checkpoints: None,
     })
 }
 
@@ -964,7 +983,7 @@ fn from_store(
     if let Some((store, derived)) = kept {
         let at = started.elapsed();
         match derived.part(&store, &owned) {
-            Ok(part) => read_back = Some((store, derived, part, at)),
+            Ok(part) => read_back = Some((derived, part, at)),
             Err(e) => {
                 tracing::warn!(
                     job = job.id,
@@ -978,13 +997,13 @@ fn from_store(
         }
     }
     let reused = read_back.is_some();
-    let (store, mut derived, part, ingested) = match read_back {
+    let (mut derived, part, ingested) = match read_back {
         Some(r) => r,
         None => {
             let (store, derived) = ingest_job(attempt, &keep, &dir, stamp, data, config)?;
             let at = started.elapsed();
             let part = derived.part(&store, &owned)?;
-            (store, derived, part, at)
+            (derived, part, at)
         }
     };
     let read = started.elapsed();
@@ -1028,7 +1047,7 @@ fn from_store(
         setup,
         past: Some(meta.past),
         split: Some(split),
-        store: Some(store),
+        checkpoints: Some(dir.join(CHECKPOINTS)),
     })
 }
 

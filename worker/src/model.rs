@@ -23,10 +23,7 @@ pub mod parallel;
 pub mod task;
 pub mod trainer;
 
-pub use checkpoint::{
-    Manifest, load, load_train_state, read_manifest, save, save_train_state, train_state_bytes,
-    train_state_from_bytes,
-};
+pub use checkpoint::{Manifest, load, load_train_state, read_manifest, save, save_train_state};
 pub use config::TrainConfig;
 pub use fit::{
     Assessment, PastValues, Rows, Setup, assess, fit, fit_codes, predict, setup, setup_with,

@@ -13,8 +13,7 @@
 //! `a/<partition>/<edge type>` the neighbor lists of the partition's nodes of one edge type
 //! (a `relgraph_sampler::Segment`, by number in the job's graph); `p/<count>/<partition>`
 //! marks a partition's rows stored and `q/<count>/<partition>` its neighbor lists; `d/<name>`
-//! holds what a job derived from all rows (encoders, labels, ...), `c/<step>` the job's
-//! training checkpoints (the newest few). Writes go through
+//! holds what a job derived from all rows (encoders, labels, ...). Writes go through
 //! the WAL and a table's last write is synced, so an acknowledged ingest survives
 //! `kill -9`.
 
@@ -189,12 +188,6 @@ fn adjacency_key(part: u32, edge: u32) -> Vec<u8> {
     k.extend_from_slice(&part.to_be_bytes());
     k.push(b'/');
     k.extend_from_slice(&edge.to_be_bytes());
-    k
-}
-
-fn checkpoint_key(step: u64) -> Vec<u8> {
-    let mut k = b"c/".to_vec();
-    k.extend_from_slice(&step.to_be_bytes());
     k
 }
 
@@ -375,49 +368,6 @@ impl PartitionStore {
         self.db
             .get(adjacency_key(part, edge))
             .map_err(|e| self.rocks(e))
-    }
-
-    /// Stores a training checkpoint taken at `step` (durable when this returns) and
-    /// removes all but the newest `keep` (at least this one).
-    pub fn put_checkpoint(&self, step: u64, blob: &[u8], keep: usize) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
-        batch.put(checkpoint_key(step), blob);
-        let mut steps = self.checkpoint_steps()?;
-        steps.push(step);
-        steps.sort_unstable();
-        steps.dedup();
-        for &old in steps.iter().rev().skip(keep.max(1)) {
-            batch.delete(checkpoint_key(old));
-        }
-        self.db
-            .write_opt(batch, &WriteOptions::default())
-            .map_err(|e| self.rocks(e))?;
-        // Out of the memtable into a table file: a checkpoint is megabytes a training
-        // worker need not hold in memory.
-        self.db.flush().map_err(|e| self.rocks(e))
-    }
-
-    /// The checkpoint stored for `step`, if any.
-    pub fn checkpoint(&self, step: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get(checkpoint_key(step)).map_err(|e| self.rocks(e))
-    }
-
-    /// The steps of the checkpoints stored, oldest first.
-    pub fn checkpoint_steps(&self) -> Result<Vec<u64>, StoreError> {
-        let mut steps = Vec::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(b"c/", Direction::Forward))
-        {
-            let (k, _) = item.map_err(|e| self.rocks(e))?;
-            let Some(step) = k.strip_prefix(b"c/") else {
-                break;
-            };
-            let step =
-                <[u8; 8]>::try_from(step).map_err(|_| self.data("checkpoints", "bad key"))?;
-            steps.push(u64::from_be_bytes(step));
-        }
-        Ok(steps)
     }
 
     /// Stores `bytes` under `name` among what the job derived from all rows.

@@ -215,18 +215,6 @@ fn partitions_are_held_removed_and_added() {
         Some(b"{}".to_vec())
     );
     assert_eq!(store.derived("labels").expect("derived"), None);
-    // Checkpoints: the newest two are kept.
-    for step in [10, 20, 30] {
-        store
-            .put_checkpoint(step, &step.to_le_bytes(), 2)
-            .expect("checkpoint");
-    }
-    assert_eq!(store.checkpoint_steps().expect("steps"), vec![20, 30]);
-    assert_eq!(store.checkpoint(10).expect("read"), None);
-    assert_eq!(
-        store.checkpoint(30).expect("read"),
-        Some(30u64.to_le_bytes().to_vec())
-    );
     // Rows of some partitions only: those, in the order asked.
     for (t, table) in db.tables.iter().enumerate() {
         let ids = store

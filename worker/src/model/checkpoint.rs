@@ -13,6 +13,7 @@
 //! Files are written beside their final names and renamed, so a crash never leaves a
 //! half-written model; loading checks format, version, checksum and every shape.
 
+use std::io::Write;
 use std::path::Path;
 
 use relgraph_common::pql::Splits;
@@ -288,18 +289,72 @@ pub fn load(dir: &Path, data: &Prepared, item_rows: Vec<u32>) -> Result<Model, M
 
 const STATE_MAGIC: &[u8; 8] = b"RGSTATE1";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StateFile {
     state: super::trainer::TrainState,
     checksum: String,
 }
 
+/// What [`StateFile`] reads, written from a borrowed state (its parameters are not
+/// serialized, and need not be copied).
+#[derive(Serialize)]
+struct StateFileOut<'a> {
+    state: &'a super::trainer::TrainState,
+    checksum: String,
+}
+
+/// Bytes on their way to a file, hashed as they go.
+struct Hashed<W: Write> {
+    out: W,
+    hash: u64,
+}
+
+impl<W: Write> Hashed<W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hash = relgraph_common::hash::fnv1a(bytes.iter().copied(), self.hash);
+        self.out.write_all(bytes)
+    }
+
+    /// A length-prefixed block of f32, little-endian.
+    fn block(&mut self, values: &[f32]) -> std::io::Result<()> {
+        self.put(&(values.len() as u64).to_le_bytes())?;
+        for chunk in values.chunks(16_384) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.put(&bytes)?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes a training state (`train_state.json` + `train_state.bin`: for each parameter
-/// its current values, best values, and Adam moments, as f32 little-endian blocks).
+/// its current values, best values, and Adam moments, as f32 little-endian blocks),
+/// streaming the blocks to the file rather than copying them first.
 pub fn save_train_state(state: &super::trainer::TrainState, dir: &Path) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let (json, bytes) = train_state_parts(state).map_err(|e| io(dir, e))?;
-    write_atomic(&dir.join("train_state.bin"), &bytes)?;
+    let bin = dir.join("train_state.bin");
+    let tmp = bin.with_extension("partial");
+    let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut w = Hashed {
+        out: std::io::BufWriter::new(file),
+        hash: relgraph_common::hash::FNV_BASIS,
+    };
+    let mut write = || -> std::io::Result<()> {
+        w.put(STATE_MAGIC)?;
+        for (i, p) in state.params.iter().enumerate() {
+            w.block(p)?;
+            w.block(state.best.get(i).map_or(&[][..], Vec::as_slice))?;
+            let (m, v) = &state.moments[i];
+            w.block(m)?;
+            w.block(v)?;
+        }
+        w.out.flush()
+    };
+    write().map_err(|e| io(&tmp, e))?;
+    let checksum = format!("{:016x}", w.hash);
+    drop(w);
+    std::fs::rename(&tmp, &bin).map_err(|e| io(&bin, e))?;
+    let file = StateFileOut { state, checksum };
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| io(dir, e))?;
     write_atomic(&dir.join("train_state.json"), &json)
 }
 
@@ -307,64 +362,19 @@ pub fn save_train_state(state: &super::trainer::TrainState, dir: &Path) -> Resul
 pub fn load_train_state(dir: &Path) -> Result<super::trainer::TrainState, ModelError> {
     let path = dir.join("train_state.json");
     let json = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let file: StateFile = serde_json::from_slice(&json).map_err(|e| io(&path, e))?;
     let path = dir.join("train_state.bin");
     let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    train_state_from_parts(&json, &bytes).map_err(|e| io(dir, e))
-}
-
-/// A training state as one blob (the JSON's length, u64 little-endian, the JSON, then
-/// the blocks), as a partition store keeps it.
-pub fn train_state_bytes(state: &super::trainer::TrainState) -> Result<Vec<u8>, String> {
-    let (json, bytes) = train_state_parts(state)?;
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&bytes);
-    Ok(out)
-}
-
-/// What [`train_state_bytes`] wrote, its checksum checked.
-pub fn train_state_from_bytes(blob: &[u8]) -> Result<super::trainer::TrainState, String> {
-    let n = blob
-        .get(..8)
-        .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
-        .ok_or("shorter than its header")?;
-    let json = blob.get(8..8usize.saturating_add(n)).ok_or("ends early")?;
-    train_state_from_parts(json, &blob[8 + n..])
-}
-
-/// The JSON (the state and the blocks' checksum) and the blocks of a training state.
-fn train_state_parts(state: &super::trainer::TrainState) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let mut bytes = STATE_MAGIC.to_vec();
-    let mut block = |v: &[f32]| {
-        bytes.extend_from_slice(&(v.len() as u64).to_le_bytes());
-        for x in v {
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
-    };
-    for (i, p) in state.params.iter().enumerate() {
-        block(p);
-        block(state.best.get(i).map_or(&[][..], Vec::as_slice));
-        let (m, v) = &state.moments[i];
-        block(m);
-        block(v);
-    }
-    let file = StateFile {
-        state: state.clone(),
-        checksum: fnv(&bytes),
-    };
-    let json = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-    Ok((json, bytes))
-}
-
-fn train_state_from_parts(json: &[u8], bytes: &[u8]) -> Result<super::trainer::TrainState, String> {
-    let file: StateFile = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    if fnv(bytes) != file.checksum || bytes.get(..8) != Some(&STATE_MAGIC[..]) {
-        return Err("checksum mismatch: the file is damaged or from another run".into());
+    if fnv(&bytes) != file.checksum || bytes.get(..8) != Some(&STATE_MAGIC[..]) {
+        return Err(io(
+            &path,
+            "checksum mismatch: the file is damaged or from another run",
+        ));
     }
     let mut at = 8usize;
     let mut state = file.state;
     while at < bytes.len() {
-        let mut block = || f32_block(bytes, &mut at).ok_or("ends early");
+        let mut block = || f32_block(&bytes, &mut at).ok_or_else(|| io(&path, "ends early"));
         let (params, best, m, v) = (block()?, block()?, block()?, block()?);
         state.params.push(params);
         if state.best_value.is_some() {
