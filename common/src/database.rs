@@ -72,6 +72,17 @@ where
         .collect()
 }
 
+/// The Arrow schema relgraph holds a table of `schema` in: every column nullable, at the
+/// type [`arrow_type`] gives.
+pub fn arrow_schema(schema: &TableSchema) -> Schema {
+    let fields: Vec<Field> = schema
+        .columns
+        .iter()
+        .map(|c| Field::new(&c.name, arrow_type(c.dtype), true))
+        .collect();
+    Schema::new(fields)
+}
+
 /// The Arrow type relgraph stores a column of `dtype` as.
 pub fn arrow_type(dtype: DType) -> DataType {
     match dtype {
@@ -506,14 +517,9 @@ fn finish(
             .collect(),
         columns,
     };
-    let fields: Vec<Field> = schema
-        .columns
-        .iter()
-        .map(|c| Field::new(&c.name, arrow_type(c.dtype), true))
-        .collect();
     let arrays: Vec<ArrayRef> = t.raw.columns.iter().map(|(_, a)| a.clone()).collect();
     let batch = RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
+        Arc::new(arrow_schema(&schema)),
         arrays,
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(t.raw.num_rows)),
     )

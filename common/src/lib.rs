@@ -25,6 +25,6 @@ pub mod source;
 pub mod time;
 mod wire;
 
-pub use database::{Database, NO_ROW, Table, arrow_type};
+pub use database::{Database, NO_ROW, Table, arrow_schema, arrow_type};
 pub use error::{LoadError, Location};
 pub use schema::{ColumnSchema, DType, DatabaseSchema, ForeignKey, SType, TableSchema};

@@ -10,10 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Field, Schema};
 use rayon::prelude::*;
 use relgraph_common::pql::{self, PlanOptions, TaskPlan};
-use relgraph_common::{Database, DatabaseSchema, arrow_type};
+use relgraph_common::{Database, DatabaseSchema, arrow_schema};
 use relgraph_proto::cluster::Job;
 use relgraph_sampler::{EdgeType, HeteroGraph, Segment};
 use relgraph_worker::label::Labels;
@@ -249,17 +248,10 @@ impl Derived {
                 .with_context(|| format!("no table `{}` in the stored schema", code.table))?;
             let (ids, batch) = match store.rows_with_ids_in(&code.table, owned)? {
                 Some(found) => found,
-                None => {
-                    let fields: Vec<Field> = table
-                        .columns
-                        .iter()
-                        .map(|c| Field::new(&c.name, arrow_type(c.dtype), true))
-                        .collect();
-                    (
-                        Vec::new(),
-                        RecordBatch::new_empty(Arc::new(Schema::new(fields))),
-                    )
-                }
+                None => (
+                    Vec::new(),
+                    RecordBatch::new_empty(Arc::new(arrow_schema(table))),
+                ),
             };
             let mut sorted = ids.clone();
             sorted.sort_unstable();
@@ -303,19 +295,7 @@ pub fn link(
     }
     let graph =
         HeteroGraph::from_database_where(db, |t, n| wanted[placed[t][n as usize] as usize])?;
-    // Each partition's nodes of each table, in row order.
-    let nodes: Vec<Vec<Vec<u32>>> = placed
-        .par_iter()
-        .map(|places| {
-            let mut by = vec![Vec::new(); parts as usize];
-            for (r, &p) in places.iter().enumerate() {
-                if wanted[p as usize] {
-                    by[p as usize].push(r as u32);
-                }
-            }
-            by
-        })
-        .collect();
+    let nodes = store::rows_by_partition(placed, parts);
     missing.par_iter().try_for_each(|&p| {
         let segments: Vec<Vec<u8>> = graph
             .edge_types
@@ -323,7 +303,7 @@ pub fn link(
             .enumerate()
             .map(|(e, et)| graph.segment(e, &nodes[et.src][p as usize]).to_bytes())
             .collect();
-        store.put_adjacency(parts, &[(p, segments)])
+        store.put_adjacency(parts, p, &segments)
     })?;
     store.sync()?;
     Ok(graph)
@@ -461,7 +441,7 @@ mod tests {
         assert!(Derived::load(&store, &job, 12).expect("load").is_none());
         // A damaged neighbor list or blob is an error that says which, not a panic.
         store
-            .put_adjacency(parts, &[(4, vec![vec![1, 2, 3]; stored.edge_types.len()])])
+            .put_adjacency(parts, 4, &vec![vec![1, 2, 3]; stored.edge_types.len()])
             .expect("damage");
         let err = back.part(&store, &owned).expect_err("damaged lists");
         assert!(format!("{err:#}").contains("partition 4"), "{err:#}");

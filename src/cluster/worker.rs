@@ -997,20 +997,22 @@ fn from_store(
         }
     }
     let reused = read_back.is_some();
-    let (mut derived, part, ingested) = match read_back {
-        Some(r) => r,
+    // The split an ingest labelled through serves this attempt too.
+    let (mut derived, part, ingested, split) = match read_back {
+        Some((derived, part, at)) => (derived, part, at, None),
         None => {
-            let (store, derived) = ingest_job(attempt, &keep, &dir, stamp, data, config)?;
+            let (store, derived, split) = ingest_job(attempt, &keep, &dir, stamp, data, config)?;
             let at = started.elapsed();
             let part = derived.part(&store, &owned)?;
-            (derived, part, at)
+            (derived, part, at, Some(split))
         }
     };
     let read = started.elapsed();
     let plan = derived.plan(&part.schema, &data.options()?)?;
-    let split = peers
-        .split(job, &derived.placed, stop)?
-        .context("a data-parallel job without a split")?;
+    let split = match split {
+        Some(split) => split,
+        None => data_split(peers, job, &derived.placed, stop)?,
+    };
     let labels = Arc::new(std::mem::take(&mut derived.labels));
     if reused {
         // Workers of this attempt that load the data take these instead of labelling.
@@ -1086,7 +1088,8 @@ fn kept(
 /// Brings the job store at `dir` up to date from the data directory: loads every row,
 /// stores the partitions in `keep` that it lacks (this worker's and its replicas), labels
 /// this worker's entities (merged with the others' over Flight), fits the encoders,
-/// writes the neighbor lists it lacks and what the job derived from all rows.
+/// writes the neighbor lists it lacks and what the job derived from all rows. Returns the
+/// store, what it derived, and the split it labelled through.
 fn ingest_job(
     (job, peers, stop, report): Attempt,
     keep: &[u32],
@@ -1094,7 +1097,7 @@ fn ingest_job(
     stamp: u64,
     data: &DataArgs,
     config: &TrainConfig,
-) -> Result<(PartitionStore, Derived)> {
+) -> Result<(PartitionStore, Derived, FlightSplit)> {
     let started = Instant::now();
     let (db, plan) = prepare(&job.query, data)?;
     let loaded = started.elapsed();
@@ -1102,9 +1105,7 @@ fn ingest_job(
     let placed = placement(&db, parts);
     let store = ingest(dir, (&db, &placed), stamp, keep, parts)?;
     report_tables(job, &db, report);
-    let split = peers
-        .split(job, &placed, stop)?
-        .context("a data-parallel job without a split")?;
+    let split = data_split(peers, job, &placed, stop)?;
     let labels = split_labels(&db, &plan, &split, config.assuming)?;
     let labelled = started.elapsed();
     let codes = model::fit_codes(&db, &plan, config)?;
@@ -1134,7 +1135,19 @@ fn ingest_job(
         secs(written - fitted),
         secs(started.elapsed() - written)
     );
-    Ok((store, derived))
+    Ok((store, derived, split))
+}
+
+/// The split of a job this worker trains data-parallel (it has a rank).
+fn data_split(
+    peers: &Group,
+    job: &Job,
+    placed: &[Vec<u32>],
+    stop: &Arc<AtomicBool>,
+) -> Result<FlightSplit> {
+    peers
+        .split(job, placed, stop)?
+        .context("a data-parallel job without a split")
 }
 
 fn rows_of(db: &Database) -> usize {

@@ -72,6 +72,21 @@ fn is_fact(t: &relgraph_common::Table) -> bool {
     t.schema.time_column.is_some() && !t.schema.foreign_keys.is_empty()
 }
 
+/// Per table, the rows of each of `parts` partitions, in row order, from each row's
+/// partition (`placement`).
+pub fn rows_by_partition(placement: &[Vec<u32>], parts: u32) -> Vec<Vec<Vec<u32>>> {
+    placement
+        .par_iter()
+        .map(|places| {
+            let mut by = vec![Vec::new(); parts.max(1) as usize];
+            for (r, &p) in places.iter().enumerate() {
+                by[p as usize].push(r as u32);
+            }
+            by
+        })
+        .collect()
+}
+
 /// The partition (of `parts`) of every row of every table. A fact row takes the
 /// partition of the row its first foreign key points to, through chains of facts (an
 /// order event lives with its order, which lives with its customer).
@@ -269,16 +284,7 @@ impl PartitionStore {
             .map_err(|e| self.rocks(e))?;
         // Rows of each table by partition (one pass), then (table, partition) pieces
         // encoded and written in parallel.
-        let buckets: Vec<Vec<Vec<u32>>> = placement
-            .par_iter()
-            .map(|places| {
-                let mut b = vec![Vec::new(); parts.max(1) as usize];
-                for (r, &p) in places.iter().enumerate() {
-                    b[p as usize].push(r as u32);
-                }
-                b
-            })
-            .collect();
+        let buckets = rows_by_partition(placement, parts);
         let pieces: Vec<(usize, u32)> = (0..db.tables.len())
             .flat_map(|t| owned.iter().map(move |&p| (t, p)))
             .collect();
@@ -339,23 +345,23 @@ impl PartitionStore {
         self.marked(&linked_key(parts, 0))
     }
 
-    /// Writes the neighbor lists of partitions of `parts`, each with one encoded
-    /// segment per edge type, and marks them linked (durable once synced).
+    /// Writes the neighbor lists of partition `part` of `parts`, one encoded segment per
+    /// edge type, and marks it linked (durable once synced).
     pub fn put_adjacency(
         &self,
         parts: u32,
-        lists: &[(u32, Vec<Vec<u8>>)],
+        part: u32,
+        segments: &[Vec<u8>],
     ) -> Result<(), StoreError> {
-        let plain = WriteOptions::default();
-        lists.par_iter().try_for_each(|(p, segments)| {
-            let mut batch = WriteBatch::default();
-            batch.delete_range(adjacency_key(*p, 0), adjacency_key(*p, u32::MAX));
-            for (e, bytes) in segments.iter().enumerate() {
-                batch.put(adjacency_key(*p, e as u32), bytes);
-            }
-            batch.put(linked_key(parts, *p), []);
-            self.db.write_opt(batch, &plain).map_err(|e| self.rocks(e))
-        })
+        let mut batch = WriteBatch::default();
+        batch.delete_range(adjacency_key(part, 0), adjacency_key(part, u32::MAX));
+        for (e, bytes) in segments.iter().enumerate() {
+            batch.put(adjacency_key(part, e as u32), bytes);
+        }
+        batch.put(linked_key(parts, part), []);
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| self.rocks(e))
     }
 
     /// Syncs the write-ahead log: what was written before survives `kill -9`.

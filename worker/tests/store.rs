@@ -194,9 +194,9 @@ fn partitions_are_held_removed_and_added() {
     );
     // Neighbor lists go with their partition: marked linked, removed with it.
     let lists = |p: u32| vec![vec![p as u8; 3], vec![p as u8 + 10]];
-    store
-        .put_adjacency(parts, &[(0, lists(0)), (2, lists(2))])
-        .expect("adjacency");
+    for p in [0, 2] {
+        store.put_adjacency(parts, p, &lists(p)).expect("adjacency");
+    }
     store.sync().expect("sync");
     assert_eq!(store.linked(parts).expect("linked"), vec![0, 2]);
     assert_eq!(store.adjacency(2, 1).expect("read"), Some(vec![12]));

@@ -122,8 +122,22 @@ fn io(path: &Path, e: impl std::fmt::Display) -> ModelError {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    write_atomic_with(path, |out| out.write_all(bytes))
+}
+
+/// Writes `path` through `write` into a temporary file renamed into place, so that a
+/// reader never finds half of it.
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), ModelError> {
     let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut out = std::io::BufWriter::new(file);
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .map_err(|e| io(&tmp, e))?;
+    drop(out);
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
@@ -331,14 +345,9 @@ impl<W: Write> Hashed<W> {
 /// streaming the blocks to the file rather than copying them first.
 pub fn save_train_state(state: &super::trainer::TrainState, dir: &Path) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let bin = dir.join("train_state.bin");
-    let tmp = bin.with_extension("partial");
-    let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    let mut w = Hashed {
-        out: std::io::BufWriter::new(file),
-        hash: relgraph_common::hash::FNV_BASIS,
-    };
-    let mut write = || -> std::io::Result<()> {
+    let mut hash = relgraph_common::hash::FNV_BASIS;
+    write_atomic_with(&dir.join("train_state.bin"), |out| {
+        let mut w = Hashed { out, hash };
         w.put(STATE_MAGIC)?;
         for (i, p) in state.params.iter().enumerate() {
             w.block(p)?;
@@ -347,13 +356,13 @@ pub fn save_train_state(state: &super::trainer::TrainState, dir: &Path) -> Resul
             w.block(m)?;
             w.block(v)?;
         }
-        w.out.flush()
+        hash = w.hash;
+        Ok(())
+    })?;
+    let file = StateFileOut {
+        state,
+        checksum: format!("{hash:016x}"),
     };
-    write().map_err(|e| io(&tmp, e))?;
-    let checksum = format!("{:016x}", w.hash);
-    drop(w);
-    std::fs::rename(&tmp, &bin).map_err(|e| io(&bin, e))?;
-    let file = StateFileOut { state, checksum };
     let json = serde_json::to_vec_pretty(&file).map_err(|e| io(dir, e))?;
     write_atomic(&dir.join("train_state.json"), &json)
 }
